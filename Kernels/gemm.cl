@@ -1,0 +1,173 @@
+/* Batched row-major GEMM: C = alpha * op(A) op(B) + beta * C.  CPU twin: CPUBackend.gemm
+ * (cblas_sgemm).  Two parameter sets, chosen per device type (KernelParams.swift) and
+ * overridable by defines:
+ *
+ *  GEMM_VARIANT 0 (CPU-style, e.g. PoCL): A and B are packed into zero-padded panels
+ *    (GEMM_MR rows of A by K; K by GEMM_NR columns of B, GEMM_NR = 16 * GEMM_NV), then each
+ *    work item computes one GEMM_MR x GEMM_NR block of C in registers with float16 FMAs.
+ *  GEMM_VARIANT 1 (GPU-style): local-memory tiles GEMM_TSM x GEMM_TSK and GEMM_TSK x GEMM_TSN
+ *    loaded cooperatively (coalesced), each item computing GEMM_WPTM x GEMM_WPTN outputs.
+ *
+ * Batch: flat index b over batch0 * batch1, split as (b / batch1, b % batch1). */
+
+#ifndef GEMM_MR
+#define GEMM_MR 8
+#endif
+#ifndef GEMM_NV
+#define GEMM_NV 2
+#endif
+#define GEMM_NR (16 * GEMM_NV)
+#ifndef GEMM_TSM
+#define GEMM_TSM 64
+#endif
+#ifndef GEMM_TSN
+#define GEMM_TSN 64
+#endif
+#ifndef GEMM_TSK
+#define GEMM_TSK 16
+#endif
+#ifndef GEMM_WPTM
+#define GEMM_WPTM 4
+#endif
+#ifndef GEMM_WPTN
+#define GEMM_WPTN 4
+#endif
+#define GEMM_RTSM (GEMM_TSM / GEMM_WPTM)
+#define GEMM_RTSN (GEMM_TSN / GEMM_WPTN)
+
+/* Element (r, c) of op(X) for row-major X with leading dimension ld. */
+#define OPX(X, trans, ld, r, c) ((trans) ? (X)[(c) * (ld) + (r)] : (X)[(r) * (ld) + (c)])
+
+/* Ap[b][panel][k][GEMM_MR] = op(A)[panel * GEMM_MR + r, k], zero beyond M. */
+kernel void gemm_pack_a(global const float* A, int aoff, int M, int K, int lda, int transA,
+                        int batch1, int sA0, int sA1, global float* Ap, int panels) {
+    int k = get_global_id(0), panel = get_global_id(1), b = get_global_id(2);
+    if (k >= K) return;
+    global const float* Ab = A + aoff + (b / batch1) * sA0 + (b % batch1) * sA1;
+    global float* dst = Ap + ((size_t)(b * panels + panel) * K + k) * GEMM_MR;
+    for (int r = 0; r < GEMM_MR; ++r) {
+        int m = panel * GEMM_MR + r;
+        dst[r] = m < M ? OPX(Ab, transA, lda, m, k) : 0.0f;
+    }
+}
+
+/* Bp[b][panel][k][GEMM_NR] = op(B)[k, panel * GEMM_NR + c], zero beyond N. */
+kernel void gemm_pack_b(global const float* B, int boff, int N, int K, int ldb, int transB,
+                        int batch1, int sB0, int sB1, global float* Bp, int panels) {
+    int k = get_global_id(0), panel = get_global_id(1), b = get_global_id(2);
+    if (k >= K) return;
+    global const float* Bb = B + boff + (b / batch1) * sB0 + (b % batch1) * sB1;
+    global float* dst = Bp + ((size_t)(b * panels + panel) * K + k) * GEMM_NR;
+    for (int c = 0; c < GEMM_NR; ++c) {
+        int n = panel * GEMM_NR + c;
+        dst[c] = n < N ? OPX(Bb, transB, ldb, k, n) : 0.0f;
+    }
+}
+
+/* One GEMM_MR x GEMM_NR block of C per work item from packed panels. */
+kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, int mpanels,
+                        int npanels, global float* C, int coff, int M, int N, int ldc,
+                        int batch1, int sC0, int sC1, float alpha, float beta) {
+    int mp = get_global_id(0), np = get_global_id(1), b = get_global_id(2);
+    if (mp >= mpanels || np >= npanels) return;
+    global const float* a = Ap + (size_t)(b * mpanels + mp) * K * GEMM_MR;
+    global const float* bp = Bp + (size_t)(b * npanels + np) * K * GEMM_NR;
+    float16 acc0[GEMM_MR];
+#if GEMM_NV > 1
+    float16 acc1[GEMM_MR];
+#endif
+    for (int r = 0; r < GEMM_MR; ++r) {
+        acc0[r] = (float16)(0.0f);
+#if GEMM_NV > 1
+        acc1[r] = (float16)(0.0f);
+#endif
+    }
+    for (int k = 0; k < K; ++k) {
+        float16 b0 = vload16(0, bp + k * GEMM_NR);
+#if GEMM_NV > 1
+        float16 b1 = vload16(1, bp + k * GEMM_NR);
+#endif
+        for (int r = 0; r < GEMM_MR; ++r) {
+            float av = a[k * GEMM_MR + r];
+            acc0[r] = fma((float16)(av), b0, acc0[r]);
+#if GEMM_NV > 1
+            acc1[r] = fma((float16)(av), b1, acc1[r]);
+#endif
+        }
+    }
+    global float* Cb = C + coff + (b / batch1) * sC0 + (b % batch1) * sC1;
+    int n0 = np * GEMM_NR;
+    for (int r = 0; r < GEMM_MR; ++r) {
+        int m = mp * GEMM_MR + r;
+        if (m >= M) break;
+        global float* crow = Cb + m * ldc + n0;
+        float vals[GEMM_NR];
+        vstore16(acc0[r], 0, vals);
+#if GEMM_NV > 1
+        vstore16(acc1[r], 1, vals);
+#endif
+        int lim = min(GEMM_NR, N - n0);
+        if (beta == 0.0f) {
+            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c];
+        } else {
+            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * crow[c];
+        }
+    }
+}
+
+/* GPU-style tiled GEMM. Local size (GEMM_RTSM, GEMM_RTSN); global rounded up to tiles. */
+kernel void gemm_tiled(global const float* A, int aoff, global const float* B, int boff,
+                       global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
+                       int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
+                       int sC0, int sC1, float alpha, float beta) {
+    local float As[GEMM_TSK][GEMM_TSM];
+    local float Bs[GEMM_TSK][GEMM_TSN + 1];
+    int tm = get_local_id(0), tn = get_local_id(1);
+    int m0 = get_group_id(0) * GEMM_TSM, n0 = get_group_id(1) * GEMM_TSN;
+    int b = get_global_id(2);
+    global const float* Ab = A + aoff + (b / batch1) * sA0 + (b % batch1) * sA1;
+    global const float* Bb = B + boff + (b / batch1) * sB0 + (b % batch1) * sB1;
+    float acc[GEMM_WPTM][GEMM_WPTN];
+    for (int i = 0; i < GEMM_WPTM; ++i)
+        for (int j = 0; j < GEMM_WPTN; ++j) acc[i][j] = 0.0f;
+    int tid = tm * GEMM_RTSN + tn, nthreads = GEMM_RTSM * GEMM_RTSN;
+    for (int k0 = 0; k0 < K; k0 += GEMM_TSK) {
+        for (int e = tid; e < GEMM_TSK * GEMM_TSM; e += nthreads) {
+            /* consecutive threads take consecutive m (transA) or k (no trans): coalesced */
+            int kk, mm;
+            if (transA) { kk = e / GEMM_TSM; mm = e % GEMM_TSM; }
+            else { mm = e / GEMM_TSK; kk = e % GEMM_TSK; }
+            int gm = m0 + mm, gk = k0 + kk;
+            As[kk][mm] = (gm < M && gk < K) ? OPX(Ab, transA, lda, gm, gk) : 0.0f;
+        }
+        for (int e = tid; e < GEMM_TSK * GEMM_TSN; e += nthreads) {
+            int kk, nn;
+            if (transB) { nn = e / GEMM_TSK; kk = e % GEMM_TSK; }
+            else { kk = e / GEMM_TSN; nn = e % GEMM_TSN; }
+            int gn = n0 + nn, gk = k0 + kk;
+            Bs[kk][nn] = (gn < N && gk < K) ? OPX(Bb, transB, ldb, gk, gn) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < GEMM_TSK; ++kk) {
+            float breg[GEMM_WPTN];
+            for (int j = 0; j < GEMM_WPTN; ++j) breg[j] = Bs[kk][tn + j * GEMM_RTSN];
+            for (int i = 0; i < GEMM_WPTM; ++i) {
+                float a = As[kk][tm + i * GEMM_RTSM];
+                for (int j = 0; j < GEMM_WPTN; ++j) acc[i][j] = fma(a, breg[j], acc[i][j]);
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    global float* Cb = C + coff + (b / batch1) * sC0 + (b % batch1) * sC1;
+    for (int i = 0; i < GEMM_WPTM; ++i) {
+        int m = m0 + tm + i * GEMM_RTSM;
+        if (m >= M) continue;
+        for (int j = 0; j < GEMM_WPTN; ++j) {
+            int n = n0 + tn + j * GEMM_RTSN;
+            if (n >= N) continue;
+            float v = alpha * acc[i][j];
+            if (beta != 0.0f) v += beta * Cb[m * ldc + n];
+            Cb[m * ldc + n] = v;
+        }
+    }
+}

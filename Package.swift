@@ -1,0 +1,49 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "noisear-gpu",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "NoiseARGPU", targets: ["NoiseARGPU"]),
+        .executable(name: "noisear-gpu", targets: ["noisear-gpu"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // OpenCL 1.2 C API (ocl-icd-opencl-dev + opencl-c-headers), found by pkg-config.
+        .systemLibrary(
+            name: "COpenCL", path: "Sources/COpenCL", pkgConfig: "OpenCL",
+            providers: [.apt(["ocl-icd-opencl-dev", "opencl-c-headers"])]),
+        // OpenBLAS' CBLAS interface (libopenblas-dev), found by pkg-config.
+        .systemLibrary(
+            name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+        // OpenSSL's libcrypto (libssl-dev): SHA-256 for the kernel cache keys.
+        .systemLibrary(
+            name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
+        // Build-time tool: turns Kernels/*.cl into a Swift source with the kernel texts.
+        .executableTarget(name: "embed-kernels", path: "Sources/embed-kernels"),
+        .plugin(
+            name: "EmbedKernels", capability: .buildTool(),
+            dependencies: ["embed-kernels"], path: "Sources/EmbedKernels"),
+        .target(
+            name: "NoiseARGPU",
+            dependencies: ["COpenCL", "CBLAS", "CCrypto"],
+            path: "Sources/NoiseARGPU",
+            plugins: ["EmbedKernels"]),
+        .executableTarget(
+            name: "noisear-gpu",
+            dependencies: [
+                "NoiseARGPU",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/noisear-gpu"),
+        .testTarget(
+            name: "NoiseARGPUTests", dependencies: ["NoiseARGPU"],
+            path: "Tests/NoiseARGPUTests"),
+    ],
+    swiftLanguageModes: [.v6]
+)

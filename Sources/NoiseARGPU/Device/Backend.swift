@@ -1,0 +1,258 @@
+/// The device layer: a backend owns buffers and runs primitive kernels on them.
+///
+/// Every primitive works on float32 buffers addressed by `BufRef` (buffer + element offset),
+/// so callers can place outputs anywhere in a buffer (the differential tests surround outputs
+/// with guard regions this way). The CPU backend is the reference ("oracle") for all others.
+/// A new backend (Vulkan, say) is one folder implementing `Backend` and `DeviceBuffer`.
+
+/// A block of float32 device memory.
+public protocol DeviceBuffer: AnyObject {
+    /// Capacity in float32 elements.
+    var count: Int { get }
+}
+
+/// A buffer plus an element offset into it.
+public struct BufRef {
+    public let buffer: any DeviceBuffer
+    public let offset: Int
+    public init(_ buffer: any DeviceBuffer, _ offset: Int = 0) {
+        self.buffer = buffer
+        self.offset = offset
+    }
+}
+
+/// Primitive kernel families. `Backend.supports` answers per family; an unsupported family
+/// runs on the CPU backend instead.
+public enum OpKind: String, CaseIterable, Sendable {
+    case fill, copy, binary, unary, unaryBackward
+    case gemm, softmax, softmaxBackward
+    case layerNorm, layerNormBackward, groupNorm, groupNormBackward
+    case attention, im2col, col2im, resize, resizeBackward
+    case reduce, gather, gatherBackward, randn, adamw
+}
+
+/// Elementwise binary operations (with broadcasting through strides).
+public enum BinaryOp: Int32, Sendable, CaseIterable {
+    case add = 0, sub = 1, mul = 2, div = 3
+}
+
+/// Elementwise unary operations. `p0`/`p1` are parameters where an op takes them.
+public enum UnaryOp: Int32, Sendable, CaseIterable {
+    case exp = 0, log = 1, sqrt = 2
+    /// y = p0 * x + p1
+    case affine = 3
+    /// y = min(max(x, p0), p1)
+    case clamp = 4
+    case silu = 5
+    /// Exact erf form: 0.5 x (1 + erf(x / sqrt 2)), PyTorch's default.
+    case gelu = 6
+    case relu = 7, sigmoid = 8, tanh = 9
+    /// y = x * x
+    case square = 10
+}
+
+/// Resize interpolation (PyTorch `F.interpolate` semantics, align_corners=False).
+public enum ResizeMode: Int32, Sendable {
+    /// src = floor(dst * in / out), PyTorch's legacy 'nearest'.
+    case nearest = 0
+    /// Half-pixel centres, clamped at the border.
+    case bilinear = 1
+}
+
+/// Row-major batched GEMM: C = alpha * op(A) * op(B) + beta * C, for every (b0, b1) batch pair.
+public struct GemmDesc: Sendable, Equatable {
+    public var transA = false, transB = false
+    public var m: Int, n: Int, k: Int
+    public var alpha: Float = 1, beta: Float = 0
+    public var lda: Int, ldb: Int, ldc: Int
+    public var batch0 = 1, batch1 = 1
+    public var strideA0 = 0, strideA1 = 0
+    public var strideB0 = 0, strideB1 = 0
+    public var strideC0 = 0, strideC1 = 0
+
+    /// A plain (optionally transposed) contiguous GEMM.
+    public init(m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false,
+                alpha: Float = 1, beta: Float = 0) {
+        self.m = m; self.n = n; self.k = k
+        self.transA = transA; self.transB = transB
+        self.alpha = alpha; self.beta = beta
+        lda = transA ? m : k
+        ldb = transB ? k : n
+        ldc = n
+    }
+
+    /// The same GEMM batched over `batch` contiguous matrices (a stride 0 broadcasts that side).
+    public func batched(_ batch: Int, strideA: Int, strideB: Int, strideC: Int) -> GemmDesc {
+        var d = self
+        d.batch0 = batch
+        d.strideA0 = strideA; d.strideB0 = strideB; d.strideC0 = strideC
+        return d
+    }
+
+    /// Floating-point operations of the whole batched product.
+    public var flops: Double { 2.0 * Double(m) * Double(n) * Double(k) * Double(batch0 * batch1) }
+}
+
+/// A strided read of up to `maxRank` dimensions (stride 0 broadcasts).
+public struct Strided {
+    public static let maxRank = 6
+    public var ref: BufRef
+    public var strides: [Int]
+    public init(_ ref: BufRef, strides: [Int]) {
+        self.ref = ref
+        self.strides = strides
+    }
+}
+
+/// Fused multi-head attention, O = softmax(scale * Q K^T + bias + causal) V, per (batch, head).
+///
+/// Q, K, V and O are addressed by (batch, head, token) strides with the feature axis contiguous,
+/// so both [B,H,T,D] and [B,T,H,D] layouts work without a copy. The optional bias is a
+/// contiguous [biasBatch, biasHeads, Tq, Tk] tensor read at batch `b % biasBatch` and head
+/// `h % biasHeads` (a relative-position bias has biasBatch 1; Swin's window mask has one per window).
+/// The causal mask is aligned bottom-right: query i sees keys j <= i + (Tk - Tq).
+public struct AttentionDesc: Sendable, Equatable {
+    public var batch: Int, heads: Int, tq: Int, tk: Int, headDim: Int, valueDim: Int
+    public var scale: Float
+    public var causal = false
+    public var qStrides: [Int], kStrides: [Int], vStrides: [Int], oStrides: [Int]
+    public var biasBatch = 0, biasHeads = 0  // 0: no bias
+
+    /// Contiguous [B,H,T,D] layout for all four tensors.
+    public init(batch: Int, heads: Int, tq: Int, tk: Int, headDim: Int, valueDim: Int? = nil,
+                scale: Float? = nil, causal: Bool = false) {
+        self.batch = batch; self.heads = heads; self.tq = tq; self.tk = tk
+        self.headDim = headDim
+        let dv = valueDim ?? headDim
+        self.valueDim = dv
+        self.scale = scale ?? 1 / Float(headDim).squareRoot()
+        self.causal = causal
+        qStrides = [heads * tq * headDim, tq * headDim, headDim]
+        kStrides = [heads * tk * headDim, tk * headDim, headDim]
+        vStrides = [heads * tk * dv, tk * dv, dv]
+        oStrides = [heads * tq * dv, tq * dv, dv]
+    }
+
+    public var flops: Double {
+        2.0 * Double(batch * heads) * Double(tq) * Double(tk) * Double(headDim + valueDim)
+    }
+}
+
+/// Convolution geometry (NCHW, groups = 1).
+public struct ConvGeometry: Sendable, Equatable {
+    public var channels: Int, height: Int, width: Int
+    public var kernelH: Int, kernelW: Int
+    public var strideH = 1, strideW = 1, padH = 0, padW = 0
+    public init(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int,
+                stride: Int = 1, padding: Int = 0) {
+        self.channels = channels; self.height = height; self.width = width
+        self.kernelH = kernelH; self.kernelW = kernelW
+        strideH = stride; strideW = stride; padH = padding; padW = padding
+    }
+    public var outH: Int { (height + 2 * padH - kernelH) / strideH + 1 }
+    public var outW: Int { (width + 2 * padW - kernelW) / strideW + 1 }
+    /// Rows of the im2col matrix: channels * kernelH * kernelW.
+    public var colRows: Int { channels * kernelH * kernelW }
+    /// Columns of the im2col matrix: outH * outW.
+    public var colCols: Int { outH * outW }
+}
+
+/// AdamW hyper-parameters for one update step (bias corrections precomputed by the caller).
+public struct AdamWStep: Sendable, Equatable {
+    public var lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    /// 1 - beta1^t and 1 - beta2^t for step t (1-based).
+    public var biasCorrection1: Float, biasCorrection2: Float
+    public init(lr: Float, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8,
+                weightDecay: Float = 0.01, step: Int) {
+        self.lr = lr; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps
+        self.weightDecay = weightDecay
+        biasCorrection1 = 1 - Float(Foundation.pow(Double(beta1), Double(step)))
+        biasCorrection2 = 1 - Float(Foundation.pow(Double(beta2), Double(step)))
+    }
+}
+
+/// What a device is, for listings and selection.
+public struct DeviceInfo: Sendable, Codable, Equatable {
+    public enum Kind: String, Sendable, Codable { case cpu, gpu, accelerator, other }
+    /// "cpu" or "opencl:N".
+    public var id: String
+    public var backend: String
+    public var name: String
+    public var vendor: String
+    public var kind: Kind
+    public var platform: String
+    public var memoryBytes: UInt64
+    public var computeUnits: Int
+    public var openCLCVersion: String
+    public var driverVersion: String
+    public var fp16: Bool
+    public var fp64: Bool
+}
+
+/// A compute backend: buffers plus primitive kernels. All primitives are asynchronous with
+/// respect to the host where the backend allows it; `download` waits.
+public protocol Backend: AnyObject {
+    var info: DeviceInfo { get }
+    /// Whether this backend runs a kernel family itself (else the CPU backend runs it).
+    func supports(_ op: OpKind) -> Bool
+
+    func allocate(_ count: Int) throws -> any DeviceBuffer
+    func upload(_ src: UnsafeBufferPointer<Float>, to dst: BufRef) throws
+    func download(_ src: BufRef, into dst: UnsafeMutableBufferPointer<Float>) throws
+    func synchronize() throws
+
+    func fill(_ dst: BufRef, count: Int, value: Float) throws
+    /// dst[strided dst] = src[strided src] over `shape` (rank <= 6).
+    func copy(shape: [Int], src: Strided, dst: Strided) throws
+    /// out (contiguous, `shape`) = a op b, a and b read through broadcast strides.
+    func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws
+    func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws
+    /// dx = dy * f'(x).
+    func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
+                       p0: Float, p1: Float) throws
+    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws
+    /// Row-wise (log-)softmax over the last axis of a [rows, cols] matrix.
+    func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws
+    /// dx from y = (log-)softmax(x) and dy.
+    func softmaxBackward(rows: Int, cols: Int, log: Bool, y: BufRef, dy: BufRef, dx: BufRef) throws
+    /// Row-wise layer norm; saves mean and 1/std per row.
+    func layerNorm(rows: Int, cols: Int, eps: Float, x: BufRef, gamma: BufRef?, beta: BufRef?,
+                   y: BufRef, mean: BufRef, rstd: BufRef) throws
+    /// dx (overwritten) and, when given, dgamma/dbeta (overwritten).
+    func layerNormBackward(rows: Int, cols: Int, x: BufRef, gamma: BufRef?, mean: BufRef,
+                           rstd: BufRef, dy: BufRef, dx: BufRef, dgamma: BufRef?,
+                           dbeta: BufRef?) throws
+    /// Group norm of [n, channels, spatial]; saves mean/rstd per (n, group).
+    func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
+                   gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws
+    func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
+                           gamma: BufRef?, mean: BufRef, rstd: BufRef, dy: BufRef, dx: BufRef,
+                           dgamma: BufRef?, dbeta: BufRef?) throws
+    func attention(_ d: AttentionDesc, q: BufRef, k: BufRef, v: BufRef, bias: BufRef?,
+                   o: BufRef) throws
+    /// col [batch, C*kh*kw, outH*outW] from x [batch, C, H, W].
+    func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws
+    /// dx [batch, C, H, W] (overwritten) = sum of col entries that read each pixel.
+    func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws
+    /// [planes, inH, inW] -> [planes, outH, outW].
+    func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
+                x: BufRef, y: BufRef) throws
+    /// dx (overwritten) from dy.
+    func resizeBackward(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int,
+                        outW: Int, dy: BufRef, dx: BufRef) throws
+    /// Sum over a [outer, reduce, inner] view: out[o, i] = sum_r x[o, r, i].
+    func reduce(outer: Int, reduce: Int, inner: Int, x: BufRef, out: BufRef) throws
+    /// out[i, :] = table[index[i], :]; indices are float-encoded integers (exact below 2^24).
+    func gather(rows: Int, dim: Int, table: BufRef, index: BufRef, out: BufRef) throws
+    /// dtable[v, :] = sum over i with index[i] == v of dy[i, :], given the inverse index as CSR
+    /// (`start[v]..<start[v+1]` into `list` of row numbers), float-encoded.
+    func gatherBackward(vocab: Int, dim: Int, dy: BufRef, start: BufRef, list: BufRef,
+                        dtable: BufRef) throws
+    /// Standard normals from Philox4x32-10: element i uses counter (offset + i/4, ...).
+    func randn(count: Int, seed: UInt64, offset: UInt64, dst: BufRef) throws
+    /// One fused AdamW update of param, m, v in place.
+    func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
+               v: BufRef) throws
+}
+
+import Foundation

@@ -1,0 +1,539 @@
+import CBLAS
+import Foundation
+
+/// Host memory buffer of the CPU backend.
+public final class CPUBuffer: DeviceBuffer {
+    public let count: Int
+    public let pointer: UnsafeMutablePointer<Float>
+    private let owned: Bool
+    init(count: Int) {
+        self.count = count
+        pointer = .allocate(capacity: max(count, 1))
+        owned = true
+    }
+    /// A non-owning view of host memory (scratch work inside the backend).
+    init(viewing pointer: UnsafeMutablePointer<Float>, count: Int) {
+        self.pointer = pointer
+        self.count = count
+        owned = false
+    }
+    deinit { if owned { pointer.deallocate() } }
+}
+
+/// The reference backend: plain Swift loops plus OpenBLAS for GEMM. Every other backend is
+/// tested against it, and it runs whatever another backend does not support.
+public final class CPUBackend: Backend {
+    public let info: DeviceInfo
+
+    public init() {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        info = DeviceInfo(
+            id: "cpu", backend: "cpu", name: "CPU (Swift + OpenBLAS, \(cores) threads)",
+            vendor: "host", kind: .cpu, platform: "host",
+            memoryBytes: ProcessInfo.processInfo.physicalMemory, computeUnits: cores,
+            openCLCVersion: "-", driverVersion: "-", fp16: false, fp64: true)
+    }
+
+    public func supports(_ op: OpKind) -> Bool { true }
+
+    public func allocate(_ count: Int) throws -> any DeviceBuffer {
+        try require(count >= 0, "negative allocation \(count)")
+        return CPUBuffer(count: count)
+    }
+
+    @inline(__always)
+    func ptr(_ r: BufRef) -> UnsafeMutablePointer<Float> {
+        // Buffers handed to this backend are always its own (Device routes foreign ones).
+        (r.buffer as! CPUBuffer).pointer + r.offset
+    }
+
+    public func upload(_ src: UnsafeBufferPointer<Float>, to dst: BufRef) throws {
+        guard let base = src.baseAddress else { return }
+        try checkRange(dst, src.count)
+        ptr(dst).update(from: base, count: src.count)
+    }
+
+    public func download(_ src: BufRef, into dst: UnsafeMutableBufferPointer<Float>) throws {
+        guard let base = dst.baseAddress else { return }
+        try checkRange(src, dst.count)
+        base.update(from: ptr(src), count: dst.count)
+    }
+
+    func checkRange(_ r: BufRef, _ n: Int) throws {
+        try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
+                    "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
+    }
+
+    public func synchronize() throws {}
+
+    public func fill(_ dst: BufRef, count: Int, value: Float) throws {
+        ptr(dst).update(repeating: value, count: count)
+    }
+
+    public func copy(shape: [Int], src: Strided, dst: Strided) throws {
+        let s = ptr(src.ref), d = ptr(dst.ref)
+        forEachIndex(shape, src.strides, dst.strides) { i, j in d[j] = s[i] }
+    }
+
+    public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
+        let pa = ptr(a.ref), pb = ptr(b.ref), po = ptr(out)
+        var k = 0
+        forEachIndex(shape, a.strides, b.strides) { i, j in
+            let x = pa[i], y = pb[j]
+            switch op {
+            case .add: po[k] = x + y
+            case .sub: po[k] = x - y
+            case .mul: po[k] = x * y
+            case .div: po[k] = x / y
+            }
+            k += 1
+        }
+    }
+
+    public func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws {
+        let px = ptr(x), py = ptr(y)
+        for i in 0..<count { py[i] = Self.unaryForward(op, px[i], p0, p1) }
+    }
+
+    public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
+                              p0: Float, p1: Float) throws {
+        let px = ptr(x), pdy = ptr(dy), pdx = ptr(dx)
+        for i in 0..<count { pdx[i] = pdy[i] * Self.unaryDerivative(op, px[i], p0, p1) }
+    }
+
+    /// f(x) for a unary op (the CPU line every OpenCL unary kernel is traced to).
+    @inline(__always)
+    static func unaryForward(_ op: UnaryOp, _ x: Float, _ p0: Float, _ p1: Float) -> Float {
+        switch op {
+        case .exp: return Foundation.exp(x)
+        case .log: return Foundation.log(x)
+        case .sqrt: return x.squareRoot()
+        case .affine: return p0 * x + p1
+        case .clamp: return Swift.min(Swift.max(x, p0), p1)
+        case .silu: return x / (1 + Foundation.exp(-x))
+        case .gelu: return 0.5 * x * (1 + Foundation.erf(x * 0.70710678118654752))
+        case .relu: return Swift.max(x, 0)
+        case .sigmoid: return 1 / (1 + Foundation.exp(-x))
+        case .tanh: return Foundation.tanh(x)
+        case .square: return x * x
+        }
+    }
+
+    /// f'(x) for a unary op.
+    @inline(__always)
+    static func unaryDerivative(_ op: UnaryOp, _ x: Float, _ p0: Float, _ p1: Float) -> Float {
+        switch op {
+        case .exp: return Foundation.exp(x)
+        case .log: return 1 / x
+        case .sqrt: return 0.5 / x.squareRoot()
+        case .affine: return p0
+        case .clamp: return (x >= p0 && x <= p1) ? 1 : 0
+        case .silu:
+            let s = 1 / (1 + Foundation.exp(-x))
+            return s * (1 + x * (1 - s))
+        case .gelu:
+            let cdf = 0.5 * (1 + Foundation.erf(x * 0.70710678118654752))
+            let pdf = Foundation.exp(-0.5 * x * x) * 0.39894228040143268
+            return cdf + x * pdf
+        case .relu: return x > 0 ? 1 : 0
+        case .sigmoid:
+            let s = 1 / (1 + Foundation.exp(-x))
+            return s * (1 - s)
+        case .tanh:
+            let t = Foundation.tanh(x)
+            return 1 - t * t
+        case .square: return 2 * x
+        }
+    }
+
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
+        let pa = ptr(a), pb = ptr(b), pc = ptr(c)
+        for i0 in 0..<d.batch0 {
+            for i1 in 0..<d.batch1 {
+                cblas_sgemm(
+                    CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans,
+                    d.transB ? CblasTrans : CblasNoTrans,
+                    Int32(d.m), Int32(d.n), Int32(d.k), d.alpha,
+                    pa + i0 * d.strideA0 + i1 * d.strideA1, Int32(d.lda),
+                    pb + i0 * d.strideB0 + i1 * d.strideB1, Int32(d.ldb), d.beta,
+                    pc + i0 * d.strideC0 + i1 * d.strideC1, Int32(d.ldc))
+            }
+        }
+    }
+
+    public func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
+        let px = ptr(x), py = ptr(y)
+        for r in 0..<rows {
+            let xr = px + r * cols, yr = py + r * cols
+            var m = -Float.infinity
+            for j in 0..<cols { m = Swift.max(m, xr[j]) }
+            var s: Float = 0
+            for j in 0..<cols { s += Foundation.exp(xr[j] - m) }
+            if log {
+                let ls = Foundation.log(s)
+                for j in 0..<cols { yr[j] = xr[j] - m - ls }
+            } else {
+                let inv = 1 / s
+                for j in 0..<cols { yr[j] = Foundation.exp(xr[j] - m) * inv }
+            }
+        }
+    }
+
+    public func softmaxBackward(rows: Int, cols: Int, log: Bool, y: BufRef, dy: BufRef,
+                                dx: BufRef) throws {
+        let py = ptr(y), pdy = ptr(dy), pdx = ptr(dx)
+        for r in 0..<rows {
+            let yr = py + r * cols, gr = pdy + r * cols, dr = pdx + r * cols
+            if log {
+                var s: Float = 0
+                for j in 0..<cols { s += gr[j] }
+                for j in 0..<cols { dr[j] = gr[j] - Foundation.exp(yr[j]) * s }
+            } else {
+                var s: Float = 0
+                for j in 0..<cols { s += gr[j] * yr[j] }
+                for j in 0..<cols { dr[j] = yr[j] * (gr[j] - s) }
+            }
+        }
+    }
+
+    public func layerNorm(rows: Int, cols: Int, eps: Float, x: BufRef, gamma: BufRef?,
+                          beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
+        try groupNorm(n: rows, channels: 1, spatial: cols, groups: 1, eps: eps, x: x, gamma: nil,
+                      beta: nil, y: y, mean: mean, rstd: rstd)
+        let py = ptr(y)
+        if gamma != nil || beta != nil {
+            let g = gamma.map(ptr), b = beta.map(ptr)
+            for r in 0..<rows {
+                let yr = py + r * cols
+                for j in 0..<cols { yr[j] = yr[j] * (g?[j] ?? 1) + (b?[j] ?? 0) }
+            }
+        }
+    }
+
+    public func layerNormBackward(rows: Int, cols: Int, x: BufRef, gamma: BufRef?, mean: BufRef,
+                                  rstd: BufRef, dy: BufRef, dx: BufRef, dgamma: BufRef?,
+                                  dbeta: BufRef?) throws {
+        let px = ptr(x), pm = ptr(mean), pr = ptr(rstd), pdy = ptr(dy), pdx = ptr(dx)
+        let g = gamma.map(ptr)
+        for r in 0..<rows {
+            let xr = px + r * cols, gr = pdy + r * cols, dr = pdx + r * cols
+            let mu = pm[r], rs = pr[r]
+            var sumG: Float = 0, sumGX: Float = 0
+            for j in 0..<cols {
+                let gh = gr[j] * (g?[j] ?? 1)
+                sumG += gh
+                sumGX += gh * (xr[j] - mu) * rs
+            }
+            let n = Float(cols)
+            for j in 0..<cols {
+                let xh = (xr[j] - mu) * rs
+                dr[j] = rs * (gr[j] * (g?[j] ?? 1) - sumG / n - xh * sumGX / n)
+            }
+        }
+        if let dgamma { ptr(dgamma).update(repeating: 0, count: cols) }
+        if let dbeta { ptr(dbeta).update(repeating: 0, count: cols) }
+        for r in 0..<rows {
+            let xr = px + r * cols, gr = pdy + r * cols
+            if let dgamma {
+                let dg = ptr(dgamma)
+                for j in 0..<cols { dg[j] += gr[j] * (xr[j] - pm[r]) * pr[r] }
+            }
+            if let dbeta {
+                let db = ptr(dbeta)
+                for j in 0..<cols { db[j] += gr[j] }
+            }
+        }
+    }
+
+    public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float,
+                          x: BufRef, gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef,
+                          rstd: BufRef) throws {
+        let px = ptr(x), py = ptr(y), pm = ptr(mean), pr = ptr(rstd)
+        let g = gamma.map(ptr), b = beta.map(ptr)
+        let cpg = channels / groups, len = cpg * spatial
+        for i in 0..<(n * groups) {
+            let base = i * len
+            var s: Double = 0
+            for j in 0..<len { s += Double(px[base + j]) }
+            let mu = s / Double(len)
+            var v: Double = 0
+            for j in 0..<len {
+                let d = Double(px[base + j]) - mu
+                v += d * d
+            }
+            let rs = 1 / (v / Double(len) + Double(eps)).squareRoot()
+            pm[i] = Float(mu)
+            pr[i] = Float(rs)
+            let c0 = (i % groups) * cpg
+            for c in 0..<cpg {
+                let scale = g?[c0 + c] ?? 1, shift = b?[c0 + c] ?? 0
+                for s in 0..<spatial {
+                    let j = base + c * spatial + s
+                    py[j] = (px[j] - Float(mu)) * Float(rs) * scale + shift
+                }
+            }
+        }
+    }
+
+    public func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
+                                  gamma: BufRef?, mean: BufRef, rstd: BufRef, dy: BufRef,
+                                  dx: BufRef, dgamma: BufRef?, dbeta: BufRef?) throws {
+        let px = ptr(x), pm = ptr(mean), pr = ptr(rstd), pdy = ptr(dy), pdx = ptr(dx)
+        let g = gamma.map(ptr)
+        let cpg = channels / groups, len = cpg * spatial
+        for i in 0..<(n * groups) {
+            let base = i * len, c0 = (i % groups) * cpg
+            let mu = pm[i], rs = pr[i]
+            var sumG: Float = 0, sumGX: Float = 0
+            for c in 0..<cpg {
+                let gc = g?[c0 + c] ?? 1
+                for s in 0..<spatial {
+                    let j = base + c * spatial + s
+                    let gh = pdy[j] * gc
+                    sumG += gh
+                    sumGX += gh * (px[j] - mu) * rs
+                }
+            }
+            let cnt = Float(len)
+            for c in 0..<cpg {
+                let gc = g?[c0 + c] ?? 1
+                for s in 0..<spatial {
+                    let j = base + c * spatial + s
+                    let xh = (px[j] - mu) * rs
+                    pdx[j] = rs * (pdy[j] * gc - sumG / cnt - xh * sumGX / cnt)
+                }
+            }
+        }
+        if let dgamma { ptr(dgamma).update(repeating: 0, count: channels) }
+        if let dbeta { ptr(dbeta).update(repeating: 0, count: channels) }
+        for b in 0..<n {
+            for c in 0..<channels {
+                let i = b * groups + c / cpg
+                var sg: Float = 0, sb: Float = 0
+                for s in 0..<spatial {
+                    let j = (b * channels + c) * spatial + s
+                    sg += pdy[j] * (px[j] - pm[i]) * pr[i]
+                    sb += pdy[j]
+                }
+                if let dgamma { ptr(dgamma)[c] += sg }
+                if let dbeta { ptr(dbeta)[c] += sb }
+            }
+        }
+    }
+
+    public func attention(_ d: AttentionDesc, q: BufRef, k: BufRef, v: BufRef, bias: BufRef?,
+                          o: BufRef) throws {
+        let pq = ptr(q), pk = ptr(k), pv = ptr(v), po = ptr(o)
+        let pb = bias.map(ptr)
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: d.tq * d.tk)
+        defer { scores.deallocate() }
+        for b in 0..<d.batch {
+            for h in 0..<d.heads {
+                let qb = pq + b * d.qStrides[0] + h * d.qStrides[1]
+                let kb = pk + b * d.kStrides[0] + h * d.kStrides[1]
+                let vb = pv + b * d.vStrides[0] + h * d.vStrides[1]
+                let ob = po + b * d.oStrides[0] + h * d.oStrides[1]
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(d.tq), Int32(d.tk),
+                            Int32(d.headDim), d.scale, qb, Int32(d.qStrides[2]), kb,
+                            Int32(d.kStrides[2]), 0, scores, Int32(d.tk))
+                if let pb {
+                    let bb = pb + ((b % d.biasBatch) * d.biasHeads + h % d.biasHeads) * d.tq * d.tk
+                    for i in 0..<(d.tq * d.tk) { scores[i] += bb[i] }
+                }
+                if d.causal {
+                    for i in 0..<d.tq {
+                        let last = i + d.tk - d.tq
+                        for j in 0..<d.tk where j > last { scores[i * d.tk + j] = -.infinity }
+                    }
+                }
+                let ref = BufRef(CPUBuffer(viewing: scores, count: d.tq * d.tk))
+                try softmax(rows: d.tq, cols: d.tk, log: false, x: ref, y: ref)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(d.tq),
+                            Int32(d.valueDim), Int32(d.tk), 1, scores, Int32(d.tk), vb,
+                            Int32(d.vStrides[2]), 0, ob, Int32(d.oStrides[2]))
+            }
+        }
+    }
+
+    public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
+        let px = ptr(x), pc = ptr(col)
+        let oh = g.outH, ow = g.outW
+        for n in 0..<batch {
+            let xb = px + n * g.channels * g.height * g.width
+            let cb = pc + n * g.colRows * g.colCols
+            for row in 0..<g.colRows {
+                let c = row / (g.kernelH * g.kernelW)
+                let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
+                for oy in 0..<oh {
+                    let iy = oy * g.strideH - g.padH + ky
+                    for ox in 0..<ow {
+                        let ix = ox * g.strideW - g.padW + kx
+                        let inside = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width
+                        cb[row * g.colCols + oy * ow + ox] =
+                            inside ? xb[(c * g.height + iy) * g.width + ix] : 0
+                    }
+                }
+            }
+        }
+    }
+
+    public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
+        let pd = ptr(dx), pc = ptr(col)
+        let oh = g.outH, ow = g.outW
+        pd.update(repeating: 0, count: batch * g.channels * g.height * g.width)
+        for n in 0..<batch {
+            let db = pd + n * g.channels * g.height * g.width
+            let cb = pc + n * g.colRows * g.colCols
+            for row in 0..<g.colRows {
+                let c = row / (g.kernelH * g.kernelW)
+                let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
+                for oy in 0..<oh {
+                    let iy = oy * g.strideH - g.padH + ky
+                    guard iy >= 0 && iy < g.height else { continue }
+                    for ox in 0..<ow {
+                        let ix = ox * g.strideW - g.padW + kx
+                        guard ix >= 0 && ix < g.width else { continue }
+                        db[(c * g.height + iy) * g.width + ix] += cb[row * g.colCols + oy * ow + ox]
+                    }
+                }
+            }
+        }
+    }
+
+    public func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
+                       x: BufRef, y: BufRef) throws {
+        let px = ptr(x), py = ptr(y)
+        let ys = (0..<outH).map { ResizeTaps(mode, $0, inH, outH) }
+        let xs = (0..<outW).map { ResizeTaps(mode, $0, inW, outW) }
+        for p in 0..<planes {
+            let xp = px + p * inH * inW, yp = py + p * outH * outW
+            for oy in 0..<outH {
+                let ty = ys[oy]
+                for ox in 0..<outW {
+                    let tx = xs[ox]
+                    let top = xp[ty.i0 * inW + tx.i0] * tx.w0 + xp[ty.i0 * inW + tx.i1] * tx.w1
+                    let bot = xp[ty.i1 * inW + tx.i0] * tx.w0 + xp[ty.i1 * inW + tx.i1] * tx.w1
+                    yp[oy * outW + ox] = top * ty.w0 + bot * ty.w1
+                }
+            }
+        }
+    }
+
+    public func resizeBackward(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int,
+                               outW: Int, dy: BufRef, dx: BufRef) throws {
+        let pdy = ptr(dy), pdx = ptr(dx)
+        pdx.update(repeating: 0, count: planes * inH * inW)
+        let ys = (0..<outH).map { ResizeTaps(mode, $0, inH, outH) }
+        let xs = (0..<outW).map { ResizeTaps(mode, $0, inW, outW) }
+        for p in 0..<planes {
+            let dxp = pdx + p * inH * inW, dyp = pdy + p * outH * outW
+            for oy in 0..<outH {
+                let ty = ys[oy]
+                for ox in 0..<outW {
+                    let tx = xs[ox], g = dyp[oy * outW + ox]
+                    dxp[ty.i0 * inW + tx.i0] += g * ty.w0 * tx.w0
+                    dxp[ty.i0 * inW + tx.i1] += g * ty.w0 * tx.w1
+                    dxp[ty.i1 * inW + tx.i0] += g * ty.w1 * tx.w0
+                    dxp[ty.i1 * inW + tx.i1] += g * ty.w1 * tx.w1
+                }
+            }
+        }
+    }
+
+    public func reduce(outer: Int, reduce: Int, inner: Int, x: BufRef, out: BufRef) throws {
+        let px = ptr(x), po = ptr(out)
+        po.update(repeating: 0, count: outer * inner)
+        for o in 0..<outer {
+            for r in 0..<reduce {
+                let src = px + (o * reduce + r) * inner, dst = po + o * inner
+                for i in 0..<inner { dst[i] += src[i] }
+            }
+        }
+    }
+
+    public func gather(rows: Int, dim: Int, table: BufRef, index: BufRef, out: BufRef) throws {
+        let pt = ptr(table), pi = ptr(index), po = ptr(out)
+        for r in 0..<rows {
+            (po + r * dim).update(from: pt + Int(pi[r]) * dim, count: dim)
+        }
+    }
+
+    public func gatherBackward(vocab: Int, dim: Int, dy: BufRef, start: BufRef, list: BufRef,
+                               dtable: BufRef) throws {
+        let pdy = ptr(dy), ps = ptr(start), pl = ptr(list), pt = ptr(dtable)
+        for v in 0..<vocab {
+            let row = pt + v * dim
+            row.update(repeating: 0, count: dim)
+            for e in Int(ps[v])..<Int(ps[v + 1]) {
+                let src = pdy + Int(pl[e]) * dim
+                for j in 0..<dim { row[j] += src[j] }
+            }
+        }
+    }
+
+    public func randn(count: Int, seed: UInt64, offset: UInt64, dst: BufRef) throws {
+        Philox.fillNormal(ptr(dst), count: count, seed: seed, offset: offset)
+    }
+
+    public func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
+                      v: BufRef) throws {
+        let p = ptr(param), g = ptr(grad), pm = ptr(m), pv = ptr(v)
+        for i in 0..<count {
+            let gi = g[i]
+            pm[i] = step.beta1 * pm[i] + (1 - step.beta1) * gi
+            pv[i] = step.beta2 * pv[i] + (1 - step.beta2) * gi * gi
+            let mh = pm[i] / step.biasCorrection1, vh = pv[i] / step.biasCorrection2
+            p[i] = p[i] - step.lr * (step.weightDecay * p[i] + mh / (vh.squareRoot() + step.eps))
+        }
+    }
+}
+
+/// Source taps of one output coordinate of a resize (shared by forward and backward).
+struct ResizeTaps {
+    var i0: Int, i1: Int, w0: Float, w1: Float
+    init(_ mode: ResizeMode, _ o: Int, _ inSize: Int, _ outSize: Int) {
+        let scale = Float(inSize) / Float(outSize)
+        switch mode {
+        case .nearest:
+            i0 = Swift.min(Int((Float(o) * scale).rounded(.down)), inSize - 1)
+            i1 = i0; w0 = 1; w1 = 0
+        case .bilinear:
+            let src = Swift.max((Float(o) + 0.5) * scale - 0.5, 0)
+            i0 = Swift.min(Int(src.rounded(.down)), inSize - 1)
+            i1 = Swift.min(i0 + 1, inSize - 1)
+            w1 = src - Float(i0); w0 = 1 - w1
+        }
+    }
+}
+
+/// Visits every index of `shape` (row-major), passing the two strided offsets.
+@inline(__always)
+func forEachIndex(_ shape: [Int], _ sa: [Int], _ sb: [Int], _ body: (Int, Int) -> Void) {
+    let rank = shape.count
+    if rank == 0 { body(0, 0); return }
+    let total = Shape.count(shape)
+    if total == 0 { return }
+    var idx = [Int](repeating: 0, count: rank)
+    var oa = 0, ob = 0
+    let last = rank - 1
+    let n = shape[last], a1 = sa[last], b1 = sb[last]
+    var done = 0
+    while done < total {
+        var ia = oa, ib = ob
+        for _ in 0..<n {
+            body(ia, ib)
+            ia += a1; ib += b1
+        }
+        done += n
+        // advance the outer index
+        var d = last - 1
+        while d >= 0 {
+            idx[d] += 1
+            oa += sa[d]; ob += sb[d]
+            if idx[d] < shape[d] { break }
+            oa -= sa[d] * shape[d]; ob -= sb[d] * shape[d]
+            idx[d] = 0
+            d -= 1
+        }
+    }
+}

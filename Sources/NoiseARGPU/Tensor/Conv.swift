@@ -1,0 +1,141 @@
+/// Convolution, resize and embedding lookup.
+extension Tensor {
+    /// 2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] and bias [Cout]
+    /// (groups = 1), as im2col + GEMM.
+    public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
+                              padding: Int = 0) throws -> Tensor {
+        try x.sameDevice(weight, "conv2d")
+        try requireShape(x.rank == 4 && weight.rank == 4 && weight.shape[1] == x.shape[1],
+                         "conv2d of input \(x.shape) with weight \(weight.shape)")
+        try require(stride >= 1 && padding >= 0, "conv2d stride \(stride), padding \(padding)")
+        let n = x.shape[0], cout = weight.shape[0]
+        let g = ConvGeometry(channels: x.shape[1], height: x.shape[2], width: x.shape[3],
+                             kernelH: weight.shape[2], kernelW: weight.shape[3], stride: stride,
+                             padding: padding)
+        try requireShape(g.outH > 0 && g.outW > 0, "conv2d kernel \(weight.shape) larger than padded input \(x.shape)")
+        let col = try Tensor.empty([n, g.colRows, g.colCols], on: x.device)
+        try x.device.run(.im2col, [x.ref, col.ref], outputs: [1]) { be, r in
+            try be.im2col(g, batch: n, x: r[0], col: r[1])
+        }
+        let y = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
+        let d = GemmDesc(m: cout, n: g.colCols, k: g.colRows)
+            .batched(n, strideA: 0, strideB: g.colRows * g.colCols, strideC: cout * g.colCols)
+        try x.device.run(.gemm, [weight.ref, col.ref, y.ref], outputs: [2]) { be, r in
+            try be.gemm(d, a: r[0], b: r[1], c: r[2])
+        }
+        var out = y
+        if let bias {
+            try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels")
+            out = try x.device.noGrad { try y + bias.reshaped([1, cout, 1, 1]) }
+        }
+        let inputs = [x, weight] + (bias.map { [$0] } ?? [])
+        return record(out, inputs, "conv2d") { gy in
+            // dcol[n] = W^T dy[n] ; dx = col2im(dcol) ; dW = sum_n dy[n] col[n]^T ; db = sum dy
+            let dcol = try Tensor.empty(col.shape, on: x.device)
+            let dd = GemmDesc(m: g.colRows, n: g.colCols, k: cout, transA: true)
+                .batched(n, strideA: 0, strideB: cout * g.colCols, strideC: g.colRows * g.colCols)
+            try x.device.run(.gemm, [weight.ref, gy.ref, dcol.ref], outputs: [2]) { be, r in
+                try be.gemm(dd, a: r[0], b: r[1], c: r[2])
+            }
+            let dx = try Tensor.empty(x.shape, on: x.device)
+            try x.device.run(.col2im, [dcol.ref, dx.ref], outputs: [1]) { be, r in
+                try be.col2im(g, batch: n, col: r[0], dx: r[1])
+            }
+            let dwn = try Tensor.empty([n, cout, g.colRows], on: x.device)
+            let dw = GemmDesc(m: cout, n: g.colRows, k: g.colCols, transB: true)
+                .batched(n, strideA: cout * g.colCols, strideB: g.colRows * g.colCols, strideC: cout * g.colRows)
+            try x.device.run(.gemm, [gy.ref, col.ref, dwn.ref], outputs: [2]) { be, r in
+                try be.gemm(dw, a: r[0], b: r[1], c: r[2])
+            }
+            var grads: [Tensor?] = [dx, try dwn.sum(axes: [0]).reshaped(weight.shape)]
+            if bias != nil { grads.append(try gy.sum(axes: [0, 2, 3])) }
+            return grads
+        }
+    }
+
+    /// Resize of [..., H, W] to [..., outH, outW] (PyTorch interpolate, align_corners=False).
+    public func resized(height outH: Int, width outW: Int, mode: ResizeMode) throws -> Tensor {
+        try requireShape(rank >= 2, "resize of \(shape)")
+        try require(outH > 0 && outW > 0, "resize to \(outH)x\(outW)")
+        let inH = shape[rank - 2], inW = shape[rank - 1], planes = count / (inH * inW)
+        let y = try Tensor.empty(Array(shape.dropLast(2)) + [outH, outW], on: device)
+        try device.run(.resize, [ref, y.ref], outputs: [1]) { be, r in
+            try be.resize(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW, x: r[0], y: r[1])
+        }
+        return record(y, [self], "resize") { g in
+            let dx = try Tensor.empty(self.shape, on: self.device)
+            try self.device.run(.resizeBackward, [g.ref, dx.ref], outputs: [1]) { be, r in
+                try be.resizeBackward(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW,
+                                      dy: r[0], dx: r[1])
+            }
+            return [dx]
+        }
+    }
+
+    /// Rows of `table` [V, D] at `indices`: an embedding lookup, [indices.count, D].
+    public static func gather(_ table: Tensor, indices: [Int]) throws -> Tensor {
+        try requireShape(table.rank == 2, "gather from \(table.shape): expected [V, D]")
+        let vocab = table.shape[0], dim = table.shape[1]
+        try require(!indices.isEmpty, "gather with no indices")
+        try require(vocab < (1 << 24), "gather table of \(vocab) rows (at most 2^24)")
+        if let bad = indices.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw NoiseError.invalidArgument("gather index \(bad) outside 0..<\(vocab)")
+        }
+        let dev = table.device
+        let idx = try Tensor(indices.map(Float.init), shape: [indices.count], on: dev)
+        let out = try Tensor.empty([indices.count, dim], on: dev)
+        try dev.run(.gather, [table.ref, idx.ref, out.ref], outputs: [2]) { be, r in
+            try be.gather(rows: indices.count, dim: dim, table: r[0], index: r[1], out: r[2])
+        }
+        return record(out, [table], "gather") { g in
+            // Inverse index as CSR, built on the host from the (host-known) indices.
+            var counts = [Int](repeating: 0, count: vocab + 1)
+            for i in indices { counts[i + 1] += 1 }
+            for v in 0..<vocab { counts[v + 1] += counts[v] }
+            var fill = counts
+            var list = [Float](repeating: 0, count: indices.count)
+            for (row, i) in indices.enumerated() {
+                list[fill[i]] = Float(row)
+                fill[i] += 1
+            }
+            let start = try Tensor(counts.map(Float.init), shape: [vocab + 1], on: dev)
+            let lst = try Tensor(list, shape: [indices.count], on: dev)
+            let dt = try Tensor.empty(table.shape, on: dev)
+            try dev.run(.gatherBackward, [g.ref, start.ref, lst.ref, dt.ref], outputs: [3]) { be, r in
+                try be.gatherBackward(vocab: vocab, dim: dim, dy: r[0], start: r[1], list: r[2], dtable: r[3])
+            }
+            return [dt]
+        }
+    }
+}
+
+/// AdamW (decoupled weight decay) over a set of parameters, one fused kernel per tensor.
+public final class AdamW {
+    public var lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    public private(set) var step = 0
+    private var state: [ObjectIdentifier: (m: Tensor, v: Tensor)] = [:]
+
+    public init(lr: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8,
+                weightDecay: Float = 0.01) {
+        self.lr = lr; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps
+        self.weightDecay = weightDecay
+    }
+
+    /// Applies one update to every parameter that has a gradient.
+    public func update(_ params: [Tensor]) throws {
+        step += 1
+        let s = AdamWStep(lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, step: step)
+        for p in params {
+            guard let g = p.grad else { continue }
+            let id = ObjectIdentifier(p)
+            if state[id] == nil {
+                state[id] = (try Tensor.zeros(p.shape, on: p.device), try Tensor.zeros(p.shape, on: p.device))
+            }
+            guard let (m, v) = state[id] else { continue }
+            let n = p.count
+            try p.device.run(.adamw, [p.ref, g.ref, m.ref, v.ref], outputs: [0, 2, 3]) { be, r in
+                try be.adamw(count: n, step: s, param: r[0], grad: r[1], m: r[2], v: r[3])
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+/// Elementwise ops with NumPy broadcasting, unary maps and scalar forms.
+extension Tensor {
+    func sameDevice(_ other: Tensor, _ op: String) throws {
+        try require(other.device === device, "\(op): tensors on different devices (\(device.info.id), \(other.device.info.id))")
+    }
+
+    /// a op b with broadcasting.
+    static func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor) throws -> Tensor {
+        try a.sameDevice(b, "\(op)")
+        let shape = try Shape.broadcast(a.shape, b.shape)
+        let out = try Tensor.empty(shape, on: a.device)
+        if shape.count <= Strided.maxRank {
+            try a.device.run(.binary, [a.ref, b.ref, out.ref], outputs: [2]) { be, r in
+                try be.binary(op, shape: shape, a: Strided(r[0], strides: Shape.broadcastStrides(a.shape, to: shape)),
+                              b: Strided(r[1], strides: Shape.broadcastStrides(b.shape, to: shape)), out: r[2])
+            }
+        } else {
+            throw NoiseError.unsupported("elementwise ops above rank \(Strided.maxRank)")
+        }
+        return record(out, [a, b], "\(op)") { g in
+            let ga: Tensor?, gb: Tensor?
+            switch op {
+            case .add: ga = g; gb = g
+            case .sub: ga = g; gb = try g.scaled(-1)
+            case .mul: ga = try g * b; gb = try g * a
+            case .div:
+                ga = try g / b
+                gb = try (g * a / (b * b)).scaled(-1)
+            }
+            return [try ga.map { try $0.sumTo(a.shape) }, try gb.map { try $0.sumTo(b.shape) }]
+        }
+    }
+
+    public static func + (a: Tensor, b: Tensor) throws -> Tensor { try binary(.add, a, b) }
+    public static func - (a: Tensor, b: Tensor) throws -> Tensor { try binary(.sub, a, b) }
+    public static func * (a: Tensor, b: Tensor) throws -> Tensor { try binary(.mul, a, b) }
+    public static func / (a: Tensor, b: Tensor) throws -> Tensor { try binary(.div, a, b) }
+
+    /// Sums a broadcast gradient back down to `target` shape.
+    func sumTo(_ target: [Int]) throws -> Tensor {
+        if shape == target { return self }
+        let axes = Shape.broadcastAxes(target, to: shape)
+        return try sum(axes: axes, keepDims: true).reshaped(target)
+    }
+
+    /// y = f(x) for a unary op.
+    func unary(_ op: UnaryOp, _ p0: Float = 0, _ p1: Float = 0) throws -> Tensor {
+        let out = try Tensor.empty(shape, on: device)
+        let n = count
+        try device.run(.unary, [ref, out.ref], outputs: [1]) { be, r in
+            try be.unary(op, count: n, x: r[0], y: r[1], p0: p0, p1: p1)
+        }
+        return record(out, [self], "\(op)") { g in
+            let dx = try Tensor.empty(self.shape, on: self.device)
+            try self.device.run(.unaryBackward, [self.ref, g.ref, dx.ref], outputs: [2]) { be, r in
+                try be.unaryBackward(op, count: n, x: r[0], dy: r[1], dx: r[2], p0: p0, p1: p1)
+            }
+            return [dx]
+        }
+    }
+
+    public func exp() throws -> Tensor { try unary(.exp) }
+    public func log() throws -> Tensor { try unary(.log) }
+    public func sqrt() throws -> Tensor { try unary(.sqrt) }
+    public func square() throws -> Tensor { try unary(.square) }
+    public func silu() throws -> Tensor { try unary(.silu) }
+    /// Exact (erf) GELU, PyTorch's default.
+    public func gelu() throws -> Tensor { try unary(.gelu) }
+    public func relu() throws -> Tensor { try unary(.relu) }
+    public func sigmoid() throws -> Tensor { try unary(.sigmoid) }
+    public func tanh() throws -> Tensor { try unary(.tanh) }
+    public func clamp(_ lo: Float, _ hi: Float) throws -> Tensor { try unary(.clamp, lo, hi) }
+    /// s * x
+    public func scaled(_ s: Float) throws -> Tensor { try unary(.affine, s, 0) }
+    /// s * x + t
+    public func affine(_ s: Float, _ t: Float) throws -> Tensor { try unary(.affine, s, t) }
+
+    public static func * (a: Tensor, s: Float) throws -> Tensor { try a.scaled(s) }
+    public static func + (a: Tensor, s: Float) throws -> Tensor { try a.affine(1, s) }
+    public static func - (a: Tensor, s: Float) throws -> Tensor { try a.affine(1, -s) }
+}

@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import NoiseARGPU
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time one op on the selected device, side by side with the CPU backend.",
+        discussion: """
+            OP is one of: gemm, attention, conv2d, layernorm, softmax.
+            GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
+            attention reports the fused kernel and the same computation as GEMM + softmax + GEMM.
+            Figures are medians of --repeats timed runs after --warmup runs.
+            """)
+
+    enum Op: String, ExpressibleByArgument, CaseIterable {
+        case gemm, attention, conv2d, layernorm, softmax
+    }
+
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax")
+    var op: Op
+
+    @OptionGroup var options: DeviceOptions
+
+    @Option(help: "Square size for gemm (M = N = K) and layernorm/softmax columns.")
+    var size: Int?
+    @Option(help: "GEMM rows (M).") var m: Int?
+    @Option(help: "GEMM columns (N).") var n: Int?
+    @Option(help: "GEMM inner size (K).") var k: Int?
+    @Option(help: "Batch (attention, conv2d).") var batch: Int = 4
+    @Option(help: "Attention heads.") var heads: Int = 8
+    @Option(help: "Attention queries.") var tq: Int = 256
+    @Option(help: "Attention keys.") var tk: Int = 256
+    @Option(help: "Attention head dim.") var dim: Int = 64
+    @Option(help: "Rows for layernorm/softmax.") var rows: Int = 4096
+    @Option(help: "conv2d input channels.") var channels: Int = 64
+    @Option(help: "conv2d output channels.") var outChannels: Int = 64
+    @Option(help: "conv2d kernel size.") var kernel: Int = 3
+    @Option(help: "Untimed runs first.") var warmup: Int = 2
+    @Option(help: "Timed runs.") var repeats: Int = 10
+    @Flag(help: "Only the selected device (skip the CPU backend / OpenBLAS reference rows).")
+    var noReference = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        for (name, v) in [("size", size), ("m", m), ("n", n), ("k", k)] {
+            if let v, v < 1 { throw ValidationError("--\(name) must be at least 1") }
+        }
+        for (name, v) in [("batch", batch), ("heads", heads), ("tq", tq), ("tk", tk), ("dim", dim), ("rows", rows),
+                          ("channels", channels), ("out-channels", outChannels), ("kernel", kernel), ("repeats", repeats)]
+        where v < 1 {
+            throw ValidationError("--\(name) must be at least 1")
+        }
+        if warmup < 0 { throw ValidationError("--warmup must be at least 0") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            // The CPU reference runs first, before an OpenCL runtime (whose worker threads share
+            // the cores) is started.
+            let wantsCPUOnly = (options.device ?? ProcessInfo.processInfo.environment["NOISEAR_DEVICE"]) == "cpu"
+            let bench = Bench(warmup: warmup, repeats: repeats)
+            var results: [BenchResult] = []
+            var devices: [() throws -> Device] = []
+            if !noReference && !wantsCPUOnly { devices.append { Device.cpuDevice() } }
+            devices.append { try options.open() }
+            var seen: Set<String> = []
+            for open in devices {
+                let d = try open()
+                if seen.contains(d.info.id) { continue }
+                seen.insert(d.info.id)
+                switch op {
+                case .gemm:
+                    let s = size ?? 1024
+                    results += try bench.gemm(m: m ?? s, n: n ?? s, k: k ?? s, device: d)
+                case .attention:
+                    results += try bench.attention(batch: batch, heads: heads, tq: tq, tk: tk, dim: dim, device: d)
+                case .conv2d:
+                    results += try bench.conv2d(batch: batch, channels: channels, outChannels: outChannels,
+                                                size: size ?? 32, kernel: kernel, device: d)
+                case .layernorm:
+                    results += try bench.layerNorm(rows: rows, cols: size ?? 1024, device: d)
+                case .softmax:
+                    results += try bench.softmax(rows: rows, cols: size ?? 1024, device: d)
+                }
+            }
+            if json {
+                try printJSON(results)
+                return
+            }
+            let ref = results.first
+            print("op         backend     variant               shape                        median ms   rate        vs first")
+            for r in results {
+                let rate = r.gflops.map { String(format: "%8.1f GFLOP/s", $0) }
+                    ?? r.gbps.map { String(format: "%8.2f GB/s", $0) } ?? ""
+                let ratio = ref.map { String(format: "%6.2fx", $0.medianMs / r.medianMs) } ?? ""
+                print([r.op.padding(toLength: 10, withPad: " ", startingAt: 0),
+                       r.backend.padding(toLength: 11, withPad: " ", startingAt: 0),
+                       r.variant.padding(toLength: 21, withPad: " ", startingAt: 0),
+                       r.shape.padding(toLength: 28, withPad: " ", startingAt: 0),
+                       String(format: "%9.3f", r.medianMs), rate, ratio].joined(separator: " "))
+            }
+        }
+    }
+}

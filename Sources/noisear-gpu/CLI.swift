@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import NoiseARGPU
+
+@main
+struct NoiseARGPUCLI: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "noisear-gpu",
+        abstract: "GPU compute backend for learned initial-noise priors of diffusion models.",
+        discussion: """
+            Runs on any OpenCL 1.2 device or on the CPU backend (Swift + OpenBLAS).
+
+            Devices: --device auto|cpu|opencl|opencl:N (or NOISEAR_DEVICE). 'auto' takes the first
+            OpenCL GPU or accelerator, else the CPU backend; an OpenCL CPU device (PoCL) only when named.
+
+            Environment:
+              NOISEAR_DEVICE          default device
+              NOISEAR_KERNEL_DIR      load OpenCL kernels from this folder instead of the embedded copies
+              NOISEAR_KERNEL_CACHE    off, or a folder for compiled kernels (default ~/.cache/noisear-gpu/kernels)
+              NOISEAR_KERNEL_PROFILE  cpu|gpu: force a kernel parameter set
+              NOISEAR_KERNEL_DEFINES  NAME=INT,...: override single kernel parameters
+              NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
+            """,
+        subcommands: [Devices.self, BenchCommand.self])
+}
+
+/// Options every command takes.
+struct DeviceOptions: ParsableArguments {
+    @Option(name: .long, help: "auto, cpu, opencl or opencl:N (default: $NOISEAR_DEVICE or auto).")
+    var device: String?
+
+    func open() throws -> Device {
+        try Device.open(device) { notice in
+            FileHandle.standardError.write(Data("noisear-gpu: \(notice)\n".utf8))
+        }
+    }
+}
+
+/// Prints a library error as one line and exits non-zero.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as NoiseError {
+        FileHandle.standardError.write(Data("noisear-gpu: error: \(e.description)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try enc.encode(value), as: UTF8.self))
+}
+
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the CPU backend and every OpenCL device.")
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    @OptionGroup var options: DeviceOptions
+
+    func run() throws {
+        let (devices, clError) = Device.list()
+        if json {
+            try printJSON(devices)
+            return
+        }
+        for d in devices {
+            let mem = String(format: "%.1f GiB", Double(d.memoryBytes) / 1_073_741_824)
+            print("\(d.id.padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.name)")
+            print("           backend \(d.backend), type \(d.kind.rawValue), vendor \(d.vendor)")
+            print("           \(mem), \(d.computeUnits) compute units, \(d.openCLCVersion), driver \(d.driverVersion)")
+            print("           platform \(d.platform), fp16 \(d.fp16 ? "yes" : "no"), fp64 \(d.fp64 ? "yes" : "no")")
+        }
+        if let clError { print("(OpenCL: \(clError))") }
+        if options.device != nil {
+            try runReportingErrors {
+                let dev = try options.open()
+                print("selected: \(dev.info.id) (\(dev.info.name))")
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+import Foundation
+import NoiseARGPU
+import Testing
+
+/// Every primitive on OpenCL against the CPU backend: random inputs away from zero, odd sizes,
+/// NMSE, NaN and guard checks (see Harness.swift).
+@Suite struct DifferentialOpTests {
+    @Test func fillAndCopy() throws {
+        var rng = TestRNG(1)
+        try differential("fill", inputs: [], outputs: [rng.values(101)]) { be, _, o in
+            try be.fill(o[0], count: 101, value: 0.375)
+        }
+        // A permutation and a broadcast read, rank 3 and rank 6.
+        let shape = [3, 5, 7]
+        try differential("copy.permute", inputs: [rng.values(105)], outputs: [rng.values(105)], exact: true) { be, i, o in
+            try be.copy(shape: [7, 3, 5], src: Strided(i[0], strides: [1, 35, 7]),
+                        dst: Strided(o[0], strides: Shape.strides([7, 3, 5])))
+        }
+        try differential("copy.broadcast", inputs: [rng.values(15)], outputs: [rng.values(105)], exact: true) { be, i, o in
+            try be.copy(shape: shape, src: Strided(i[0], strides: [5, 1, 0]),
+                        dst: Strided(o[0], strides: Shape.strides(shape)))
+        }
+        let s6 = [2, 1, 3, 2, 3, 5]
+        try differential("copy.rank6", inputs: [rng.values(180)], outputs: [rng.values(180)], exact: true) { be, i, o in
+            try be.copy(shape: s6, src: Strided(i[0], strides: Shape.strides(s6.reversed()).reversed()),
+                        dst: Strided(o[0], strides: Shape.strides(s6)))
+        }
+    }
+
+    @Test(arguments: BinaryOp.allCases)
+    func binary(op: BinaryOp) throws {
+        var rng = TestRNG(2)
+        let shape = [2, 3, 5, 7], bShape = [3, 1, 7]
+        try differential("binary.\(op)", inputs: [rng.values(210), rng.values(21)], outputs: [rng.values(210)]) { be, i, o in
+            try be.binary(op, shape: shape, a: Strided(i[0], strides: Shape.strides(shape)),
+                          b: Strided(i[1], strides: Shape.broadcastStrides(bShape, to: shape)), out: o[0])
+        }
+    }
+
+    static let unaryParams: [UnaryOp: (Float, Float)] = [.affine: (1.5, -0.25), .clamp: (-0.45, 0.55)]
+
+    @Test(arguments: UnaryOp.allCases)
+    func unary(op: UnaryOp) throws {
+        var rng = TestRNG(3)
+        let n = 1000
+        let x = (op == .log || op == .sqrt) ? rng.positive(n) : rng.values(n, hi: 3)
+        let (p0, p1) = Self.unaryParams[op] ?? (0, 0)
+        try differential("unary.\(op)", inputs: [x], outputs: [rng.values(n)]) { be, i, o in
+            try be.unary(op, count: n, x: i[0], y: o[0], p0: p0, p1: p1)
+        }
+        try differential("unaryBackward.\(op)", inputs: [x, rng.values(n)], outputs: [rng.values(n)]) { be, i, o in
+            try be.unaryBackward(op, count: n, x: i[0], dy: i[1], dx: o[0], p0: p0, p1: p1)
+        }
+    }
+
+    @Test(arguments: [(1, 1, 1), (17, 33, 9), (64, 64, 64), (65, 130, 67), (3, 200, 129)])
+    func gemm(m: Int, n: Int, k: Int) throws {
+        var rng = TestRNG(UInt64(4 + m))
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (alpha, beta) in [(Float(1), Float(0)), (Float(0.5), Float(-1.25))] {
+                let d = GemmDesc(m: m, n: n, k: k, transA: ta, transB: tb, alpha: alpha, beta: beta)
+                try differential("gemm \(m)x\(n)x\(k) tA=\(ta) tB=\(tb) beta=\(beta)",
+                                 inputs: [rng.values(m * k), rng.values(k * n)], outputs: [rng.values(m * n)]) { be, i, o in
+                    try be.gemm(d, a: i[0], b: i[1], c: o[0])
+                }
+            }
+        }
+    }
+
+    @Test func gemmBatchedStrides() throws {
+        var rng = TestRNG(5)
+        // Two-level batch over a [B, T, H, D] layout (as attention uses), with a padded ldc.
+        let b = 2, h = 3, t = 5, d = 4
+        var g = GemmDesc(m: t, n: t, k: d, transB: true, alpha: 0.7)
+        g.lda = h * d; g.ldb = h * d; g.ldc = t + 2
+        g.batch0 = b; g.batch1 = h
+        g.strideA0 = t * h * d; g.strideA1 = d
+        g.strideB0 = t * h * d; g.strideB1 = d
+        g.strideC0 = h * t * (t + 2); g.strideC1 = t * (t + 2)
+        try differential("gemm.batched2", inputs: [rng.values(b * t * h * d), rng.values(b * t * h * d)],
+                         outputs: [rng.values(b * h * t * (t + 2))]) { be, i, o in
+            try be.gemm(g, a: i[0], b: i[1], c: o[0])
+        }
+        // Broadcast A (stride 0) across a batch of B.
+        let gb = GemmDesc(m: 7, n: 9, k: 11).batched(3, strideA: 0, strideB: 99, strideC: 63)
+        try differential("gemm.broadcastA", inputs: [rng.values(77), rng.values(297)], outputs: [rng.values(189)]) { be, i, o in
+            try be.gemm(gb, a: i[0], b: i[1], c: o[0])
+        }
+    }
+
+    @Test(arguments: [(1, 1), (7, 13), (5, 300), (64, 65)])
+    func softmax(rows: Int, cols: Int) throws {
+        var rng = TestRNG(6)
+        for log in [false, true] {
+            let x = rng.values(rows * cols, hi: 4)
+            try differential("softmax log=\(log) \(rows)x\(cols)", inputs: [x], outputs: [rng.values(rows * cols)]) { be, i, o in
+                try be.softmax(rows: rows, cols: cols, log: log, x: i[0], y: o[0])
+            }
+            // Backward from a valid (log-)softmax output.
+            let cpu = CPUBackend()
+            let gx = try Guarded(cpu, x), gy = try Guarded(cpu, rng.values(rows * cols))
+            try cpu.softmax(rows: rows, cols: cols, log: log, x: gx.ref, y: gy.ref)
+            let y = try gy.values()
+            try differential("softmaxBackward log=\(log) \(rows)x\(cols)", inputs: [y, rng.values(rows * cols)],
+                             outputs: [rng.values(rows * cols)]) { be, i, o in
+                try be.softmaxBackward(rows: rows, cols: cols, log: log, y: i[0], dy: i[1], dx: o[0])
+            }
+        }
+    }
+
+    @Test(arguments: [(9, 37), (3, 300), (1, 5)])
+    func layerNorm(rows: Int, cols: Int) throws {
+        var rng = TestRNG(7)
+        let x = rng.values(rows * cols, hi: 3).enumerated().map { $0.element + Float($0.offset % 5) * 0.3 }
+        for affine in [false, true] {
+            let params = affine ? [rng.values(cols), rng.values(cols)] : []
+            try differential("layerNorm affine=\(affine) \(rows)x\(cols)", inputs: [x] + params,
+                             outputs: [rng.values(rows * cols), rng.values(rows), rng.values(rows)]) { be, i, o in
+                try be.layerNorm(rows: rows, cols: cols, eps: 1e-5, x: i[0], gamma: affine ? i[1] : nil,
+                                 beta: affine ? i[2] : nil, y: o[0], mean: o[1], rstd: o[2])
+            }
+            // Statistics from the CPU forward feed the backward.
+            let cpu = CPUBackend()
+            let gx = try Guarded(cpu, x), gy = try Guarded(cpu, rng.values(rows * cols))
+            let gm = try Guarded(cpu, rng.values(rows)), gr = try Guarded(cpu, rng.values(rows))
+            try cpu.layerNorm(rows: rows, cols: cols, eps: 1e-5, x: gx.ref, gamma: nil, beta: nil,
+                              y: gy.ref, mean: gm.ref, rstd: gr.ref)
+            let stats = [try gm.values(), try gr.values()]
+            let outs = affine ? [rng.values(rows * cols), rng.values(cols), rng.values(cols)] : [rng.values(rows * cols)]
+            try differential("layerNormBackward affine=\(affine) \(rows)x\(cols)",
+                             inputs: [x] + stats + [rng.values(rows * cols)] + (affine ? [params[0]] : []),
+                             outputs: outs, tolerance: 1e-5) { be, i, o in
+                try be.layerNormBackward(rows: rows, cols: cols, x: i[0], gamma: affine ? i[4] : nil, mean: i[1],
+                                         rstd: i[2], dy: i[3], dx: o[0], dgamma: affine ? o[1] : nil,
+                                         dbeta: affine ? o[2] : nil)
+            }
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 6])
+    func groupNorm(groups: Int) throws {
+        var rng = TestRNG(8)
+        let n = 2, c = 6, spatial = 25
+        let total = n * c * spatial
+        let x = rng.values(total, hi: 2).enumerated().map { $0.element + Float($0.offset % 7) * 0.2 }
+        for affine in [false, true] {
+            let params = affine ? [rng.values(c), rng.values(c)] : []
+            try differential("groupNorm g=\(groups) affine=\(affine)", inputs: [x] + params,
+                             outputs: [rng.values(total), rng.values(n * groups), rng.values(n * groups)]) { be, i, o in
+                try be.groupNorm(n: n, channels: c, spatial: spatial, groups: groups, eps: 1e-5, x: i[0],
+                                 gamma: affine ? i[1] : nil, beta: affine ? i[2] : nil, y: o[0], mean: o[1], rstd: o[2])
+            }
+            let cpu = CPUBackend()
+            let gx = try Guarded(cpu, x), gy = try Guarded(cpu, rng.values(total))
+            let gm = try Guarded(cpu, rng.values(n * groups)), gr = try Guarded(cpu, rng.values(n * groups))
+            try cpu.groupNorm(n: n, channels: c, spatial: spatial, groups: groups, eps: 1e-5, x: gx.ref,
+                              gamma: nil, beta: nil, y: gy.ref, mean: gm.ref, rstd: gr.ref)
+            let stats = [try gm.values(), try gr.values()]
+            let outs = affine ? [rng.values(total), rng.values(c), rng.values(c)] : [rng.values(total)]
+            try differential("groupNormBackward g=\(groups) affine=\(affine)",
+                             inputs: [x] + stats + [rng.values(total)] + (affine ? [params[0]] : []),
+                             outputs: outs, tolerance: 1e-5) { be, i, o in
+                try be.groupNormBackward(n: n, channels: c, spatial: spatial, groups: groups, x: i[0],
+                                         gamma: affine ? i[4] : nil, mean: i[1], rstd: i[2], dy: i[3], dx: o[0],
+                                         dgamma: affine ? o[1] : nil, dbeta: affine ? o[2] : nil)
+            }
+        }
+    }
+
+    struct AttnCase: Sendable, CustomStringConvertible {
+        var b, h, tq, tk, d, dv: Int
+        var causal = false
+        var biasB = 0, biasH = 0
+        var bthd = false
+        var description: String {
+            "B\(b) H\(h) Tq\(tq) Tk\(tk) D\(d) Dv\(dv)\(causal ? " causal" : "")\(biasB > 0 ? " bias[\(biasB),\(biasH)]" : "")\(bthd ? " bthd" : "")"
+        }
+    }
+
+    @Test(arguments: [
+        AttnCase(b: 2, h: 3, tq: 5, tk: 7, d: 8, dv: 8),
+        AttnCase(b: 1, h: 2, tq: 33, tk: 17, d: 16, dv: 24),
+        AttnCase(b: 2, h: 2, tq: 19, tk: 19, d: 12, dv: 12, causal: true),
+        AttnCase(b: 1, h: 1, tq: 3, tk: 40, d: 6, dv: 6, causal: true),
+        AttnCase(b: 4, h: 3, tq: 9, tk: 9, d: 8, dv: 8, biasB: 2, biasH: 3),
+        AttnCase(b: 2, h: 4, tq: 10, tk: 13, d: 16, dv: 16, biasB: 1, biasH: 1, bthd: true),
+        AttnCase(b: 1, h: 2, tq: 65, tk: 65, d: 64, dv: 64, causal: true),
+        AttnCase(b: 1, h: 1, tq: 7, tk: 50, d: 5, dv: 3),
+    ])
+    func attention(_ c: AttnCase) throws {
+        var rng = TestRNG(9)
+        var desc = AttentionDesc(batch: c.b, heads: c.h, tq: c.tq, tk: c.tk, headDim: c.d, valueDim: c.dv, causal: c.causal)
+        let layout: AttentionLayout = c.bthd ? .bthd : .bhtd
+        if c.bthd {
+            desc.qStrides = [c.tq * c.h * c.d, c.d, c.h * c.d]
+            desc.kStrides = [c.tk * c.h * c.d, c.d, c.h * c.d]
+            desc.vStrides = [c.tk * c.h * c.dv, c.dv, c.h * c.dv]
+            desc.oStrides = [c.tq * c.h * c.dv, c.dv, c.h * c.dv]
+        }
+        _ = layout
+        desc.biasBatch = c.biasB
+        desc.biasHeads = c.biasH
+        let biasCount = c.biasB * max(c.biasH, 1) * c.tq * c.tk
+        let inputs = [rng.values(c.b * c.h * c.tq * c.d, hi: 2), rng.values(c.b * c.h * c.tk * c.d, hi: 2),
+                      rng.values(c.b * c.h * c.tk * c.dv)] + (c.biasB > 0 ? [rng.values(biasCount)] : [])
+        try differential("attention \(c)", inputs: inputs, outputs: [rng.values(c.b * c.h * c.tq * c.dv)]) { be, i, o in
+            try be.attention(desc, q: i[0], k: i[1], v: i[2], bias: c.biasB > 0 ? i[3] : nil, o: o[0])
+        }
+    }
+
+    static let convCases: [(Int, Int, Int, Int, Int, Int, Int)] = [
+        // (C, H, W, k, stride, pad, batch)
+        (3, 7, 9, 3, 1, 1, 2), (2, 9, 8, 4, 2, 0, 1), (5, 6, 6, 1, 1, 0, 3), (2, 11, 10, 5, 3, 2, 2),
+    ]
+
+    @Test func im2colAndCol2im() throws {
+        var rng = TestRNG(10)
+        for (c, h, w, k, s, p, n) in Self.convCases {
+            let g = ConvGeometry(channels: c, height: h, width: w, kernelH: k, kernelW: k, stride: s, padding: p)
+            let colCount = n * g.colRows * g.colCols
+            try differential("im2col \(g)", inputs: [rng.values(n * c * h * w)], outputs: [rng.values(colCount)], exact: true) { be, i, o in
+                try be.im2col(g, batch: n, x: i[0], col: o[0])
+            }
+            try differential("col2im \(g)", inputs: [rng.values(colCount)], outputs: [rng.values(n * c * h * w)]) { be, i, o in
+                try be.col2im(g, batch: n, col: i[0], dx: o[0])
+            }
+        }
+    }
+
+    @Test(arguments: [ResizeMode.nearest, .bilinear])
+    func resize(mode: ResizeMode) throws {
+        var rng = TestRNG(11)
+        for (ih, iw, oh, ow) in [(5, 7, 11, 3), (8, 8, 16, 16), (16, 16, 7, 5), (3, 3, 224, 224), (1, 4, 2, 9)] {
+            let planes = 3
+            try differential("resize.\(mode) \(ih)x\(iw)->\(oh)x\(ow)", inputs: [rng.values(planes * ih * iw)],
+                             outputs: [rng.values(planes * oh * ow)]) { be, i, o in
+                try be.resize(mode, planes: planes, inH: ih, inW: iw, outH: oh, outW: ow, x: i[0], y: o[0])
+            }
+            try differential("resizeBackward.\(mode) \(ih)x\(iw)->\(oh)x\(ow)", inputs: [rng.values(planes * oh * ow)],
+                             outputs: [rng.values(planes * ih * iw)]) { be, i, o in
+                try be.resizeBackward(mode, planes: planes, inH: ih, inW: iw, outH: oh, outW: ow, dy: i[0], dx: o[0])
+            }
+        }
+    }
+
+    @Test(arguments: [(3, 5, 7), (1, 10000, 3), (1, 5000, 1), (2, 1, 9), (1, 8192, 2), (4, 4097, 1)])
+    func reduce(outer: Int, reduce: Int, inner: Int) throws {
+        var rng = TestRNG(12)
+        try differential("reduce \(outer)x\(reduce)x\(inner)", inputs: [rng.values(outer * reduce * inner)],
+                         outputs: [rng.values(outer * inner)]) { be, i, o in
+            try be.reduce(outer: outer, reduce: reduce, inner: inner, x: i[0], out: o[0])
+        }
+    }
+
+    @Test func gatherRows() throws {
+        var rng = TestRNG(13)
+        let vocab = 11, dim = 7
+        let idx: [Int] = [3, 0, 10, 3, 3, 7, 1]
+        try differential("gather", inputs: [rng.values(vocab * dim), idx.map(Float.init)],
+                         outputs: [rng.values(idx.count * dim)], exact: true) { be, i, o in
+            try be.gather(rows: idx.count, dim: dim, table: i[0], index: i[1], out: o[0])
+        }
+        var start = [Float](repeating: 0, count: vocab + 1)
+        for i in idx { start[i + 1] += 1 }
+        for v in 0..<vocab { start[v + 1] += start[v] }
+        var fill = start.map { Int($0) }
+        var list = [Float](repeating: 0, count: idx.count)
+        for (row, i) in idx.enumerated() { list[fill[i]] = Float(row); fill[i] += 1 }
+        try differential("gatherBackward", inputs: [rng.values(idx.count * dim), start, list],
+                         outputs: [rng.values(vocab * dim)]) { be, i, o in
+            try be.gatherBackward(vocab: vocab, dim: dim, dy: i[0], start: i[1], list: i[2], dtable: o[0])
+        }
+    }
+
+    @Test func randnIsBitwiseIdentical() throws {
+        var rng = TestRNG(14)
+        for (count, seed, offset) in [(1001, UInt64(42), UInt64(0)), (257, 7, 3), (64, 0xDEAD_BEEF_1234, (1 << 33) + 1)] {
+            try differential("randn n=\(count) seed=\(seed) off=\(offset)", inputs: [], outputs: [rng.values(count)], exact: true) { be, _, o in
+                try be.randn(count: count, seed: seed, offset: offset, dst: o[0])
+            }
+        }
+    }
+
+    @Test func adamw() throws {
+        var rng = TestRNG(15)
+        let n = 333
+        let step = AdamWStep(lr: 1e-2, weightDecay: 0.05, step: 3)
+        try differential("adamw", inputs: [rng.values(n)], outputs: [rng.values(n), rng.values(n), rng.positive(n)]) { be, i, o in
+            try be.adamw(count: n, step: step, param: o[0], grad: i[0], m: o[1], v: o[2])
+        }
+    }
+}
