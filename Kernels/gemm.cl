@@ -82,6 +82,9 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         acc1[r] = (float16)(0.0f);
 #endif
     }
+#ifdef GEMM_UNROLL
+#pragma unroll GEMM_UNROLL
+#endif
     for (int k = 0; k < K; ++k) {
         float16 b0 = vload16(0, bp + k * GEMM_NR);
 #if GEMM_NV > 1
@@ -101,6 +104,13 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         int m = mp * GEMM_MR + r;
         if (m >= M) break;
         global float* crow = Cb + m * ldc + n0;
+        if (beta == 0.0f && n0 + GEMM_NR <= N) {
+            vstore16(alpha * acc0[r], 0, crow);
+#if GEMM_NV > 1
+            vstore16(alpha * acc1[r], 1, crow);
+#endif
+            continue;
+        }
         float vals[GEMM_NR];
         vstore16(acc0[r], 0, vals);
 #if GEMM_NV > 1

@@ -170,5 +170,12 @@ import Testing
         #expect(try t.transposed(0, 1).toArray() == [1, 4, 2, 5, 3, 6])
         #expect(try t.sum(axes: [1]).toArray() == [6, 15])
         #expect(try Tensor.concat([t, t], axis: 0).shape == [4, 3])
+        // Safetensors bridge: device tensor -> file -> device tensor.
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-bridge-\(getpid()).safetensors")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try SafeTensorsFile(tensors: ["w": t.toHost()], metadata: ["k": "v"]).write(to: url)
+        let back = try Tensor(SafeTensorsFile.read(url).tensor("w"), on: dev)
+        #expect(back.shape == [2, 3])
+        #expect(try back.toArray() == t.toArray())
     }
 }

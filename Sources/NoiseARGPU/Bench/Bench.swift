@@ -85,7 +85,7 @@ public struct Bench {
         guard let cl = device.backend as? OpenCLBackend else { return "cpu" }
         switch op {
         case "gemm": return cl.params["GEMM_VARIANT"] == 1 ? "tiled(\(cl.params.profile))" : "packed(\(cl.params.profile))"
-        default: return "\(cl.params.profile)"
+        default: return "\(cl.params.profile)-params"
         }
     }
 

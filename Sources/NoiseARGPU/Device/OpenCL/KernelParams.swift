@@ -15,7 +15,7 @@ public struct KernelParams: Sendable, Equatable {
     public var values: [String: Int]
 
     public static let cpuDefaults: [String: Int] = [
-        "GEMM_VARIANT": 0, "GEMM_MR": 8, "GEMM_NV": 2,
+        "GEMM_VARIANT": 0, "GEMM_MR": 8, "GEMM_NV": 2, "GEMM_UNROLL": 2,
         "ROW_WG": 1,
         "ATT_QB": 4, "ATT_KB": 16, "ATT_WG": 1, "ATT_LOCAL": 0,
     ]

@@ -335,7 +335,7 @@ public final class OpenCLBackend: Backend {
         try launch("gemm.cl", "gemm_pack_b", global: [d.k, np, batch],
                    ref(b) + [d.n, d.k, d.ldb, d.transB ? 1 : 0, d.batch1, d.strideB0, d.strideB1]
                        .map { KArg.i32($0) } + [.mem(bp.mem), .i32(np)])
-        try launch("gemm.cl", "gemm_packed", global: [mp, np, batch], local: [1, 1, 1],
+        try launch("gemm.cl", "gemm_packed", global: [mp, np, batch], local: [max(params["GEMM_LWG"], 1), 1, 1],
                    [.mem(ap.mem), .mem(bp.mem), .i32(d.k), .i32(mp), .i32(np)] + ref(c)
                        + [d.m, d.n, d.ldc, d.batch1, d.strideC0, d.strideC1].map { KArg.i32($0) }
                        + [.f32(d.alpha), .f32(d.beta)])
