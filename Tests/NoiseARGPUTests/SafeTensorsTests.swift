@@ -4,22 +4,6 @@ import Testing
 
 // MARK: - Helpers (file-private so they cannot clash with other test files)
 
-/// SplitMix64: a tiny deterministic generator for the fuzz test.
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in 0..<n (n > 0).
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
-}
-
 /// A file from a raw header text and data bytes; the header length field is the header's byte
 /// count unless overridden.
 private func rawFile(_ header: String, data: [UInt8] = [], headerLength: UInt64? = nil) -> Data {
@@ -193,7 +177,7 @@ private let malformedCases: [MalformedSafeTensorsCase] = {
 @Suite("SafeTensors")
 struct SafeTensorsTests {
     private func sampleFile() -> SafeTensorsFile {
-        var rng = SplitMix64(seed: 42)
+        var rng = TestRNG(42)
         func values(_ n: Int) -> [Float] { (0..<n).map { _ in Float(Int(rng.next() % 2001) - 1000) / 97 } }
         return SafeTensorsFile(
             tensors: [
@@ -409,7 +393,7 @@ struct SafeTensorsTests {
     }
 
     @Test func fuzzedFilesNeverCrash() throws {
-        var rng = SplitMix64(seed: 0x5AFE_7E45_0125)
+        var rng = TestRNG(0x5AFE_7E45_0125)
         func values(_ n: Int) -> [Float] { (0..<n).map { _ in Float(Int(rng.next() % 2001) - 1000) / 100 } }
         let base = try SafeTensorsFile(
             tensors: [

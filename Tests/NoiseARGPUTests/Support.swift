@@ -27,6 +27,9 @@ struct TestRNG {
         (0..<n).map { _ in lo + (hi - lo) * unit() }
     }
     mutating func int(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    /// Uniform in 0..<n (n > 0).
+    mutating func below(_ n: Int) -> Int { int(n) }
+    mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
 }
 
 /// Normalised mean squared error of `a` against reference `b`; infinite when either has a NaN.

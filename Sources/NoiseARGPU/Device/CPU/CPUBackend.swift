@@ -357,46 +357,14 @@ public final class CPUBackend: Backend {
 
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
         let px = ptr(x), pc = ptr(col)
-        let oh = g.outH, ow = g.outW
-        for n in 0..<batch {
-            let xb = px + n * g.channels * g.height * g.width
-            let cb = pc + n * g.colRows * g.colCols
-            for row in 0..<g.colRows {
-                let c = row / (g.kernelH * g.kernelW)
-                let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
-                for oy in 0..<oh {
-                    let iy = oy * g.strideH - g.padH + ky
-                    for ox in 0..<ow {
-                        let ix = ox * g.strideW - g.padW + kx
-                        let inside = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width
-                        cb[row * g.colCols + oy * ow + ox] =
-                            inside ? xb[(c * g.height + iy) * g.width + ix] : 0
-                    }
-                }
-            }
-        }
+        forEachColEntry(g, batch: batch) { c, pixel in pc[c] = pixel.map { px[$0] } ?? 0 }
     }
 
     public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
         let pd = ptr(dx), pc = ptr(col)
-        let oh = g.outH, ow = g.outW
         pd.update(repeating: 0, count: batch * g.channels * g.height * g.width)
-        for n in 0..<batch {
-            let db = pd + n * g.channels * g.height * g.width
-            let cb = pc + n * g.colRows * g.colCols
-            for row in 0..<g.colRows {
-                let c = row / (g.kernelH * g.kernelW)
-                let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
-                for oy in 0..<oh {
-                    let iy = oy * g.strideH - g.padH + ky
-                    guard iy >= 0 && iy < g.height else { continue }
-                    for ox in 0..<ow {
-                        let ix = ox * g.strideW - g.padW + kx
-                        guard ix >= 0 && ix < g.width else { continue }
-                        db[(c * g.height + iy) * g.width + ix] += cb[row * g.colCols + oy * ow + ox]
-                    }
-                }
-            }
+        forEachColEntry(g, batch: batch) { c, pixel in
+            if let pixel { pd[pixel] += pc[c] }
         }
     }
 
@@ -502,6 +470,30 @@ struct ResizeTaps {
             i0 = Swift.min(Int(src.rounded(.down)), inSize - 1)
             i1 = Swift.min(i0 + 1, inSize - 1)
             w1 = src - Float(i0); w0 = 1 - w1
+        }
+    }
+}
+
+/// Visits every im2col entry: its offset in col [batch, C*kh*kw, outH*outW] and the offset of
+/// the input pixel it reads in x [batch, C, H, W] (nil inside the zero padding).
+@inline(__always)
+func forEachColEntry(_ g: ConvGeometry, batch: Int, _ body: (Int, Int?) -> Void) {
+    let oh = g.outH, ow = g.outW
+    for n in 0..<batch {
+        let xBase = n * g.channels * g.height * g.width
+        let cBase = n * g.colRows * g.colCols
+        for row in 0..<g.colRows {
+            let c = row / (g.kernelH * g.kernelW)
+            let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
+            for oy in 0..<oh {
+                let iy = oy * g.strideH - g.padH + ky
+                for ox in 0..<ow {
+                    let ix = ox * g.strideW - g.padW + kx
+                    let inside = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width
+                    body(cBase + row * g.colCols + oy * ow + ox,
+                         inside ? xBase + (c * g.height + iy) * g.width + ix : nil)
+                }
+            }
         }
     }
 }
