@@ -24,6 +24,10 @@ let package = Package(
         .systemLibrary(
             name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
+        // libpng (libpng-dev), found by pkg-config: PNG images with text chunks.
+        .systemLibrary(
+            name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]),
         // Build-time tool: turns Kernels/*.cl into a Swift source with the kernel texts.
         .executableTarget(name: "embed-kernels", path: "Sources/embed-kernels"),
         .plugin(
@@ -31,7 +35,7 @@ let package = Package(
             dependencies: ["embed-kernels"], path: "Sources/EmbedKernels"),
         .target(
             name: "NoiseARGPU",
-            dependencies: ["COpenCL", "CBLAS", "CCrypto"],
+            dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG"],
             path: "Sources/NoiseARGPU",
             plugins: ["EmbedKernels"]),
         .executableTarget(

@@ -1,15 +1,16 @@
 /* im2col / col2im for conv2d (NCHW, groups = 1) and nearest / bilinear resize.
  * CPU twins: CPUBackend.im2col/col2im/resize/resizeBackward. */
 
-/* col[n, (c*kh + ky)*kw + kx, oy*ow + ox] = x[n, c, oy*sh - ph + ky, ox*sw - pw + kx] or 0. */
+/* col[(c*kh + ky)*kw + kx, n*oh*ow + oy*ow + ox] = x[n, c, oy*sh - ph + ky, ox*sw - pw + kx] or 0
+ * (the batch folded into the columns: a convolution is then one GEMM). */
 kernel void im2col(global const float* x, int xoff, global float* col, int coff,
                    int batch, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
                    int oh, int ow) {
     int i = get_global_id(0);
-    int rows = C * kh * kw, cols = oh * ow;
-    if (i >= batch * rows * cols) return;
-    int n = i / (rows * cols), rem = i - n * rows * cols;
-    int row = rem / cols, p = rem - row * cols;
+    int rows = C * kh * kw, hw = oh * ow, cols = batch * hw;
+    if (i >= rows * cols) return;
+    int row = i / cols, q = i - row * cols;
+    int n = q / hw, p = q - n * hw;
     int c = row / (kh * kw), ky = (row / kw) % kh, kx = row % kw;
     int oy = p / ow, ox = p - oy * ow;
     int iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
@@ -25,8 +26,8 @@ kernel void col2im(global const float* col, int coff, global float* dx, int dxof
     int i = get_global_id(0);
     if (i >= batch * C * H * W) return;
     int ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
-    int rows = C * kh * kw, cols = oh * ow;
-    global const float* cb = col + coff + n * rows * cols;
+    int hw = oh * ow, cols = batch * hw;
+    global const float* cb = col + coff + n * hw;
     float s = 0.0f;
     for (int ky = 0; ky < kh; ++ky) {
         int ty = iy + ph - ky;

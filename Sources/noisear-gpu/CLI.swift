@@ -21,7 +21,7 @@ struct NoiseARGPUCLI: ParsableCommand {
               NOISEAR_KERNEL_DEFINES  NAME=INT,...: override single kernel parameters
               NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
             """,
-        subcommands: [Devices.self, BenchCommand.self])
+        subcommands: [Devices.self, BenchCommand.self, RewardCommand.self, RenderCommand.self])
 }
 
 /// Options every command takes.

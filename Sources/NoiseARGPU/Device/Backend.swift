@@ -230,7 +230,8 @@ public protocol Backend: AnyObject {
                            dgamma: BufRef?, dbeta: BufRef?) throws
     func attention(_ d: AttentionDesc, q: BufRef, k: BufRef, v: BufRef, bias: BufRef?,
                    o: BufRef) throws
-    /// col [batch, C*kh*kw, outH*outW] from x [batch, C, H, W].
+    /// col [C*kh*kw, batch*outH*outW] from x [batch, C, H, W] (the batch folded into the
+    /// columns, so a convolution is one GEMM).
     func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws
     /// dx [batch, C, H, W] (overwritten) = sum of col entries that read each pixel.
     func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws

@@ -18,6 +18,11 @@ public final class Device {
         FileHandle.standardError.write(Data(("warning: " + msg + "\n").utf8))
     }
     private var warned: Set<OpKind> = []
+    /// Per op family: launches and seconds, collected while `profiling` is on (each primitive
+    /// then waits for the device, so the times are exclusive).
+    public var profiling = false
+    public private(set) var profile: [OpKind: (count: Int, seconds: Double)] = [:]
+    public func resetProfile() { profile = [:] }
 
     public var info: DeviceInfo { backend.info }
     public var isCPU: Bool { backend is CPUBackend }
@@ -81,6 +86,18 @@ public final class Device {
     /// and the buffers listed in `outputs` are copied back. Warns once per family.
     func run(_ op: OpKind, _ refs: [BufRef], outputs: Set<Int>,
              _ body: (any Backend, [BufRef]) throws -> Void) throws {
+        guard profiling else { return try dispatch(op, refs, outputs: outputs, body) }
+        try backend.synchronize()
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try dispatch(op, refs, outputs: outputs, body)
+        try backend.synchronize()
+        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        let old = profile[op] ?? (0, 0)
+        profile[op] = (old.count + 1, old.seconds + dt)
+    }
+
+    private func dispatch(_ op: OpKind, _ refs: [BufRef], outputs: Set<Int>,
+                          _ body: (any Backend, [BufRef]) throws -> Void) throws {
         if backend.supports(op) {
             try body(backend, refs)
             return

@@ -13,42 +13,42 @@ extension Tensor {
                              kernelH: weight.shape[2], kernelW: weight.shape[3], stride: stride,
                              padding: padding)
         try requireShape(g.outH > 0 && g.outW > 0, "conv2d kernel \(weight.shape) larger than padded input \(x.shape)")
-        let col = try Tensor.empty([n, g.colRows, g.colCols], on: x.device)
+        let hw = g.colCols, cols = n * hw
+        let col = try Tensor.empty([g.colRows, cols], on: x.device)
         try x.device.run(.im2col, [x.ref, col.ref], outputs: [1]) { be, r in
             try be.im2col(g, batch: n, x: r[0], col: r[1])
         }
-        let y = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
-        let d = GemmDesc(m: cout, n: g.colCols, k: g.colRows)
-            .batched(n, strideA: 0, strideB: g.colRows * g.colCols, strideC: cout * g.colCols)
-        try x.device.run(.gemm, [weight.ref, col.ref, y.ref], outputs: [2]) { be, r in
+        if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
+        // One GEMM for the whole batch: yT [Cout, N*HW] = W [Cout, CKK] col [CKK, N*HW].
+        let yT = try Tensor.empty([cout, n, hw], on: x.device)
+        let d = GemmDesc(m: cout, n: cols, k: g.colRows)
+        try x.device.run(.gemm, [weight.ref, col.ref, yT.ref], outputs: [2]) { be, r in
             try be.gemm(d, a: r[0], b: r[1], c: r[2])
         }
-        var out = y
-        if let bias {
-            try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels")
-            out = try x.device.noGrad { try y + bias.reshaped([1, cout, 1, 1]) }
+        let out = try x.device.noGrad {
+            let biased = try bias.map { try yT + $0.reshaped([cout, 1, 1]) } ?? yT
+            return try biased.permuted([1, 0, 2]).reshaped([n, cout, g.outH, g.outW])
         }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
         return record(out, inputs, "conv2d") { gy in
-            // dcol[n] = W^T dy[n] ; dx = col2im(dcol) ; dW = sum_n dy[n] col[n]^T ; db = sum dy
+            // gyT [Cout, N*HW]; dW = gyT col^T; dcol = W^T gyT; dx = col2im(dcol); db = sum gy
+            let gyT = try gy.reshaped([n, cout, hw]).permuted([1, 0, 2])
+            let dw = try Tensor.empty(weight.shape, on: x.device)
+            let dwd = GemmDesc(m: cout, n: g.colRows, k: cols, transB: true)
+            try x.device.run(.gemm, [gyT.ref, col.ref, dw.ref], outputs: [2]) { be, r in
+                try be.gemm(dwd, a: r[0], b: r[1], c: r[2])
+            }
             let dcol = try Tensor.empty(col.shape, on: x.device)
-            let dd = GemmDesc(m: g.colRows, n: g.colCols, k: cout, transA: true)
-                .batched(n, strideA: 0, strideB: cout * g.colCols, strideC: g.colRows * g.colCols)
-            try x.device.run(.gemm, [weight.ref, gy.ref, dcol.ref], outputs: [2]) { be, r in
-                try be.gemm(dd, a: r[0], b: r[1], c: r[2])
+            let dcd = GemmDesc(m: g.colRows, n: cols, k: cout, transA: true)
+            try x.device.run(.gemm, [weight.ref, gyT.ref, dcol.ref], outputs: [2]) { be, r in
+                try be.gemm(dcd, a: r[0], b: r[1], c: r[2])
             }
             let dx = try Tensor.empty(x.shape, on: x.device)
             try x.device.run(.col2im, [dcol.ref, dx.ref], outputs: [1]) { be, r in
                 try be.col2im(g, batch: n, col: r[0], dx: r[1])
             }
-            let dwn = try Tensor.empty([n, cout, g.colRows], on: x.device)
-            let dw = GemmDesc(m: cout, n: g.colRows, k: g.colCols, transB: true)
-                .batched(n, strideA: cout * g.colCols, strideB: g.colRows * g.colCols, strideC: cout * g.colRows)
-            try x.device.run(.gemm, [gy.ref, col.ref, dwn.ref], outputs: [2]) { be, r in
-                try be.gemm(dw, a: r[0], b: r[1], c: r[2])
-            }
-            var grads: [Tensor?] = [dx, try dwn.sum(axes: [0]).reshaped(weight.shape)]
-            if bias != nil { grads.append(try gy.sum(axes: [0, 2, 3])) }
+            var grads: [Tensor?] = [dx, dw]
+            if bias != nil { grads.append(try gyT.sum(axes: [1, 2])) }
             return grads
         }
     }

@@ -163,18 +163,26 @@ public final class CPUBackend: Backend {
 
     public func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
         let px = ptr(x), py = ptr(y)
-        for r in 0..<rows {
-            let xr = px + r * cols, yr = py + r * cols
-            var m = -Float.infinity
-            for j in 0..<cols { m = Swift.max(m, xr[j]) }
-            var s: Float = 0
-            for j in 0..<cols { s += Foundation.exp(xr[j] - m) }
-            if log {
-                let ls = Foundation.log(s)
-                for j in 0..<cols { yr[j] = xr[j] - m - ls }
-            } else {
-                let inv = 1 / s
-                for j in 0..<cols { yr[j] = Foundation.exp(xr[j] - m) * inv }
+        let chunk = Swift.max(1, 16384 / Swift.max(cols, 1))
+        parallelFor((rows + chunk - 1) / chunk) { part in
+            for r in (part * chunk)..<Swift.min(rows, (part + 1) * chunk) {
+                let xr = px + r * cols, yr = py + r * cols
+                var m = -Float.infinity
+                for j in 0..<cols { m = Swift.max(m, xr[j]) }
+                var s: Float = 0
+                if log {
+                    for j in 0..<cols { s += Foundation.exp(xr[j] - m) }
+                    let ls = Foundation.log(s)
+                    for j in 0..<cols { yr[j] = xr[j] - m - ls }
+                } else {
+                    for j in 0..<cols {
+                        let e = Foundation.exp(xr[j] - m)
+                        yr[j] = e
+                        s += e
+                    }
+                    let inv = 1 / s
+                    for j in 0..<cols { yr[j] *= inv }
+                }
             }
         }
     }
@@ -357,14 +365,19 @@ public final class CPUBackend: Backend {
 
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
         let px = ptr(x), pc = ptr(col)
-        forEachColEntry(g, batch: batch) { c, pixel in pc[c] = pixel.map { px[$0] } ?? 0 }
+        parallelFor(g.channels) { c in
+            forEachColEntry(g, batch: batch, channel: c) { i, pixel in pc[i] = pixel.map { px[$0] } ?? 0 }
+        }
     }
 
     public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
         let pd = ptr(dx), pc = ptr(col)
         pd.update(repeating: 0, count: batch * g.channels * g.height * g.width)
-        forEachColEntry(g, batch: batch) { c, pixel in
-            if let pixel { pd[pixel] += pc[c] }
+        // Each channel's pixels are written only by that channel's rows: channels in parallel.
+        parallelFor(g.channels) { c in
+            forEachColEntry(g, batch: batch, channel: c) { i, pixel in
+                if let pixel { pd[pixel] += pc[i] }
+            }
         }
     }
 
@@ -474,28 +487,57 @@ struct ResizeTaps {
     }
 }
 
-/// Visits every im2col entry: its offset in col [batch, C*kh*kw, outH*outW] and the offset of
-/// the input pixel it reads in x [batch, C, H, W] (nil inside the zero padding).
+/// Visits the im2col entries of one input channel: each entry's offset in
+/// col [C*kh*kw, batch*outH*outW] and the offset of the input pixel it reads in
+/// x [batch, C, H, W] (nil inside the zero padding).
 @inline(__always)
-func forEachColEntry(_ g: ConvGeometry, batch: Int, _ body: (Int, Int?) -> Void) {
-    let oh = g.outH, ow = g.outW
-    for n in 0..<batch {
-        let xBase = n * g.channels * g.height * g.width
-        let cBase = n * g.colRows * g.colCols
-        for row in 0..<g.colRows {
-            let c = row / (g.kernelH * g.kernelW)
-            let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
+func forEachColEntry(_ g: ConvGeometry, batch: Int, channel: Int, _ body: (Int, Int?) -> Void) {
+    let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw
+    let taps = g.kernelH * g.kernelW
+    for row in (channel * taps)..<((channel + 1) * taps) {
+        let c = row / (g.kernelH * g.kernelW)
+        let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
+        for n in 0..<batch {
+            let xBase = (n * g.channels + c) * g.height * g.width
+            let cBase = row * cols + n * hw
             for oy in 0..<oh {
                 let iy = oy * g.strideH - g.padH + ky
+                let rowInside = iy >= 0 && iy < g.height
                 for ox in 0..<ow {
                     let ix = ox * g.strideW - g.padW + kx
-                    let inside = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width
-                    body(cBase + row * g.colCols + oy * ow + ox,
-                         inside ? xBase + (c * g.height + iy) * g.width + ix : nil)
+                    let inside = rowInside && ix >= 0 && ix < g.width
+                    body(cBase + oy * ow + ox, inside ? xBase + iy * g.width + ix : nil)
                 }
             }
         }
     }
+}
+
+/// Runs body(0..<n) spread over the cores (serially for tiny n).
+@inline(__always)
+func parallelFor(_ n: Int, _ body: (Int) -> Void) {
+    if n < 2 {
+        for i in 0..<n { body(i) }
+        return
+    }
+    let workers = min(n, ProcessInfo.processInfo.activeProcessorCount)
+    // The body only touches disjoint memory per index (callers guarantee it).
+    withoutActuallyEscaping(body) { escaping in
+        let box = UncheckedSendable(escaping)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var i = w
+            while i < n {
+                box.value(i)
+                i += workers
+            }
+        }
+    }
+}
+
+/// Carries a value into concurrent work whose safety the caller guarantees.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
 
 /// Visits every index of `shape` (row-major), passing the two strided offsets.
