@@ -37,6 +37,7 @@ let package = Package(
             name: "NoiseARGPU",
             dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG"],
             path: "Sources/NoiseARGPU",
+            exclude: ["Models/weights"],
             plugins: ["EmbedKernels"]),
         .executableTarget(
             name: "noisear-gpu",

@@ -7,17 +7,19 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
         discussion: """
-            OP is one of: gemm, attention, conv2d, layernorm, softmax.
+            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler.
+            `sampler` times one guided sampler step of the shapes-world model (random weights of the
+            shipped configuration) at --batch and prints each op family's share of the step.
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
             attention reports the fused kernel and the same computation as GEMM + softmax + GEMM.
             Figures are medians of --repeats timed runs after --warmup runs.
             """)
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
-        case gemm, attention, conv2d, layernorm, softmax
+        case gemm, attention, conv2d, layernorm, softmax, sampler
     }
 
-    @Argument(help: "gemm | attention | conv2d | layernorm | softmax")
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler")
     var op: Op
 
     @OptionGroup var options: DeviceOptions
@@ -27,7 +29,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "GEMM rows (M).") var m: Int?
     @Option(help: "GEMM columns (N).") var n: Int?
     @Option(help: "GEMM inner size (K).") var k: Int?
-    @Option(help: "Batch (attention, conv2d).") var batch: Int = 4
+    @Option(help: "Batch (attention, conv2d, sampler).") var batch: Int = 4
     @Option(help: "Attention heads.") var heads: Int = 8
     @Option(help: "Attention queries.") var tq: Int = 256
     @Option(help: "Attention keys.") var tk: Int = 256
@@ -44,14 +46,14 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         for (name, v) in [("size", size), ("m", m), ("n", n), ("k", k)] {
-            if let v, v < 1 { throw ValidationError("--\(name) must be at least 1") }
+            if let v, v < 1 { throw CLIError("--\(name) must be at least 1") }
         }
         for (name, v) in [("batch", batch), ("heads", heads), ("tq", tq), ("tk", tk), ("dim", dim), ("rows", rows),
                           ("channels", channels), ("out-channels", outChannels), ("kernel", kernel), ("repeats", repeats)]
         where v < 1 {
-            throw ValidationError("--\(name) must be at least 1")
+            throw CLIError("--\(name) must be at least 1")
         }
-        if warmup < 0 { throw ValidationError("--warmup must be at least 0") }
+        if warmup < 0 { throw CLIError("--warmup must be at least 0") }
     }
 
     func run() throws {
@@ -61,6 +63,7 @@ struct BenchCommand: ParsableCommand {
             let wantsCPUOnly = (options.device ?? ProcessInfo.processInfo.environment["NOISEAR_DEVICE"]) == "cpu"
             let bench = Bench(warmup: warmup, repeats: repeats)
             var results: [BenchResult] = []
+            var shares: [(String, [(String, Double)])] = []
             var devices: [() throws -> Device] = []
             if !noReference && !wantsCPUOnly { devices.append { Device.cpuDevice() } }
             devices.append { try options.open() }
@@ -82,6 +85,10 @@ struct BenchCommand: ParsableCommand {
                     results += try bench.layerNorm(rows: rows, cols: size ?? 1024, device: d)
                 case .softmax:
                     results += try bench.softmax(rows: rows, cols: size ?? 1024, device: d)
+                case .sampler:
+                    let (r, s) = try bench.samplerStep(batch: batch, device: d)
+                    results.append(r)
+                    shares.append((d.info.id, s))
                 }
             }
             if json {
@@ -99,6 +106,9 @@ struct BenchCommand: ParsableCommand {
                        r.variant.padding(toLength: 21, withPad: " ", startingAt: 0),
                        r.shape.padding(toLength: 28, withPad: " ", startingAt: 0),
                        String(format: "%9.3f", r.medianMs), rate, ratio].joined(separator: " "))
+            }
+            for (id, s) in shares {
+                print("share of one step on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
             }
         }
     }

@@ -70,7 +70,7 @@ struct RenderCommand: ParsableCommand {
     var scale: Int = 1
 
     func validate() throws {
-        if !(1...32).contains(scale) { throw ValidationError("--scale must be 1...32") }
+        if !(1...32).contains(scale) { throw CLIError("--scale must be 1...32") }
     }
 
     func run() throws {

@@ -156,3 +156,42 @@ extension Tensor {
         return out
     }
 }
+
+extension Bench {
+    /// One sampler step of the shapes-world model with classifier-free guidance (the UNet on
+    /// 2 x batch inputs, the guidance combination and a DPM-Solver++ update), with random
+    /// weights of the shipped configuration. Also returns each op family's share of a step,
+    /// measured in a separate profiled run (each kernel waited for).
+    public func samplerStep(batch: Int, device: Device) throws -> (BenchResult, [(String, Double)]) {
+        let model = try TextToImageModel(config: DiffusionModelConfig(), device: device, seed: 1)
+        let prompts = [String](repeating: "a red circle to the left of a blue square", count: batch)
+        let noise = try DiffusionSampler.gaussianNoise(count: batch, shape: [3, Scene.size, Scene.size], seed: 1, on: device)
+        let settings = SamplingSettings(sampler: .dpmpp2m, steps: 1, cfg: 5)
+        let run = {
+            _ = try DiffusionSampler.sample(model: model, prompts: prompts, noise: noise, seed: 1, settings: settings)
+            try device.backend.synchronize()
+        }
+        let t = try time(run)
+        device.resetProfile()
+        device.profiling = true
+        defer { device.profiling = false }
+        try run()
+        let total = device.profile.values.reduce(0) { $0 + $1.seconds }
+        let families: [String: [OpKind]] = [
+            "conv (im2col/col2im + GEMM in convs)": [.im2col, .col2im],
+            "gemm (convs, linears, attention backward)": [.gemm],
+            "attention": [.attention],
+            "norm": [.groupNorm, .layerNorm],
+            "softmax": [.softmax],
+            "elementwise/copy/reduce": [.binary, .unary, .copy, .reduce, .fill, .resize],
+            "embedding/rng": [.gather, .randn],
+        ]
+        var shares: [(String, Double)] = []
+        for (name, kinds) in families {
+            let s = kinds.reduce(0.0) { $0 + (device.profile[$1]?.seconds ?? 0) }
+            if s > 0 { shares.append((name, s / max(total, 1e-12))) }
+        }
+        shares.sort { $0.1 > $1.1 }
+        return (result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t), shares)
+    }
+}

@@ -154,6 +154,21 @@ public struct PNGImage: Sendable, Equatable {
         }
     }
 
+    /// The image enlarged `factor` times by pixel repetition (nearest), keeping its text.
+    public func scaled(by factor: Int) throws -> PNGImage {
+        try require(factor >= 1, "scale factor must be at least 1, got \(factor)")
+        if factor == 1 { return self }
+        let w = width * factor, h = height * factor
+        var out = [UInt8](repeating: 0, count: w * h * 3)
+        for y in 0..<h {
+            for x in 0..<w {
+                let src = ((y / factor) * width + x / factor) * 3, dst = (y * w + x) * 3
+                out[dst] = pixels[src]; out[dst + 1] = pixels[src + 1]; out[dst + 2] = pixels[src + 2]
+            }
+        }
+        return PNGImage(width: w, height: h, pixels: out, text: text)
+    }
+
     // MARK: Grid
 
     /// Tiles equally sized images into one image, row-major, `columns` per row (default: the

@@ -115,6 +115,19 @@ public final class AdamW {
     public private(set) var step = 0
     private var state: [ObjectIdentifier: (m: Tensor, v: Tensor)] = [:]
 
+    /// The first and second moments kept for a parameter (nil before its first update).
+    public func moments(of p: Tensor) -> (m: Tensor, v: Tensor)? { state[ObjectIdentifier(p)] }
+
+    /// Restores the step count and the moments of parameters (resuming a checkpoint).
+    public func restore(step: Int, moments: [(param: Tensor, m: Tensor, v: Tensor)]) throws {
+        try require(step >= 0, "optimizer step \(step) is negative")
+        for (p, m, v) in moments {
+            try requireShape(m.shape == p.shape && v.shape == p.shape, "optimizer moments \(m.shape), \(v.shape) for \(p.shape)")
+            state[ObjectIdentifier(p)] = (try m.to(p.device), try v.to(p.device))
+        }
+        self.step = step
+    }
+
     public init(lr: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8,
                 weightDecay: Float = 0.01) {
         self.lr = lr; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps

@@ -1,0 +1,188 @@
+import Foundation
+
+/// Everything that defines the shapes-world text-to-image model: the UNet, the text encoder
+/// and the training noise schedule.
+public struct DiffusionModelConfig: Codable, Sendable, Equatable {
+    public var unet = UNetConfig()
+    public var text = TextEncoderConfig()
+    /// Training schedule (DDPM's linear schedule suits pixel-space models).
+    public var numTrainTimesteps = 1000
+    public var betaStart = 0.0001
+    public var betaEnd = 0.02
+    public var betaSchedule = "linear"
+
+    public init() {
+        text.vocabSize = PromptTokenizer.vocabulary.count
+        text.maxLength = PromptTokenizer.length
+        unet.crossAttentionDim = text.hiddenSize
+    }
+
+    /// The sampler configuration matching the training schedule.
+    public func schedulerConfig(karras: Bool = false) throws -> SchedulerConfig {
+        var c = SchedulerConfig.stableDiffusion
+        c.numTrainTimesteps = numTrainTimesteps
+        c.betaStart = betaStart
+        c.betaEnd = betaEnd
+        c.betaSchedule = try BetaSchedule(rawValue: betaSchedule)
+            ?? { throw NoiseError.invalidArgument("unknown beta schedule \(betaSchedule)") }()
+        c.useKarrasSigmas = karras
+        return c
+    }
+
+    public func jsonString() throws -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(decoding: try enc.encode(self), as: UTF8.self)
+    }
+
+    public static func parse(json: String, source: String) throws -> DiffusionModelConfig {
+        do {
+            return try JSONDecoder().decode(DiffusionModelConfig.self, from: Data(json.utf8))
+        } catch {
+            throw NoiseError.invalidArgument("\(source): bad model config metadata: \(error)")
+        }
+    }
+}
+
+/// The shapes-world text-to-image model: a small CLIP-like text encoder and a small
+/// UNet2DConditionModel predicting the noise of x_t.
+public final class TextToImageModel {
+    public let config: DiffusionModelConfig
+    public let params: Parameters
+    public let textEncoder: TextEncoder
+    public let unet: UNet2DConditionModel
+    public var device: Device { params.device }
+
+    /// A freshly initialised model.
+    public init(config: DiffusionModelConfig, device: Device, seed: UInt64 = 0) throws {
+        try require(config.unet.crossAttentionDim == config.text.hiddenSize,
+                    "UNet cross-attention dim \(config.unet.crossAttentionDim) != text width \(config.text.hiddenSize)")
+        self.config = config
+        params = Parameters(device: device, seed: seed)
+        textEncoder = try TextEncoder(params, config: config.text)
+        unet = try UNet2DConditionModel(params, config: config.unet)
+    }
+
+    /// Loads a model file (config from its `config` metadata). `prefix` selects a weight set
+    /// inside a training checkpoint (e.g. "ema.").
+    public static func load(_ url: URL, device: Device, prefix: String = "") throws -> TextToImageModel {
+        let file = try SafeTensorsFile.read(url)
+        guard let json = file.metadata["config"] else {
+            throw NoiseError.invalidArgument("\(url.path): no `config` metadata: not a noisear-gpu diffusion model")
+        }
+        let model = try TextToImageModel(config: DiffusionModelConfig.parse(json: json, source: url.path), device: device)
+        try model.params.load(file, prefix: prefix, allowUnexpected: !prefix.isEmpty || file.metadata["kind"] == "checkpoint")
+        return model
+    }
+
+    /// Text hidden states [B, L, D] for prompts; "" is the unconditional (all padding) prompt.
+    public func encode(_ prompts: [String]) throws -> Tensor {
+        let tokens = prompts.map { $0.isEmpty ? [Int](repeating: PromptTokenizer.padID, count: config.text.maxLength)
+            : PromptTokenizer.tokenize($0, length: config.text.maxLength) }
+        return try textEncoder(tokens, on: device)
+    }
+
+    /// eps prediction for x_t [B, 3, 32, 32].
+    public func predictNoise(_ x: Tensor, timesteps: [Double], context: Tensor) throws -> Tensor {
+        try unet(x, timesteps: timesteps, context: context)
+    }
+}
+
+/// Progress of a sampling run: (finished steps, total steps); return false to cancel.
+public typealias SamplingProgress = (Int, Int) -> Bool
+
+/// Settings of one sampling run.
+public struct SamplingSettings: Sendable, Equatable {
+    public var sampler: SamplerKind = .dpmpp2m
+    public var steps = 30
+    public var cfg = 5.0
+    public var karras = false
+    public init(sampler: SamplerKind = .dpmpp2m, steps: Int = 30, cfg: Double = 5.0, karras: Bool = false) {
+        self.sampler = sampler
+        self.steps = steps
+        self.cfg = cfg
+        self.karras = karras
+    }
+}
+
+/// The denoising loop with classifier-free guidance (uncond and cond batched in one call).
+public enum DiffusionSampler {
+    /// Initial noise for image i of a batch from seed + i (Philox, the same on every backend),
+    /// shape [count, C, H, W], unscaled (standard normal).
+    public static func gaussianNoise(count: Int, shape: [Int], seed: UInt64, on device: Device) throws -> Tensor {
+        let per = try (0..<count).map {
+            try Tensor.randn([1] + shape, seed: seed &+ UInt64($0), on: device)
+        }
+        return count == 1 ? per[0] : try Tensor.concat(per, axis: 0)
+    }
+
+    /// Denoises standard-normal `noise` [B, C, H, W] for `prompts` (B of them). Step noise of
+    /// the stochastic samplers comes from stream seed + i of image i, after its initial noise.
+    /// Returns x_0 (images in about [-1, 1]). Throws `invalidArgument` when cancelled.
+    public static func sample(model: TextToImageModel, prompts: [String], noise: Tensor, seed: UInt64,
+                              settings: SamplingSettings, progress: SamplingProgress = { _, _ in true }) throws -> Tensor {
+        let dev = model.device
+        return try dev.noGrad {
+            let b = noise.shape[0]
+            try require(prompts.count == b, "\(prompts.count) prompts for a batch of \(b)")
+            try require(settings.steps >= 1, "steps must be at least 1, got \(settings.steps)")
+            try require(settings.cfg.isFinite && settings.cfg >= 0, "cfg must be a non-negative number, got \(settings.cfg)")
+            var scheduler = try makeScheduler(settings.sampler, config: model.config.schedulerConfig(karras: settings.karras),
+                                              steps: settings.steps)
+            let guided = settings.cfg != 1
+            let cond = try model.encode(prompts)
+            let context = guided ? try Tensor.concat([model.encode([String](repeating: "", count: b)), cond], axis: 0) : cond
+            var x = try noise.scaled(Float(scheduler.initNoiseSigma))
+            let per = noise.count / b
+            let ts = scheduler.timesteps
+            for (i, t) in ts.enumerated() {
+                let input = try scheduler.scaleModelInput(x, stepIndex: i)
+                var eps: Tensor
+                if guided {
+                    let both = try model.predictNoise(Tensor.concat([input, input], axis: 0),
+                                                      timesteps: [Double](repeating: t, count: 2 * b), context: context)
+                    let un = try both.slice(axis: 0, 0, b), co = try both.slice(axis: 0, b, 2 * b)
+                    eps = try un + (co - un).scaled(Float(settings.cfg))
+                } else {
+                    eps = try model.predictNoise(input, timesteps: [Double](repeating: t, count: b), context: context)
+                }
+                var stepNoise: Tensor? = nil
+                if scheduler.needsNoise {
+                    let parts = try (0..<b).map {
+                        try Tensor.randn([1] + Array(noise.shape.dropFirst()), seed: seed &+ UInt64($0),
+                                         offset: UInt64((i + 1) * per), on: dev)
+                    }
+                    stepNoise = b == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
+                }
+                x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: stepNoise)
+                if !progress(i + 1, ts.count) { throw NoiseError.invalidArgument("sampling cancelled at step \(i + 1)") }
+            }
+            return x
+        }
+    }
+
+    /// 8-bit RGB (HWC) of image i of a [B, 3, H, W] batch in [-1, 1].
+    public static func rgb(_ images: Tensor) throws -> [[UInt8]] {
+        let b = images.shape[0], per = images.count / b
+        let all = try images.toArray()
+        return try (0..<b).map { i in
+            try Scene.rgb(tensor: HostTensor(shape: Array(images.shape.dropFirst()), data: Array(all[(i * per)..<((i + 1) * per)])))
+        }
+    }
+}
+
+/// Where the shipped shapes-world model is found: `NOISEAR_MODEL`, else the copy in this
+/// source tree (`Sources/NoiseARGPU/Models/weights/`), else next to the executable.
+public enum ShippedModels {
+    public static let diffusionFile = "shapes-diffusion.safetensors"
+
+    public static func locate(_ file: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+                              variable: String = "NOISEAR_MODEL") -> URL? {
+        if let p = environment[variable], !p.isEmpty { return URL(fileURLWithPath: p) }
+        let inTree = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Models/weights/\(file)")
+        let besideBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent(file)
+        return [inTree, besideBinary].first { FileManager.default.fileExists(atPath: $0.path) }
+    }
+}

@@ -1,0 +1,81 @@
+import ArgumentParser
+import Foundation
+import NoiseARGPU
+
+struct SampleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sample",
+        abstract: "Prompt in, image out: sample the shapes-world model from a chosen noise prior.",
+        discussion: """
+            Image i of a batch uses seed + i (Philox noise: the same on every device). A batch is
+            written as one PNG grid; --individual also writes FILE-0.png, FILE-1.png, ...
+            The PNG carries the settings (prompt, seed, sampler, steps, cfg, prior, device) as text.
+            Model: --model, else $NOISEAR_MODEL, else the shipped shapes-diffusion.safetensors.
+            """)
+
+    @OptionGroup var options: DeviceOptions
+    @Option(help: "The prompt, e.g. \"a red circle to the left of a blue square\".") var prompt: String
+    @Option(help: "Noise prior: gaussian.") var prior = "gaussian"
+    @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Sampler steps.") var steps = 30
+    @Option(help: "Classifier-free guidance scale (1 = no guidance).") var cfg = 5.0
+    @Option(help: "ddim | dpmpp2m | euler | euler-a | ddpm") var sampler = "dpmpp2m"
+    @Flag(help: "Karras sigmas (Euler and DPM-Solver kinds).") var karras = false
+    @Option(help: "Images to sample.") var batch = 1
+    @Option(help: "Model file.") var model: String?
+    @Option(help: "Output PNG.") var out = "sample.png"
+    @Flag(help: "Also write one PNG per image.") var individual = false
+    @Option(help: "Upscale factor of the written PNG (nearest).") var scale = 1
+    @Flag(help: "No progress bar.") var quiet = false
+
+    func validate() throws {
+        if steps < 1 { throw CLIError("--steps must be at least 1") }
+        if batch < 1 { throw CLIError("--batch must be at least 1") }
+        if !(cfg >= 0) || !cfg.isFinite { throw CLIError("--cfg must be a non-negative number") }
+        if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
+        if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
+        if prior != "gaussian" { throw CLIError("--prior \(prior): only 'gaussian' is available so far") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let kind = try SamplerKind.parse(sampler)
+            let facts = try PromptFacts.parse(prompt)
+            guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
+                throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL (the shipped \(ShippedModels.diffusionFile) was not found)")
+            }
+            // Fail on an unwritable output before spending time sampling.
+            try PNGImage(width: 1, height: 1, pixels: [0, 0, 0]).write(to: URL(fileURLWithPath: out))
+            let device = try options.open()
+            let m = try TextToImageModel.load(url, device: device)
+            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
+            note("seed \(usedSeed)")
+            let noise = try DiffusionSampler.gaussianNoise(count: batch, shape: [3, Scene.size, Scene.size], seed: usedSeed, on: device)
+            let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)
+            let settings = SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras)
+            let images = try DiffusionSampler.sample(model: m, prompts: [String](repeating: facts.prompt, count: batch),
+                                                     noise: noise, seed: usedSeed, settings: settings) { done, total in
+                bar.update(done)
+                return true
+            }
+            let rgbs = try DiffusionSampler.rgb(images)
+            let text = ["prompt": facts.prompt, "seed": String(usedSeed), "sampler": kind.rawValue, "steps": String(steps),
+                        "cfg": String(cfg), "karras": String(karras), "prior": prior, "device": device.info.id,
+                        "model": url.lastPathComponent, "software": "noisear-gpu"]
+            let pngs = try rgbs.map { try PNGImage(width: Scene.size, height: Scene.size, pixels: $0).scaled(by: scale) }
+            var grid = try PNGImage.grid(pngs, columns: min(batch, 8), spacing: 2 * scale)
+            grid.text = text
+            try grid.write(to: URL(fileURLWithPath: out))
+            if individual {
+                let base = (out as NSString).deletingPathExtension
+                for (i, var p) in pngs.enumerated() {
+                    p.text = text.merging(["seed": String(usedSeed + UInt64(i))]) { _, n in n }
+                    try p.write(to: URL(fileURLWithPath: "\(base)-\(i).png"))
+                }
+            }
+            var scores: [String] = []
+            for rgb in rgbs { scores.append(String(format: "%.2f", try Reward.evaluate(image: rgb, prompt: facts.prompt).score)) }
+            print("wrote \(out) (\(batch) image\(batch == 1 ? "" : "s"), seed \(usedSeed), prompt fidelity \(scores.joined(separator: " ")))")
+        }
+    }
+}
