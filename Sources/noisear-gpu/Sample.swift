@@ -22,7 +22,8 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "ddim | dpmpp2m | euler | euler-a | ddpm") var sampler = "dpmpp2m"
     @Flag(help: "Karras sigmas (Euler and DPM-Solver kinds).") var karras = false
     @Option(help: "Images to sample.") var batch = 1
-    @Option(help: "Model file.") var model: String?
+    @Option(help: "Model file (a training checkpoint loads its EMA weights).") var model: String?
+    @Flag(help: "With a training checkpoint: use the raw weights instead of the EMA.") var rawWeights = false
     @Option(help: "Output PNG.") var out = "sample.png"
     @Flag(help: "Also write one PNG per image.") var individual = false
     @Option(help: "Upscale factor of the written PNG (nearest).") var scale = 1
@@ -47,7 +48,7 @@ struct SampleCommand: ParsableCommand {
             // Fail on an unwritable output before spending time sampling.
             try PNGImage(width: 1, height: 1, pixels: [0, 0, 0]).write(to: URL(fileURLWithPath: out))
             let device = try options.open()
-            let m = try TextToImageModel.load(url, device: device)
+            let m = try TextToImageModel.load(url, device: device, prefix: rawWeights ? "" : nil)
             let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
             note("seed \(usedSeed)")
             let noise = try DiffusionSampler.gaussianNoise(count: batch, shape: [3, Scene.size, Scene.size], seed: usedSeed, on: device)

@@ -11,7 +11,7 @@ struct TrainCommand: ParsableCommand {
 struct TrainDiffusion: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diffusion",
-        abstract: "Train the shapes-world text-to-image model (DDPM epsilon loss, AdamW, EMA, prompt dropout).",
+        abstract: "Train the shapes-world text-to-image model (DDPM loss with v-prediction, AdamW, EMA, prompt dropout).",
         discussion: """
             Each step renders a batch of train-split prompts at random positions. The checkpoint
             (weights, EMA, optimizer state) is written atomically every --checkpoint-every steps and

@@ -5,11 +5,16 @@ import Foundation
 public struct DiffusionModelConfig: Codable, Sendable, Equatable {
     public var unet = UNetConfig()
     public var text = TextEncoderConfig()
-    /// Training schedule (DDPM's linear schedule suits pixel-space models).
+    /// Training schedule: Stable Diffusion's scaled-linear betas (terminal alpha-bar 0.0047),
+    /// with v-prediction, which keeps the model's image estimate bounded at high noise (an eps
+    /// model's x0 error is amplified by 1/sqrt(alpha-bar) there; a small, briefly trained
+    /// pixel-space eps model drifts off its sampling trajectory).
     public var numTrainTimesteps = 1000
-    public var betaStart = 0.0001
-    public var betaEnd = 0.02
-    public var betaSchedule = "linear"
+    public var betaStart = 0.00085
+    public var betaEnd = 0.012
+    public var betaSchedule = "scaled_linear"
+    /// "epsilon" or "v_prediction".
+    public var predictionType = "v_prediction"
 
     public init() {
         text.vocabSize = PromptTokenizer.vocabulary.count
@@ -25,7 +30,12 @@ public struct DiffusionModelConfig: Codable, Sendable, Equatable {
         c.betaEnd = betaEnd
         c.betaSchedule = try BetaSchedule(rawValue: betaSchedule)
             ?? { throw NoiseError.invalidArgument("unknown beta schedule \(betaSchedule)") }()
+        c.predictionType = try PredictionType(rawValue: predictionType)
+            ?? { throw NoiseError.invalidArgument("unknown prediction type \(predictionType)") }()
         c.useKarrasSigmas = karras
+        // A pixel-space model: keep predicted images in range (DDIM/DDPM clip_sample; DPM-Solver
+        // thresholding with sample_max_value 1).
+        c.clipSample = true
         return c
     }
 
@@ -63,10 +73,11 @@ public final class TextToImageModel {
         unet = try UNet2DConditionModel(params, config: config.unet)
     }
 
-    /// Loads a model file (config from its `config` metadata). `prefix` selects a weight set
-    /// inside a training checkpoint (e.g. "ema.").
-    public static func load(_ url: URL, device: Device, prefix: String = "") throws -> TextToImageModel {
+    /// Loads a model file (config from its `config` metadata). A training checkpoint loads its
+    /// EMA weights unless `prefix` selects another set ("" for the raw weights).
+    public static func load(_ url: URL, device: Device, prefix: String? = nil) throws -> TextToImageModel {
         let file = try SafeTensorsFile.read(url)
+        let prefix = prefix ?? (file.metadata["kind"] == "checkpoint" ? "ema." : "")
         guard let json = file.metadata["config"] else {
             throw NoiseError.invalidArgument("\(url.path): no `config` metadata: not a noisear-gpu diffusion model")
         }
@@ -82,7 +93,7 @@ public final class TextToImageModel {
         return try textEncoder(tokens, on: device)
     }
 
-    /// eps prediction for x_t [B, 3, 32, 32].
+    /// The network's prediction (eps or v, per `config.predictionType`) for x_t [B, 3, 32, 32].
     public func predictNoise(_ x: Tensor, timesteps: [Double], context: Tensor) throws -> Tensor {
         try unet(x, timesteps: timesteps, context: context)
     }

@@ -13,8 +13,9 @@ public struct DiffusionTrainingSettings: Sendable, Equatable {
     public init() {}
 }
 
-/// DDPM epsilon-loss training of the shapes-world model: random train-split prompts rendered
-/// at random positions, t uniform, x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, MSE to eps;
+/// DDPM training of the shapes-world model: random train-split prompts rendered at random
+/// positions, t uniform, x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, MSE to eps (epsilon
+/// prediction) or to v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (v-prediction);
 /// AdamW with linear warm-up, EMA of weights, prompt dropout for classifier-free guidance.
 /// The state (weights, EMA, optimizer moments, step) is saved in one safetensors checkpoint.
 public final class DiffusionTrainer {
@@ -64,10 +65,12 @@ public final class DiffusionTrainer {
         let b = settings.batch
         let a = try Tensor(ts.map { Float(alphasCumprod[$0].squareRoot()) }, shape: [b, 1, 1, 1], on: dev)
         let s = try Tensor(ts.map { Float((1 - alphasCumprod[$0]).squareRoot()) }, shape: [b, 1, 1, 1], on: dev)
-        let xt = try dev.noGrad { try x0 * a + eps * s }
+        let (xt, target) = try dev.noGrad {
+            (try x0 * a + eps * s, model.config.predictionType == "v_prediction" ? try eps * a - x0 * s : eps)
+        }
         let context = try model.encode(prompts)
         let pred = try model.predictNoise(xt, timesteps: ts.map(Double.init), context: context)
-        let loss = try (pred - eps).square().mean()
+        let loss = try (pred - target).square().mean()
         try loss.backward()
         let warm = Float(min(step + 1, settings.warmup)) / Float(max(settings.warmup, 1))
         optimizer.lr = settings.lr * warm
