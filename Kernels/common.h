@@ -4,14 +4,17 @@
 #ifndef NOISEAR_COMMON_H
 #define NOISEAR_COMMON_H
 
-/* Multi-index of linear index i over an up-to-6-D shape (int8 lanes s0..s5 used). */
+/* Offset of linear index i over an up-to-6-D shape (int8 lanes s0..s5 used; the host
+ * collapses mergeable axes and pads with leading 1s, whose divisions are skipped). */
+#define STRIDED_STEP(lane) \
+    if (shape.lane != 1) { q = i / shape.lane; off += (i - q * shape.lane) * strides.lane; i = q; }
 inline int strided_offset(int i, int8 shape, int8 strides) {
     int off = 0, q;
-    q = i / shape.s5; off += (i - q * shape.s5) * strides.s5; i = q;
-    q = i / shape.s4; off += (i - q * shape.s4) * strides.s4; i = q;
-    q = i / shape.s3; off += (i - q * shape.s3) * strides.s3; i = q;
-    q = i / shape.s2; off += (i - q * shape.s2) * strides.s2; i = q;
-    q = i / shape.s1; off += (i - q * shape.s1) * strides.s1; i = q;
+    STRIDED_STEP(s5)
+    STRIDED_STEP(s4)
+    STRIDED_STEP(s3)
+    STRIDED_STEP(s2)
+    STRIDED_STEP(s1)
     off += i * strides.s0;
     return off;
 }

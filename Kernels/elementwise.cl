@@ -13,22 +13,35 @@ kernel void copy_strided(global const float* src, int soff, int8 sstr,
     dst[doff + strided_offset(i, shape, dstr)] = src[soff + strided_offset(i, shape, sstr)];
 }
 
+/* One-axis forms (after the host collapsed the shape): no index arithmetic. */
+kernel void copy_1d(global const float* src, int soff, int sstride, global float* dst, int doff,
+                    int dstride, int n) {
+    int i = get_global_id(0);
+    if (i < n) dst[doff + i * dstride] = src[soff + i * sstride];
+}
+
+inline float binary_f(int op, float x, float y) {
+    switch (op) {
+    case 0: return x + y;
+    case 1: return x - y;
+    case 2: return x * y;
+    default: return x / y;
+    }
+}
+
+kernel void binary_1d(global const float* a, int aoff, int astride, global const float* b, int boff,
+                      int bstride, global float* out, int ooff, int n, int op) {
+    int i = get_global_id(0);
+    if (i < n) out[ooff + i] = binary_f(op, a[aoff + i * astride], b[boff + i * bstride]);
+}
+
 /* out[i] = a op b with broadcast strides; op: 0 add, 1 sub, 2 mul, 3 div. */
 kernel void binary_strided(global const float* a, int aoff, int8 astr,
                            global const float* b, int boff, int8 bstr,
                            global float* out, int ooff, int8 shape, int n, int op) {
     int i = get_global_id(0);
     if (i >= n) return;
-    float x = a[aoff + strided_offset(i, shape, astr)];
-    float y = b[boff + strided_offset(i, shape, bstr)];
-    float r;
-    switch (op) {
-    case 0: r = x + y; break;
-    case 1: r = x - y; break;
-    case 2: r = x * y; break;
-    default: r = x / y; break;
-    }
-    out[ooff + i] = r;
+    out[ooff + i] = binary_f(op, a[aoff + strided_offset(i, shape, astr)], b[boff + strided_offset(i, shape, bstr)]);
 }
 
 inline float unary_f(int op, float x, float p0, float p1) {

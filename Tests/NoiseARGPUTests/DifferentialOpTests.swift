@@ -16,6 +16,10 @@ import Testing
             try be.copy(shape: [7, 3, 5], src: Strided(i[0], strides: [1, 35, 7]),
                         dst: Strided(o[0], strides: Shape.strides([7, 3, 5])))
         }
+        try differential("copy.contiguous", inputs: [rng.values(105)], outputs: [rng.values(105)], exact: true) { be, i, o in
+            try be.copy(shape: shape, src: Strided(i[0], strides: Shape.strides(shape)),
+                        dst: Strided(o[0], strides: Shape.strides(shape)))
+        }
         try differential("copy.broadcast", inputs: [rng.values(15)], outputs: [rng.values(105)], exact: true) { be, i, o in
             try be.copy(shape: shape, src: Strided(i[0], strides: [5, 1, 0]),
                         dst: Strided(o[0], strides: Shape.strides(shape)))
@@ -35,6 +39,27 @@ import Testing
             try be.binary(op, shape: shape, a: Strided(i[0], strides: Shape.strides(shape)),
                           b: Strided(i[1], strides: Shape.broadcastStrides(bShape, to: shape)), out: o[0])
         }
+        // Shapes that collapse to one axis: same shape, and a broadcast scalar.
+        try differential("binary.\(op).1d", inputs: [rng.values(210), rng.values(210)], outputs: [rng.values(210)]) { be, i, o in
+            try be.binary(op, shape: shape, a: Strided(i[0], strides: Shape.strides(shape)),
+                          b: Strided(i[1], strides: Shape.strides(shape)), out: o[0])
+        }
+        try differential("binary.\(op).scalar", inputs: [rng.values(210), rng.values(1)], outputs: [rng.values(210)]) { be, i, o in
+            try be.binary(op, shape: shape, a: Strided(i[0], strides: Shape.strides(shape)),
+                          b: Strided(i[1], strides: [0, 0, 0, 0]), out: o[0])
+        }
+    }
+
+    @Test func collapse() {
+        // [2,3,4] contiguous + [1,3,1] broadcast: the last two axes cannot merge for the bias.
+        let c = Shape.collapse([2, 3, 4], [[12, 4, 1], [0, 1, 0]])
+        #expect(c.shape == [2, 3, 4] && c.strides == [[12, 4, 1], [0, 1, 0]])
+        let d = Shape.collapse([2, 1, 3, 4], [[12, 12, 4, 1], [12, 12, 4, 1]])
+        #expect(d.shape == [24] && d.strides == [[1], [1]])
+        let e = Shape.collapse([5, 6], [[1, 5], [6, 1]])  // a transpose stays 2-D
+        #expect(e.shape == [5, 6])
+        let f = Shape.collapse([1, 1], [[3, 7]])
+        #expect(f.shape == [1])
     }
 
     static let unaryParams: [UnaryOp: (Float, Float)] = [.affine: (1.5, -0.25), .clamp: (-0.45, 0.55)]

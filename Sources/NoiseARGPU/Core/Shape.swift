@@ -52,6 +52,24 @@ public enum Shape {
         }
     }
 
+    /// The same strided walk over fewer axes: drops size-1 axes and merges an axis into the
+    /// next one wherever every operand's strides allow it (row-major order is kept).
+    public static func collapse(_ shape: [Int], _ strides: [[Int]]) -> (shape: [Int], strides: [[Int]]) {
+        var outShape: [Int] = [], outStrides: [[Int]] = strides.map { _ in [] }
+        for d in 0..<shape.count where shape[d] != 1 {
+            if let last = outShape.last,
+               strides.indices.allSatisfy({ outStrides[$0].last == strides[$0][d] * shape[d] }) {
+                outShape[outShape.count - 1] = last * shape[d]
+                for k in strides.indices { outStrides[k][outStrides[k].count - 1] = strides[k][d] }
+            } else {
+                outShape.append(shape[d])
+                for k in strides.indices { outStrides[k].append(strides[k][d]) }
+            }
+        }
+        if outShape.isEmpty { return ([1], strides.map { _ in [1] }) }
+        return (outShape, outStrides)
+    }
+
     /// Validates a shape: every dimension positive.
     public static func validate(_ shape: [Int]) throws {
         try require(shape.allSatisfy { $0 > 0 }, "shape \(shape) has a non-positive dimension")

@@ -72,21 +72,19 @@ public final class CPUBackend: Backend {
 
     public func copy(shape: [Int], src: Strided, dst: Strided) throws {
         let s = ptr(src.ref), d = ptr(dst.ref)
-        forEachIndex(shape, src.strides, dst.strides) { i, j in d[j] = s[i] }
+        let (cs, st) = Shape.collapse(shape, [src.strides, dst.strides])
+        forEachIndex(cs, st[0], st[1]) { i, j in d[j] = s[i] }
     }
 
     public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
         let pa = ptr(a.ref), pb = ptr(b.ref), po = ptr(out)
+        let (cs, st) = Shape.collapse(shape, [a.strides, b.strides])
         var k = 0
-        forEachIndex(shape, a.strides, b.strides) { i, j in
-            let x = pa[i], y = pb[j]
-            switch op {
-            case .add: po[k] = x + y
-            case .sub: po[k] = x - y
-            case .mul: po[k] = x * y
-            case .div: po[k] = x / y
-            }
-            k += 1
+        switch op {
+        case .add: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] + pb[j]; k += 1 }
+        case .sub: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] - pb[j]; k += 1 }
+        case .mul: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] * pb[j]; k += 1 }
+        case .div: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] / pb[j]; k += 1 }
         }
     }
 

@@ -285,15 +285,28 @@ public final class OpenCLBackend: Backend {
     }
 
     public func copy(shape: [Int], src: Strided, dst: Strided) throws {
-        let (s, st) = try pad6(shape, [src.strides, dst.strides])
+        let (cs, cst) = Shape.collapse(shape, [src.strides, dst.strides])
         let n = Shape.count(shape)
+        if cs.count == 1 {
+            try launch("elementwise.cl", "copy_1d", global: [n],
+                       ref(src.ref) + [.i32(cst[0][0])] + ref(dst.ref) + [.i32(cst[1][0]), .i32(n)])
+            return
+        }
+        let (s, st) = try pad6(cs, cst)
         try launch("elementwise.cl", "copy_strided", global: [n],
                    ref(src.ref) + [.i8(st[0])] + ref(dst.ref) + [.i8(st[1]), .i8(s), .i32(n)])
     }
 
     public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
-        let (s, st) = try pad6(shape, [a.strides, b.strides])
+        let (cs, cst) = Shape.collapse(shape, [a.strides, b.strides, Shape.strides(shape)])
         let n = Shape.count(shape)
+        if cs.count == 1 {
+            try launch("elementwise.cl", "binary_1d", global: [n],
+                       ref(a.ref) + [.i32(cst[0][0])] + ref(b.ref) + [.i32(cst[1][0])] + ref(out)
+                           + [.i32(n), .i32(Int(op.rawValue))])
+            return
+        }
+        let (s, st) = try pad6(cs, Array(cst.prefix(2)))
         try launch("elementwise.cl", "binary_strided", global: [n],
                    ref(a.ref) + [.i8(st[0])] + ref(b.ref) + [.i8(st[1])] + ref(out)
                        + [.i8(s), .i32(n), .i32(Int(op.rawValue))])
