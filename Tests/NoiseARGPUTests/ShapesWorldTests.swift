@@ -272,24 +272,24 @@ import Testing
     // MARK: CLI
 
     @Test func renderAndRewardCommands() throws {
-        guard let exe = shapesCLIExecutable() else { return }
+        guard cliPath() != nil else { return }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-shapes-cli-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let png = dir.appendingPathComponent("scene.png").path
         let prompt = "a red circle above a blue square"
 
-        let render = try runShapesCLI(exe, ["render", "--prompt", prompt, "--seed", "3", "--out", png])
+        let render = try runShapesCLI(["render", "--prompt", prompt, "--seed", "3", "--out", png])
         #expect(render.status == 0, "\(render.stderr)")
         let image = try PNGImage.read(from: URL(fileURLWithPath: png))
         #expect(image.width == 32 && image.height == 32)
         #expect(image.text["prompt"] == prompt && image.text["seed"] == "3")
         #expect(image.pixels == (try Scene.sample(prompt: prompt, seed: 3)).render())
 
-        let reward = try runShapesCLI(exe, ["reward", "--image", png, "--prompt", prompt])
+        let reward = try runShapesCLI(["reward", "--image", png, "--prompt", prompt])
         #expect(reward.status == 0, "\(reward.stderr)")
         #expect(reward.stdout.hasPrefix("reward 1.000 (6 of 6 facts)"), "\(reward.stdout)")
-        let wrong = try runShapesCLI(exe, ["reward", "--image", png, "--prompt", "a red circle below a blue square", "--json"])
+        let wrong = try runShapesCLI(["reward", "--image", png, "--prompt", "a red circle below a blue square", "--json"])
         #expect(wrong.status == 0, "\(wrong.stderr)")
         let json = try JSONSerialization.jsonObject(with: Data(wrong.stdout.utf8)) as? [String: Any]
         #expect((json?["score"] as? Double).map { abs($0 - 5.0 / 6.0) < 1e-9 } == true, "\(wrong.stdout)")
@@ -297,8 +297,8 @@ import Testing
 
         // Enlarged renders score the same.
         let big = dir.appendingPathComponent("big.png").path
-        #expect(try runShapesCLI(exe, ["render", "--prompt", prompt, "--seed", "3", "--out", big, "--scale", "4"]).status == 0)
-        #expect(try runShapesCLI(exe, ["reward", "--image", big, "--prompt", prompt]).stdout.hasPrefix("reward 1.000"))
+        #expect(try runShapesCLI(["render", "--prompt", prompt, "--seed", "3", "--out", big, "--scale", "4"]).status == 0)
+        #expect(try runShapesCLI(["reward", "--image", big, "--prompt", prompt]).stdout.hasPrefix("reward 1.000"))
 
         for (args, fragment) in [
             (["reward", "--image", png, "--prompt", "a purple circle"], "unknown word 'purple'"),
@@ -306,7 +306,7 @@ import Testing
             (["render", "--prompt", "a red", "--out", png], "expected a shape"),
             (["render", "--prompt", prompt, "--out", "/nonexistent-\(getpid())/x.png"], "cannot write"),
         ] {
-            let r = try runShapesCLI(exe, args)
+            let r = try runShapesCLI(args)
             #expect(r.status != 0)
             let lines = r.stderr.split(separator: "\n")
             #expect(lines.count == 1 && r.stderr.contains(fragment), "\(r.stderr)")
@@ -364,27 +364,8 @@ private func degrade(_ image: [UInt8], seed: UInt64) -> [UInt8] {
     return out
 }
 
-/// The `noisear-gpu` executable next to the test bundle, or nil (the test is then skipped).
-private func shapesCLIExecutable() -> URL? {
-    let bundleDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for dir in [bundleDir, bundleDir.deletingLastPathComponent()] {
-        let url = dir.appendingPathComponent("noisear-gpu")
-        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-    }
-    print("skipping: noisear-gpu executable not found next to \(bundleDir.path)")
-    return nil
-}
-
-private func runShapesCLI(_ exe: URL, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+/// The CLI through the shared runner (CLITests.swift); fails if the executable vanished.
+private func runShapesCLI(_ args: [String]) throws -> CLIResult {
+    guard let r = try runCLI(args) else { throw NoiseError.io("noisear-gpu executable not found") }
+    return r
 }

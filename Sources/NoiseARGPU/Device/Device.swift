@@ -110,12 +110,15 @@ public final class Device {
         var cpuRefs: [BufRef] = []
         for r in refs {
             let id = ObjectIdentifier(r.buffer)
-            if hostCopies[id] == nil {
-                let h = CPUBuffer(count: r.buffer.count)
-                try backend.download(BufRef(r.buffer), into: UnsafeMutableBufferPointer(start: h.pointer, count: h.count))
-                hostCopies[id] = h
+            let host: CPUBuffer
+            if let h = hostCopies[id] {
+                host = h
+            } else {
+                host = CPUBuffer(count: r.buffer.count)
+                try backend.download(BufRef(r.buffer), into: UnsafeMutableBufferPointer(start: host.pointer, count: host.count))
+                hostCopies[id] = host
             }
-            cpuRefs.append(BufRef(hostCopies[id]!, r.offset))
+            cpuRefs.append(BufRef(host, r.offset))
         }
         try body(cpu, cpuRefs)
         var written: Set<ObjectIdentifier> = []

@@ -46,7 +46,7 @@ public struct PNGImage: Sendable, Equatable {
                     "PNG size \(width)x\(height) must be 1...\(PNGImage.maxDimension) on each side")
         try require(pixels.count == width * height * 3,
                     "expected \(width)x\(height)x3 = \(width * height * 3) bytes of RGB, got \(pixels.count)")
-        let chunks = try text.keys.sorted().map { try PNGImage.textChunk(key: $0, value: text[$0]!) }
+        let chunks = try text.sorted { $0.key < $1.key }.map { try PNGImage.textChunk(key: $0.key, value: $0.value) }
 
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
