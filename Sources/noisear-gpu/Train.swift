@@ -27,6 +27,8 @@ struct TrainDiffusion: ParsableCommand {
     @Option(help: "Probability of training a sample with the empty prompt.") var promptDropout = 0.1
     @Option(help: "EMA decay.") var emaDecay: Float = 0.999
     @Option(help: "Seed of initialisation and data.") var seed: UInt64 = 0
+    @Option(help: "What the network predicts: v_prediction (default; robust for a small pixel-space model) or epsilon.")
+    var prediction = "v_prediction"
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-diffusion.ckpt.safetensors"
     @Option(help: "Steps between checkpoints.") var checkpointEvery = 200
     @Flag(help: "Continue from --checkpoint.") var resume = false
@@ -36,13 +38,16 @@ struct TrainDiffusion: ParsableCommand {
     func validate() throws {
         if steps < 1 || batch < 1 || checkpointEvery < 1 { throw CLIError("--steps, --batch and --checkpoint-every must be at least 1") }
         if !(lr > 0) { throw CLIError("--lr must be positive") }
+        if prediction != "v_prediction" && prediction != "epsilon" { throw CLIError("--prediction must be v_prediction or epsilon") }
         if !(0..<1).contains(promptDropout) { throw CLIError("--prompt-dropout must be in [0, 1)") }
     }
 
     func run() throws {
         try runReportingErrors {
             let device = try options.open()
-            let model = try TextToImageModel(config: DiffusionModelConfig(), device: device, seed: seed)
+            var config = DiffusionModelConfig()
+            config.predictionType = prediction
+            let model = try TextToImageModel(config: config, device: device, seed: seed)
             var settings = DiffusionTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.promptDropout = promptDropout; settings.emaDecay = emaDecay; settings.seed = seed

@@ -177,5 +177,9 @@ import Testing
         let back = try Tensor(SafeTensorsFile.read(url).tensor("w"), on: dev)
         #expect(back.shape == [2, 3])
         #expect(try back.toArray() == t.toArray())
+        // Half-precision storage: small integers survive exactly; dtype recorded as F16.
+        try SafeTensorsFile(tensors: ["w": t.toHost()]).write(to: url, as: .f16)
+        let half = try SafeTensorsFile.read(url)
+        #expect(half.dtypes["w"] == "F16" && half["w"]?.data == [1, 2, 3, 4, 5, 6])
     }
 }

@@ -130,14 +130,15 @@ public final class DiffusionTrainer {
         step = s
     }
 
-    /// The EMA weights as a standalone model file (what `sample` loads).
-    public func exportEMA(_ url: URL, metadata: [String: String] = [:]) throws {
+    /// The EMA weights as a standalone model file (what `sample` loads), by default in half
+    /// precision (the shipped file stays small; compute is float32 after loading).
+    public func exportEMA(_ url: URL, metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
         var tensors: [String: HostTensor] = [:]
         for name in model.params.names { if let e = ema[name] { tensors[name] = try e.toHost() } }
         var meta = metadata
         meta["config"] = try model.config.jsonString()
         meta["kind"] = "model"
         meta["step"] = String(step)
-        try SafeTensorsFile(tensors: tensors, metadata: meta).write(to: url)
+        try SafeTensorsFile(tensors: tensors, metadata: meta).write(to: url, as: storage)
     }
 }

@@ -66,9 +66,17 @@ public struct SafeTensorsFile: Sendable {
         }
     }
 
-    /// The file as bytes: every tensor as F32, tensors in sorted key order, the header padded with
-    /// spaces to a multiple of 8 bytes, `__metadata__` first when non-empty.
-    public func serialized() throws -> Data {
+    /// How tensors are stored when written.
+    public enum Storage: String, Sendable {
+        case f32 = "F32"
+        /// IEEE half precision (round to nearest even): half the size, for shipped weights.
+        case f16 = "F16"
+        var bytes: Int { self == .f32 ? 4 : 2 }
+    }
+
+    /// The file as bytes: every tensor as F32 (or F16), tensors in sorted key order, the header
+    /// padded with spaces to a multiple of 8 bytes, `__metadata__` first when non-empty.
+    public func serialized(as storage: Storage = .f32) throws -> Data {
         let names = tensors.keys.sorted()
         var header = "{"
         var first = true
@@ -97,10 +105,10 @@ public struct SafeTensorsFile: Sendable {
                 throw NoiseError.shapeMismatch(
                     "tensor '\(name)': shape \(t.shape) needs \(count) values, has \(t.data.count)")
             }
-            let end = offset + count * 4
+            let end = offset + count * storage.bytes
             if !first { header += "," }
             first = false
-            header += Self.jsonString(name) + ":{\"dtype\":\"F32\",\"shape\":["
+            header += Self.jsonString(name) + ":{\"dtype\":\"\(storage.rawValue)\",\"shape\":["
                 + t.shape.map(String.init).joined(separator: ",")
                 + "],\"data_offsets\":[\(offset),\(end)]}"
             offset = end
@@ -114,6 +122,11 @@ public struct SafeTensorsFile: Sendable {
         out.append(contentsOf: headerBytes)
         for name in names {
             guard let t = tensors[name] else { continue }
+            if storage == .f16 {
+                let half = t.data.map { Float16($0).bitPattern.littleEndian }
+                half.withUnsafeBytes { out.append(contentsOf: $0) }
+                continue
+            }
             #if _endian(little)
             t.data.withUnsafeBytes { out.append(contentsOf: $0) }
             #else
@@ -126,8 +139,8 @@ public struct SafeTensorsFile: Sendable {
     }
 
     /// Writes the file atomically: a temporary file in the same directory, then a rename.
-    public func write(to url: URL) throws {
-        let bytes = try serialized()
+    public func write(to url: URL, as storage: Storage = .f32) throws {
+        let bytes = try serialized(as: storage)
         let dir = url.deletingLastPathComponent()
         let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
         do {
