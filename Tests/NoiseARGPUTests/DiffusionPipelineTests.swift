@@ -101,6 +101,21 @@ import Testing
         #expect(last < 0.6 * first, "loss \(first) -> \(last)")
     }
 
+    @Test func shippedModelDrawsThePrompt() throws {
+        let url = try #require(ShippedModels.locate(ShippedModels.diffusionFile, environment: [:]),
+                               "the shipped model is missing")
+        let dev = Device.cpuDevice()
+        let m = try TextToImageModel.load(url, device: dev)
+        let prompt = "a green circle"
+        let noise = try DiffusionSampler.gaussianNoise(count: 8, shape: [3, 32, 32], seed: 100, on: dev)
+        let x = try DiffusionSampler.sample(model: m, prompts: [String](repeating: prompt, count: 8), noise: noise,
+                                            seed: 100, settings: SamplingSettings(steps: 20, cfg: 5))
+        let results = try DiffusionSampler.rgb(x).map { try Reward.evaluate(image: $0, prompt: prompt) }
+        let mean = results.map(\.score).reduce(0, +) / 8
+        let colorRight = results.filter { r in r.facts.contains { $0.kind == .color && $0.holds } }.count
+        #expect(mean >= 0.7 && colorRight >= 6, "mean fidelity \(mean), color right in \(colorRight)/8")
+    }
+
     @Test func sampleCommand() throws {
         let model = try Self.modelFile().path
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-sample-\(getpid())")

@@ -178,8 +178,8 @@ extension Bench {
         try run()
         let total = device.profile.values.reduce(0) { $0 + $1.seconds }
         let families: [String: [OpKind]] = [
-            "conv (im2col/col2im + GEMM in convs)": [.im2col, .col2im],
-            "gemm (convs, linears, attention backward)": [.gemm],
+            "im2col/col2im (convs)": [.im2col, .col2im],
+            "gemm (convs, linears)": [.gemm],
             "attention": [.attention],
             "norm": [.groupNorm, .layerNorm],
             "softmax": [.softmax],
