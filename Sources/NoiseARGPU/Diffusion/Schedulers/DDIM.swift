@@ -30,11 +30,6 @@ public struct DDIMScheduler: NoiseScheduler {
         stepRatio = config.numTrainTimesteps / steps
     }
 
-    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, "DDIM")
-        return sample
-    }
-
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
         let name = "DDIM"
         try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)
@@ -99,11 +94,6 @@ public struct DDIMInverseScheduler: NoiseScheduler {
         timesteps = intTimesteps.map(Double.init)
         initialAlphaCumprod = config.setAlphaToOne ? 1 : alphasCumprod[0]
         stepRatio = config.numTrainTimesteps / steps
-    }
-
-    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, "DDIM inversion")
-        return sample
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {

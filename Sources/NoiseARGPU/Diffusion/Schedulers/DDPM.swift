@@ -27,11 +27,6 @@ public struct DDPMScheduler: NoiseScheduler {
         timesteps = intTimesteps.map(Double.init)
     }
 
-    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, "DDPM")
-        return sample
-    }
-
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
         let name = "DDPM"
         try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)

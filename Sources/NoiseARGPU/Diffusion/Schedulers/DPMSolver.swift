@@ -78,11 +78,6 @@ public struct DPMSolverMultistepScheduler: NoiseScheduler {
         sigmaSchedule = sig
     }
 
-    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, "DPM-Solver++(2M)")
-        return sample
-    }
-
     public mutating func step(modelOutput: Tensor, stepIndex i: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
         let name = "DPM-Solver++(2M)"
         try ScheduleMath.checkStepIndex(i, timesteps.count, name)

@@ -89,6 +89,26 @@ public protocol NoiseScheduler {
 
 extension NoiseScheduler {
     public var sigmas: [Double]? { nil }
+
+    /// The model input is the sample itself (every kind but the Euler ones, which override).
+    public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
+        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, kind.displayName)
+        return sample
+    }
+}
+
+extension SamplerKind {
+    /// The name used in error messages.
+    public var displayName: String {
+        switch self {
+        case .ddim: return "DDIM"
+        case .ddimInverse: return "DDIM inversion"
+        case .dpmpp2m: return "DPM-Solver++(2M)"
+        case .euler: return "Euler"
+        case .eulerA: return "Euler ancestral"
+        case .ddpm: return "DDPM"
+        }
+    }
 }
 
 /// Builds the scheduler of `kind` for `steps` inference steps. Throws `invalidArgument` for
