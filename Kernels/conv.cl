@@ -6,43 +6,53 @@
 kernel void im2col(global const float* x, int xoff, global float* col, int coff,
                    int batch, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
                    int oh, int ow) {
+    /* One work item per (col row, image, output row): the ow outputs of that row in a loop. */
     int i = get_global_id(0);
-    int rows = C * kh * kw, hw = oh * ow, cols = batch * hw;
-    if (i >= rows * cols) return;
-    int row = i / cols, q = i - row * cols;
-    int n = q / hw, p = q - n * hw;
+    int rows = C * kh * kw;
+    if (i >= rows * batch * oh) return;
+    int oy = i % oh, n = (i / oh) % batch, row = i / (oh * batch);
     int c = row / (kh * kw), ky = (row / kw) % kh, kx = row % kw;
-    int oy = p / ow, ox = p - oy * ow;
-    int iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
-    float v = 0.0f;
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = x[xoff + ((n * C + c) * H + iy) * W + ix];
-    col[coff + i] = v;
+    int iy = oy * sh - ph + ky;
+    global float* dst = col + coff + row * (batch * oh * ow) + n * oh * ow + oy * ow;
+    if (iy < 0 || iy >= H) {
+        for (int ox = 0; ox < ow; ++ox) dst[ox] = 0.0f;
+        return;
+    }
+    global const float* src = x + xoff + ((n * C + c) * H + iy) * W;
+    for (int ox = 0; ox < ow; ++ox) {
+        int ix = ox * sw - pw + kx;
+        dst[ox] = (ix >= 0 && ix < W) ? src[ix] : 0.0f;
+    }
 }
 
-/* Gather form of col2im (no atomics): each input pixel sums the col entries that read it. */
+/* Gather form of col2im (no atomics): one work item per input row (image, channel, iy), each
+ * pixel summing the col entries that read it. */
 kernel void col2im(global const float* col, int coff, global float* dx, int dxoff,
                    int batch, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
                    int oh, int ow) {
     int i = get_global_id(0);
-    if (i >= batch * C * H * W) return;
-    int ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+    if (i >= batch * C * H) return;
+    int iy = i % H, c = (i / H) % C, n = i / (H * C);
     int hw = oh * ow, cols = batch * hw;
     global const float* cb = col + coff + n * hw;
-    float s = 0.0f;
-    for (int ky = 0; ky < kh; ++ky) {
-        int ty = iy + ph - ky;
-        if (ty < 0 || ty % sh != 0) continue;
-        int oy = ty / sh;
-        if (oy >= oh) continue;
-        for (int kx = 0; kx < kw; ++kx) {
-            int tx = ix + pw - kx;
-            if (tx < 0 || tx % sw != 0) continue;
-            int ox = tx / sw;
-            if (ox >= ow) continue;
-            s += cb[((c * kh + ky) * kw + kx) * cols + oy * ow + ox];
+    global float* drow = dx + dxoff + ((n * C + c) * H + iy) * W;
+    for (int ix = 0; ix < W; ++ix) {
+        float s = 0.0f;
+        for (int ky = 0; ky < kh; ++ky) {
+            int ty = iy + ph - ky;
+            if (ty < 0 || ty % sh != 0) continue;
+            int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int kx = 0; kx < kw; ++kx) {
+                int tx = ix + pw - kx;
+                if (tx < 0 || tx % sw != 0) continue;
+                int ox = tx / sw;
+                if (ox >= ow) continue;
+                s += cb[((c * kh + ky) * kw + kx) * cols + oy * ow + ox];
+            }
         }
+        drow[ix] = s;
     }
-    dx[dxoff + i] = s;
 }
 
 /* Source taps of output coordinate o (mode 0 nearest, 1 bilinear half-pixel). */

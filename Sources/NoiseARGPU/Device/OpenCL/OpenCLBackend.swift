@@ -442,12 +442,12 @@ public final class OpenCLBackend: Backend {
     }
 
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
-        try launch("conv.cl", "im2col", global: [batch * g.colRows * g.colCols],
+        try launch("conv.cl", "im2col", global: [g.colRows * batch * g.outH],
                    ref(x) + ref(col) + convArgs(g, batch))
     }
 
     public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
-        try launch("conv.cl", "col2im", global: [batch * g.channels * g.height * g.width],
+        try launch("conv.cl", "col2im", global: [batch * g.channels * g.height],
                    ref(col) + ref(dx) + convArgs(g, batch))
     }
 
