@@ -31,9 +31,8 @@ public struct DDIMScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        let name = "DDIM"
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, name)
+        let name = kind.displayName
+        try checkStep(stepIndex, modelOutput, sample, noise)
         let t = intTimesteps[stepIndex]
         let prevT = t - stepRatio
         let aT = alphasCumprod[t]
@@ -97,9 +96,7 @@ public struct DDIMInverseScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        let name = "DDIM inversion"
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, name)
+        try checkStep(stepIndex, modelOutput, sample, noise)
         let next = intTimesteps[stepIndex]
         let from = min(next - stepRatio, config.numTrainTimesteps - 1)
         let aT = from >= 0 ? alphasCumprod[from] : initialAlphaCumprod

@@ -28,9 +28,8 @@ public struct DDPMScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        let name = "DDPM"
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, name)
+        let name = kind.displayName
+        try checkStep(stepIndex, modelOutput, sample, noise)
         let t = intTimesteps[stepIndex]
         let prevT = stepIndex + 1 < intTimesteps.count ? intTimesteps[stepIndex + 1] : -1
         let aT = alphasCumprod[t]

@@ -79,9 +79,8 @@ public struct DPMSolverMultistepScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex i: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        let name = "DPM-Solver++(2M)"
-        try ScheduleMath.checkStepIndex(i, timesteps.count, name)
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, name)
+        let name = kind.displayName
+        try checkStep(i, modelOutput, sample, noise)
         if let previous {
             try require(previous.stepIndex + 1 == i,
                         "\(name): steps must be taken in order; got step \(i) after step \(previous.stepIndex) (use a fresh copy of the scheduler for a new run)")

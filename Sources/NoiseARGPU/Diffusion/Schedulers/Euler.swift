@@ -83,8 +83,7 @@ public struct EulerDiscreteScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, "Euler")
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, "Euler")
+        try checkStep(stepIndex, modelOutput, sample, noise)
         let s = schedule.sigmas[stepIndex], next = schedule.sigmas[stepIndex + 1]
         let d = EulerSchedule.derivative(config.predictionType, sigma: s)
         let dt = next - s
@@ -120,9 +119,8 @@ public struct EulerAncestralDiscreteScheduler: NoiseScheduler {
     }
 
     public mutating func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: Tensor?) throws -> Tensor {
-        let name = "Euler ancestral"
-        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, name)
-        try ScheduleMath.checkShapes(modelOutput, sample, noise, name)
+        let name = kind.displayName
+        try checkStep(stepIndex, modelOutput, sample, noise)
         let s = schedule.sigmas[stepIndex], next = schedule.sigmas[stepIndex + 1]
         let up = (next * next * (s * s - next * next) / (s * s)).squareRoot()
         let down = max(next * next - up * up, 0).squareRoot()

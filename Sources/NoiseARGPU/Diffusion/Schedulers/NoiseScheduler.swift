@@ -90,6 +90,12 @@ public protocol NoiseScheduler {
 extension NoiseScheduler {
     public var sigmas: [Double]? { nil }
 
+    /// Validates one `step` call: the index is in range and the tensors share a shape.
+    func checkStep(_ stepIndex: Int, _ modelOutput: Tensor, _ sample: Tensor, _ noise: Tensor?) throws {
+        try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, kind.displayName)
+        try ScheduleMath.checkShapes(modelOutput, sample, noise, kind.displayName)
+    }
+
     /// The model input is the sample itself (every kind but the Euler ones, which override).
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) throws -> Tensor {
         try ScheduleMath.checkStepIndex(stepIndex, timesteps.count, kind.displayName)
