@@ -81,3 +81,43 @@ kernel void philox_randn(global float* dst, int doff, int n, uint seed_lo, uint 
     float2 z = lane < 2 ? philox_pair(w.x, w.y) : philox_pair(w.z, w.w);
     dst[doff + i] = (lane & 1) ? z.y : z.x;
 }
+
+/* Normal number e of stream seed (the element philox_randn writes at offset e). */
+inline float philox_normal_at(ulong e, ulong seed) {
+    ulong blk = e >> 2;
+    uint4 w = philox4x32_10((uint4)((uint)blk, (uint)(blk >> 32), 0u, 0u), (uint2)((uint)seed, (uint)(seed >> 32)));
+    int lane = (int)(e & 3ul);
+    float2 z = lane < 2 ? philox_pair(w.x, w.y) : philox_pair(w.z, w.w);
+    return (lane & 1) ? z.y : z.x;
+}
+
+/* One patch of a NoiseAR sample. CPU twin: CPUBackend.samplePatch. One work item per token
+ * element j = (c, py, px) of image b; the patch is (gy, gx) of a [B, C, S, S] latent:
+ *   latent[b, c, y, x] = token[b, j] = mu[b, j] + eps * tau * exp(0.5 * clamp(logvar[b, j], lo, hi))
+ * with eps = eps_in[b, c, y, x] when use_eps, else normal number c*S*S + y*S + x of stream
+ * seed + b (the draw Tensor.randn makes for image b's latent). */
+kernel void noisear_sample_patch(global const float* mu, int mu_off, global const float* lv, int lv_off,
+                                 global const float* eps_in, int eps_off, int use_eps,
+                                 global float* latent, int lat_off, global float* token, int tok_off,
+                                 int batch, int channels, int size, int patch, int gy, int gx,
+                                 uint seed_lo, uint seed_hi, float tau, float lo, float hi) {
+    int i = get_global_id(0);
+    int n = channels * patch * patch;
+    if (i >= batch * n) return;
+    int b = i / n, j = i - b * n;
+    int c = j / (patch * patch), r = j - c * patch * patch;
+    int py = r / patch, px = r - py * patch;
+    int y = gy * patch + py, x = gx * patch + px;
+    int at = (c * size + y) * size + x;
+    int li = b * channels * size * size + at;
+    float e;
+    if (use_eps) {
+        e = eps_in[eps_off + li];
+    } else {
+        ulong seed = (((ulong)seed_hi << 32) | (ulong)seed_lo) + (ulong)b;
+        e = philox_normal_at((ulong)at, seed);
+    }
+    float v = mu[mu_off + i] + e * tau * exp(0.5f * clamp(lv[lv_off + i], lo, hi));
+    token[tok_off + i] = v;
+    latent[lat_off + li] = v;
+}

@@ -29,6 +29,7 @@ public enum OpKind: String, CaseIterable, Sendable {
     case layerNorm, layerNormBackward, groupNorm, groupNormBackward
     case attention, im2col, col2im, resize, resizeBackward
     case reduce, gather, gatherBackward, randn, adamw
+    case samplePatch
 }
 
 /// Elementwise binary operations (with broadcasting through strides).
@@ -189,6 +190,23 @@ public struct DeviceInfo: Sendable, Codable, Equatable {
     public var fp64: Bool
 }
 
+/// Geometry and settings of `Backend.samplePatch`: a latent [batch, channels, size, size] cut
+/// into patches of patch x patch pixels, and the patch being written.
+public struct PatchSampleDesc: Sendable, Equatable {
+    public var batch: Int, channels: Int, size: Int, patch: Int
+    public var gridY: Int, gridX: Int
+    public var seed: UInt64
+    public var temperature: Float
+    public var logvarMin: Float = -20, logvarMax: Float = 10
+    public init(batch: Int, channels: Int, size: Int, patch: Int, gridY: Int, gridX: Int,
+                seed: UInt64, temperature: Float) {
+        self.batch = batch; self.channels = channels; self.size = size; self.patch = patch
+        self.gridY = gridY; self.gridX = gridX; self.seed = seed; self.temperature = temperature
+    }
+    /// Elements of one token: channels * patch * patch.
+    public var tokenSize: Int { channels * patch * patch }
+}
+
 /// A compute backend: buffers plus primitive kernels. All primitives are asynchronous with
 /// respect to the host where the backend allows it; `download` waits.
 public protocol Backend: AnyObject {
@@ -251,6 +269,13 @@ public protocol Backend: AnyObject {
                         dtable: BufRef) throws
     /// Standard normals from Philox4x32-10: element i uses counter (offset + i/4, ...).
     func randn(count: Int, seed: UInt64, offset: UInt64, dst: BufRef) throws
+    /// One patch of an autoregressive noise sample: for image b and token element
+    /// j = (c, py, px) of patch (gridY, gridX), with y = gridY*P + py, x = gridX*P + px,
+    /// `latent[b, c, y, x] = token[b, j] = mu[b, j] + eps * temperature * exp(0.5 * clamp(logvar[b, j]))`
+    /// where eps is `eps[b, c, y, x]` when given, else normal number `c*S*S + y*S + x` of the
+    /// Philox stream `seed + b` (the same draw as `Tensor.randn` of image b's latent).
+    func samplePatch(_ d: PatchSampleDesc, mu: BufRef, logvar: BufRef, eps: BufRef?,
+                     latent: BufRef, token: BufRef) throws
     /// One fused AdamW update of param, m, v in place.
     func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
                v: BufRef) throws

@@ -39,17 +39,7 @@ extension Tensor {
             d.biasHeads = bias.shape[1]
         }
         let out = try Tensor.empty(layout.shape(batch: b, heads: h, tokens: tq, dim: dv), on: q.device)
-        // The fused kernel keeps a query row and its accumulator in registers: use it for
-        // head sizes up to 256, and the GEMM + softmax + GEMM form beyond.
-        if dim <= 256 && dv <= 256 {
-            let refs = [q.ref, k.ref, v.ref, out.ref] + (bias.map { [$0.ref] } ?? [])
-            try q.device.run(.attention, refs, outputs: [3]) { be, r in
-                try be.attention(d, q: r[0], k: r[1], v: r[2], bias: bias != nil ? r[4] : nil, o: r[3])
-            }
-        } else {
-            let p = try attentionProbs(d, q, k, bias)
-            try attentionGemm(d, p, false, v, d.vStrides, false, into: out, d.oStrides, m: tq, n: dv, kdim: tk, scale: 1)
-        }
+        try attentionForward(d, q, k, v, bias, into: out)
         let inputs = [q, k, v] + (bias.map { [$0] } ?? [])
         return record(out, inputs, "attention") { g in
             let p = try attentionProbs(d, q, k, bias)
@@ -76,6 +66,41 @@ extension Tensor {
             }
             return grads
         }
+    }
+
+    /// The forward pass for a descriptor whose strides address q, k, v and out (unrecorded).
+    /// The fused kernel keeps a query row and its accumulator in registers: it is used for
+    /// head sizes up to 256, and the GEMM + softmax + GEMM form beyond.
+    static func attentionForward(_ d: AttentionDesc, _ q: Tensor, _ k: Tensor, _ v: Tensor, _ bias: Tensor?,
+                                 into out: Tensor) throws {
+        if d.headDim <= 256 && d.valueDim <= 256 {
+            let refs = [q.ref, k.ref, v.ref, out.ref] + (bias.map { [$0.ref] } ?? [])
+            try q.device.run(.attention, refs, outputs: [3]) { be, r in
+                try be.attention(d, q: r[0], k: r[1], v: r[2], bias: bias != nil ? r[4] : nil, o: r[3])
+            }
+        } else {
+            let p = try attentionProbs(d, q, k, bias)
+            try attentionGemm(d, p, false, v, d.vStrides, false, into: out, d.oStrides, m: d.tq, n: d.valueDim,
+                              kdim: d.tk, scale: 1)
+        }
+    }
+
+    /// Attention of q [B, Tq, H, D] over the first `tokens` positions of key/value caches
+    /// [B, capacity, H, D] (a decoding step reads its prefix in place; unrecorded, no causal mask
+    /// inside the prefix). Returns [B, Tq, H, D].
+    static func cachedAttention(q: Tensor, keys: Tensor, values: Tensor, tokens: Int) throws -> Tensor {
+        let b = q.shape[0], tq = q.shape[1], h = q.shape[2], dim = q.shape[3], cap = keys.shape[1]
+        try requireShape(keys.shape == [b, cap, h, dim] && values.shape == keys.shape && tokens <= cap && tokens > 0,
+                         "cached attention: q \(q.shape), caches \(keys.shape), \(tokens) tokens")
+        var d = AttentionDesc(batch: b, heads: h, tq: tq, tk: tokens, headDim: dim, valueDim: dim,
+                              scale: nil, causal: false)
+        d.qStrides = AttentionLayout.bthd.strides(heads: h, tokens: tq, dim: dim)
+        d.oStrides = d.qStrides
+        d.kStrides = AttentionLayout.bthd.strides(heads: h, tokens: cap, dim: dim)
+        d.vStrides = d.kStrides
+        let out = try Tensor.empty(q.shape, on: q.device)
+        try attentionForward(d, q, keys, values, nil, into: out)
+        return out
     }
 
     /// P = softmax(scale q k^T + bias + causal) as a contiguous [B, H, Tq, Tk] tensor.

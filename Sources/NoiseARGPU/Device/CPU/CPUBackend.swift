@@ -454,6 +454,38 @@ public final class CPUBackend: Backend {
         Philox.fillNormal(ptr(dst), count: count, seed: seed, offset: offset)
     }
 
+    public func samplePatch(_ d: PatchSampleDesc, mu: BufRef, logvar: BufRef, eps: BufRef?,
+                            latent: BufRef, token: BufRef) throws {
+        let m = ptr(mu), lv = ptr(logvar), lat = ptr(latent), tok = ptr(token)
+        let e = eps.map { ptr($0) }
+        let p = d.patch, s = d.size, plane = s * s, n = d.tokenSize
+        var draws = [Float](repeating: 0, count: p)
+        for b in 0..<d.batch {
+            for c in 0..<d.channels {
+                for py in 0..<p {
+                    let y = d.gridY * p + py, x0 = d.gridX * p
+                    let at = c * plane + y * s + x0
+                    if let e {
+                        for px in 0..<p { draws[px] = e[b * d.channels * plane + at + px] }
+                    } else {
+                        draws.withUnsafeMutableBufferPointer {
+                            if let base = $0.baseAddress {
+                                Philox.fillNormal(base, count: p, seed: d.seed &+ UInt64(b), offset: UInt64(at))
+                            }
+                        }
+                    }
+                    for px in 0..<p {
+                        let j = b * n + (c * p + py) * p + px
+                        let sd = Foundation.exp(0.5 * Swift.min(Swift.max(lv[j], d.logvarMin), d.logvarMax))
+                        let v = m[j] + draws[px] * d.temperature * sd
+                        tok[j] = v
+                        lat[b * d.channels * plane + at + px] = v
+                    }
+                }
+            }
+        }
+    }
+
     public func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
                       v: BufRef) throws {
         let p = ptr(param), g = ptr(grad), pm = ptr(m), pv = ptr(v)

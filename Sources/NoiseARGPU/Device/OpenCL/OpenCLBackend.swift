@@ -505,6 +505,16 @@ public final class OpenCLBackend: Backend {
                                .u32(UInt32(truncatingIfNeeded: offset >> 32))])
     }
 
+    public func samplePatch(_ d: PatchSampleDesc, mu: BufRef, logvar: BufRef, eps: BufRef?,
+                            latent: BufRef, token: BufRef) throws {
+        try launch("random.cl", "noisear_sample_patch", global: [d.batch * d.tokenSize],
+                   ref(mu) + ref(logvar) + (try optRef(eps)) + [.i32(eps != nil ? 1 : 0)] + ref(latent) + ref(token)
+                       + [.i32(d.batch), .i32(d.channels), .i32(d.size), .i32(d.patch), .i32(d.gridY),
+                          .i32(d.gridX), .u32(UInt32(truncatingIfNeeded: d.seed)),
+                          .u32(UInt32(truncatingIfNeeded: d.seed >> 32)), .f32(d.temperature),
+                          .f32(d.logvarMin), .f32(d.logvarMax)])
+    }
+
     public func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
                       v: BufRef) throws {
         try launch("elementwise.cl", "adamw_f32", global: [count],
