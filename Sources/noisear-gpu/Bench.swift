@@ -7,7 +7,10 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
         discussion: """
-            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler.
+            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear.
+            `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32 patches,
+            d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
+            the key/value cache and without; --batch (default 1 here), --size for the latent side.
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
             shipped configuration) at --batch and prints each op family's share of the step.
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
@@ -16,10 +19,10 @@ struct BenchCommand: ParsableCommand {
             """)
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
-        case gemm, attention, conv2d, layernorm, softmax, sampler
+        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear
     }
 
-    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler")
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear")
     var op: Op
 
     @OptionGroup var options: DeviceOptions
@@ -29,7 +32,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "GEMM rows (M).") var m: Int?
     @Option(help: "GEMM columns (N).") var n: Int?
     @Option(help: "GEMM inner size (K).") var k: Int?
-    @Option(help: "Batch (attention, conv2d, sampler).") var batch: Int = 4
+    @Option(help: "Batch (attention, conv2d, sampler: 4; noisear: 1).") var batch: Int = 4
+    var batchGiven: Bool { CommandLine.arguments.contains("--batch") }
     @Option(help: "Attention heads.") var heads: Int = 8
     @Option(help: "Attention queries.") var tq: Int = 256
     @Option(help: "Attention keys.") var tk: Int = 256
@@ -85,6 +89,10 @@ struct BenchCommand: ParsableCommand {
                     results += try bench.layerNorm(rows: rows, cols: size ?? 1024, device: d)
                 case .softmax:
                     results += try bench.softmax(rows: rows, cols: size ?? 1024, device: d)
+                case .noisear:
+                    var c = NoiseARConfig()
+                    if let size { c.latentSize = size }
+                    results += try bench.noiseAR(config: c, batch: batchGiven ? batch : 1, device: d)
                 case .sampler:
                     let (r, s) = try bench.samplerStep(batch: batch, device: d)
                     results.append(r)

@@ -21,7 +21,7 @@ struct NoiseARGPUCLI: ParsableCommand {
               NOISEAR_KERNEL_DEFINES  NAME=INT,...: override single kernel parameters
               NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
             """,
-        subcommands: [Devices.self, BenchCommand.self, SampleCommand.self, EvaluateCommand.self, TrainCommand.self, RewardCommand.self, RenderCommand.self])
+        subcommands: [Devices.self, BenchCommand.self, SampleCommand.self, NoiseCommand.self, ScoreCommand.self, CollectCommand.self, EvaluateCommand.self, TrainCommand.self, RewardCommand.self, RenderCommand.self])
 }
 
 /// Options every command takes.

@@ -15,7 +15,13 @@ struct SampleCommand: ParsableCommand {
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "The prompt, e.g. \"a red circle to the left of a blue square\".") var prompt: String
-    @Option(help: "Noise prior: gaussian.") var prior = "gaussian"
+    @Option(help: "Noise prior: gaussian | noisear (the shipped shapes-world NoiseAR, or --prior-weights).")
+    var prior = "gaussian"
+    @Option(help: "NoiseAR weights for --prior noisear (default: the shipped shapes-noisear.safetensors).")
+    var priorWeights: String?
+    @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
+    @Option(help: "Blend the prior's noise with the Gaussian noise of the same seed: 0 Gaussian, 1 prior.")
+    var strength: Float = 1
     @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
     @Option(help: "Sampler steps.") var steps = 30
     @Option(help: "Classifier-free guidance scale (1 = no guidance).") var cfg = 5.0
@@ -35,7 +41,9 @@ struct SampleCommand: ParsableCommand {
         if !(cfg >= 0) || !cfg.isFinite { throw CLIError("--cfg must be a non-negative number") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
-        if prior != "gaussian" { throw CLIError("--prior \(prior): only 'gaussian' is available so far") }
+        if prior != "gaussian" && prior != "noisear" { throw CLIError("--prior \(prior): expected gaussian or noisear") }
+        if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
+        if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
     }
 
     func run() throws {
@@ -51,17 +59,26 @@ struct SampleCommand: ParsableCommand {
             let m = try TextToImageModel.load(url, device: device, prefix: rawWeights ? "" : nil)
             let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
             note("seed \(usedSeed)")
-            let noise = try DiffusionSampler.gaussianNoise(count: batch, shape: [3, Scene.size, Scene.size], seed: usedSeed, on: device)
+            let seeds = (0..<UInt64(batch)).map { usedSeed &+ $0 }
+            let prompts = [String](repeating: facts.prompt, count: batch)
+            let noise: Tensor
+            if prior == "noisear" {
+                let net = try loadNoiseAR(weights: priorWeights, on: device)
+                noise = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)(prompts, seeds)
+            } else {
+                noise = try Evaluation.gaussian(on: device)(prompts, seeds)
+            }
             let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)
             let settings = SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras)
-            let images = try DiffusionSampler.sample(model: m, prompts: [String](repeating: facts.prompt, count: batch),
+            let images = try DiffusionSampler.sample(model: m, prompts: prompts,
                                                      noise: noise, seed: usedSeed, settings: settings) { done, total in
                 bar.update(done)
                 return true
             }
             let rgbs = try DiffusionSampler.rgb(images)
             let text = ["prompt": facts.prompt, "seed": String(usedSeed), "sampler": kind.rawValue, "steps": String(steps),
-                        "cfg": String(cfg), "karras": String(karras), "prior": prior, "device": device.info.id,
+                        "cfg": String(cfg), "karras": String(karras),
+                        "prior": prior == "noisear" ? "noisear (temperature \(temperature), strength \(strength))" : prior, "device": device.info.id,
                         "model": url.lastPathComponent, "software": "noisear-gpu"]
             let pngs = try rgbs.map { try PNGImage(width: Scene.size, height: Scene.size, pixels: $0).scaled(by: scale) }
             var grid = try PNGImage.grid(pngs, columns: min(batch, 8), spacing: 2 * scale)

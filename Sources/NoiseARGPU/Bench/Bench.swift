@@ -194,4 +194,28 @@ extension Bench {
         shares.sort { $0.1 > $1.1 }
         return (result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t), shares)
     }
+
+    /// The authors' SDXL-size NoiseAR (4x128x128 latent, P 32, d_model 2048, d_ff 4096, 1 layer,
+    /// 1 head, 77x2048 prompt embeddings; random weights) unless `config` says otherwise: one
+    /// batch-`batch` sample with the key/value cache and without it.
+    public func noiseAR(config: NoiseARConfig = NoiseARConfig(), textTokens: Int = 77, batch: Int = 1,
+                        device: Device) throws -> [BenchResult] {
+        let net = try NoiseARNet(config: config, device: device, seed: 1)
+        let text = try Tensor.randn([batch, textTokens, config.contextDim], seed: 2, on: device)
+        let c = config
+        let shape = "b\(batch) \(c.latentChannels)x\(c.latentSize)^2 P\(c.patchSize) d\(c.dModel) L\(c.nLayers)"
+        let weightBytes = Double(net.params.count) * 4
+        var out: [BenchResult] = []
+        for cached in [true, false] {
+            let t = try time {
+                _ = try net.sample(text: text, temperature: 0.5, seed: 3, cached: cached)
+                try device.backend.synchronize()
+            }
+            // Compulsory traffic: every weight once per patch (the prefix re-runs read them
+            // once per patch too), so GB/s is weights x patches / time.
+            out.append(result("noisear", device.info.id, cached ? "kv-cached" : "uncached", shape, t,
+                              bytes: weightBytes * Double(c.patches)))
+        }
+        return out
+    }
 }

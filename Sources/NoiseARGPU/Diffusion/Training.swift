@@ -91,12 +91,9 @@ public final class DiffusionTrainer {
     /// Writes weights, EMA weights and optimizer moments (atomically).
     public func saveCheckpoint(_ url: URL, extraMetadata: [String: String] = [:]) throws {
         var tensors = try model.params.hostTensors()
+        tensors.merge(try optimizer.hostTensors(for: model.params)) { a, _ in a }
         for name in model.params.names {
             if let e = ema[name] { tensors["ema." + name] = try e.toHost() }
-            if let p = model.params.tensors[name], let (m, v) = optimizer.moments(of: p) {
-                tensors["adam.m." + name] = try m.toHost()
-                tensors["adam.v." + name] = try v.toHost()
-            }
         }
         var meta = extraMetadata
         meta["config"] = try model.config.jsonString()
@@ -118,15 +115,10 @@ public final class DiffusionTrainer {
             throw NoiseError.invalidArgument("\(url.path): checkpoint config differs from this model's")
         }
         try model.params.load(file, allowUnexpected: true)
-        var moments: [(param: Tensor, m: Tensor, v: Tensor)] = []
         for name in model.params.names {
-            guard let p = model.params.tensors[name] else { continue }
             if let e = file["ema." + name], let t = ema[name] { try t.assign(Tensor(e, on: model.device)) }
-            if let m = file["adam.m." + name], let v = file["adam.v." + name] {
-                moments.append((p, try Tensor(m, on: model.device), try Tensor(v, on: model.device)))
-            }
         }
-        try optimizer.restore(step: adamStep, moments: moments)
+        try optimizer.restore(step: adamStep, from: file, params: model.params)
         step = s
     }
 

@@ -171,7 +171,15 @@ public final class NoiseARNet {
     /// Dropout on (training) or off (sampling, scoring).
     public var training = false
     private var dropoutCounter: UInt64 = 0
+    private var dropoutStream: UInt64 = 0
     private let dropoutSeed: UInt64
+
+    /// Starts dropout stream `stream` (trainers pass the step, so a resumed run draws the same
+    /// masks as an uninterrupted one).
+    public func beginDropout(stream: UInt64) {
+        dropoutStream = stream
+        dropoutCounter = 0
+    }
 
     // latent_patch_encoder: Linear(C P P -> 2 P P) -> SiLU -> Linear(2 P P -> d)
     let encoder0: Linear, encoder2: Linear
@@ -299,7 +307,7 @@ public final class NoiseARNet {
         let keep = 1 - config.dropout
         // Keep where Phi(z) < keep, i.e. z below the normal quantile of `keep`.
         let threshold = Float(Self.normalQuantile(keep))
-        let z = Philox.normal(count: x.count, seed: dropoutSeed, offset: dropoutCounter &* 0x1_0000_0000)
+        let z = Philox.normal(count: x.count, seed: dropoutSeed &+ dropoutStream, offset: dropoutCounter &* 0x1_0000_0000)
         let mask = z.map { $0 < threshold ? Float(1 / keep) : 0 }
         return try x * Tensor(mask, shape: x.shape, on: device)
     }

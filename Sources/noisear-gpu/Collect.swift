@@ -1,0 +1,129 @@
+import ArgumentParser
+import Foundation
+import NoiseARGPU
+
+struct CollectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collect",
+        abstract: "Build a dataset of initial noises that led to good images (for training the priors).",
+        discussion: """
+            --method best-of-n: for each train prompt of the shard, --candidates Gaussian starts are sampled
+            with the shipped model and scored with the exact reward; the starts whose images reach
+            --threshold (default 1: every fact right) are kept. Prompts are processed in blocks of
+            --block; each finished block is written to OUT/shard-I-of-N-block-K.safetensors (noise,
+            prompt_embeds, score; prompts and seeds in the metadata) and recorded in
+            OUT/shard-I-of-N.progress.json, so --resume skips finished blocks after a kill.
+            Spread over machines with --shard i/n (every n-th prompt); shards never overlap.
+            """)
+
+    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n" }
+
+    @OptionGroup var options: DeviceOptions
+    @Option(help: "best-of-n") var method: Method = .bestOfN
+    @Option(help: "Output folder.") var out: String
+    @Option(help: "This machine's shard, i/n.") var shard = "0/1"
+    @Flag(help: "Continue an interrupted run (skips the blocks recorded as finished).") var resume = false
+    @Option(help: "Gaussian starts per prompt.") var candidates = 4
+    @Option(help: "Keep starts whose image scores at least this (0...1).") var threshold = 1.0
+    @Option(help: "First seed; candidate c of prompt p uses seed + p * candidates + c.") var seed: UInt64 = 100_000
+    @Option(help: "Sampler steps.") var steps = 20
+    @Option(help: "Guidance scale.") var cfg = 5.0
+    @Option(help: "ddim | dpmpp2m | euler") var sampler = "dpmpp2m"
+    @Option(help: "Images per sampling batch.") var batch = 16
+    @Option(help: "Prompts per written block.") var block = 16
+    @Option(help: "At most this many prompts of the shard (0 = all).") var limit = 0
+    @Option(help: "Model file.") var model: String?
+    @Flag(help: "No progress bar.") var quiet = false
+
+    func parsedShard() throws -> (Int, Int) {
+        let parts = shard.split(separator: "/").map { Int($0) }
+        guard parts.count == 2, let i = parts[0], let n = parts[1], n >= 1, i >= 0, i < n else {
+            throw CLIError("--shard must be i/n with 0 <= i < n, got '\(shard)'")
+        }
+        return (i, n)
+    }
+
+    func validate() throws {
+        _ = try parsedShard()
+        if candidates < 1 || steps < 1 || batch < 1 || block < 1 || limit < 0 {
+            throw CLIError("--candidates, --steps, --batch and --block must be at least 1")
+        }
+        if !(threshold >= 0 && threshold <= 1) { throw CLIError("--threshold must be in [0, 1]") }
+        let kind = try SamplerKind.parse(sampler)
+        if kind == .eulerA || kind == .ddpm { throw CLIError("--sampler \(sampler): collection needs a deterministic sampler (ddim, dpmpp2m, euler)") }
+    }
+
+    struct Progress: Codable {
+        var settings: String
+        var finishedBlocks: [Int]
+        var sampled: Int
+        var kept: Int
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let (si, sn) = try parsedShard()
+            guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
+                throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL")
+            }
+            let dir = URL(fileURLWithPath: out)
+            do {
+                try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            } catch {
+                throw NoiseError.io("cannot create \(out): \(error.localizedDescription)")
+            }
+            let settingsKey = "best-of-n candidates \(candidates) threshold \(threshold) seed \(seed) \(sampler) steps \(steps) cfg \(cfg) model \(url.lastPathComponent)"
+            let progressURL = dir.appendingPathComponent("shard-\(si)-of-\(sn).progress.json")
+            var progress = Progress(settings: settingsKey, finishedBlocks: [], sampled: 0, kept: 0)
+            if FileManager.default.fileExists(atPath: progressURL.path) {
+                guard resume else {
+                    throw NoiseError.invalidArgument("\(progressURL.path) exists: pass --resume to continue that run, or use another --out")
+                }
+                guard let data = try? Data(contentsOf: progressURL),
+                      let p = try? JSONDecoder().decode(Progress.self, from: data) else {
+                    throw NoiseError.io("\(progressURL.path) is unreadable; delete it to start over")
+                }
+                guard p.settings == settingsKey else {
+                    throw NoiseError.invalidArgument("--resume with different settings: the run used '\(p.settings)'")
+                }
+                progress = p
+            }
+            var prompts = try NoiseCollection.shard(PromptSplit.train, index: si, of: sn)
+            if limit > 0 { prompts = Array(prompts.prefix(limit)) }
+            let blocks = stride(from: 0, to: prompts.count, by: block).map { Array(prompts[$0..<min($0 + block, prompts.count)]) }
+            let device = try options.open()
+            let m = try TextToImageModel.load(url, device: device)
+            let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
+            let total = prompts.count * candidates
+            let done = Set(progress.finishedBlocks)
+            var finished = blocks.enumerated().filter { done.contains($0.offset) }.reduce(0) { $0 + $1.element.count * candidates }
+            let bar = ProgressBar(total: total, label: "collect", quiet: quiet)
+            if !done.isEmpty { note("resuming: \(done.count) of \(blocks.count) blocks done, \(progress.kept) starts kept") }
+            for (k, prompts) in blocks.enumerated() where !done.contains(k) {
+                let base = finished
+                let (ds, sampled) = try NoiseCollection.bestOfN(
+                    model: m, prompts: prompts, candidates: candidates, baseSeed: seed, settings: settings, batch: batch,
+                    threshold: threshold) { n in
+                    bar.update(base + n, "kept \(progress.kept)")
+                }
+                if ds.count > 0 {
+                    try ds.file(metadata: ["settings": settingsKey, "software": "noisear-gpu"])
+                        .write(to: dir.appendingPathComponent("shard-\(si)-of-\(sn)-block-\(String(format: "%04d", k)).safetensors"))
+                }
+                finished += sampled
+                progress.finishedBlocks.append(k)
+                progress.sampled += sampled
+                progress.kept += ds.count
+                do {
+                    try JSONEncoder().encode(progress).write(to: progressURL, options: .atomic)
+                } catch {
+                    throw NoiseError.io("cannot write \(progressURL.path): \(error.localizedDescription)")
+                }
+                if bar.enabled == false && !quiet {
+                    note("block \(k + 1)/\(blocks.count): kept \(ds.count) of \(sampled) (total kept \(progress.kept) of \(progress.sampled))")
+                }
+            }
+            print("shard \(si)/\(sn): kept \(progress.kept) of \(progress.sampled) starts (\(String(format: "%.1f", 100 * Double(progress.kept) / Double(max(progress.sampled, 1))))%) in \(out)")
+        }
+    }
+}

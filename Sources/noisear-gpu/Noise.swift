@@ -1,0 +1,163 @@
+import ArgumentParser
+import Foundation
+import NoiseARGPU
+
+/// Reads tensor `name` from a .safetensors file, or the array of a .npy file.
+func readTensor(_ path: String, _ name: String, what: String) throws -> HostTensor {
+    let url = URL(fileURLWithPath: path)
+    if url.pathExtension.lowercased() == "npy" { return try NPY.read(url) }
+    let file = try SafeTensorsFile.read(url, skippingUnsupported: true)
+    guard let t = file[name] else {
+        throw NoiseError.invalidArgument("\(path): no tensor '\(name)' (\(what)); it has \(file.tensors.keys.sorted().prefix(8).joined(separator: ", "))")
+    }
+    return t
+}
+
+/// Writes named tensors: .safetensors keeps all (with metadata); .npy takes the first name.
+func writeTensors(_ tensors: [(String, HostTensor)], to path: String, metadata: [String: String]) throws {
+    let url = URL(fileURLWithPath: path)
+    if url.pathExtension.lowercased() == "npy" {
+        guard let first = tensors.first else { return }
+        try NPY.write(first.1, to: url)
+        if tensors.count > 1 {
+            note("\(path): .npy holds only '\(first.0)'; use .safetensors for \(tensors.dropFirst().map(\.0).joined(separator: ", "))")
+        }
+        return
+    }
+    var file = SafeTensorsFile(tensors: Dictionary(uniqueKeysWithValues: tensors), metadata: metadata)
+    file.source = path
+    try file.write(to: url)
+}
+
+/// Checks that an output path has a supported extension and that its folder exists.
+func checkOutputPath(_ path: String) throws {
+    let ext = URL(fileURLWithPath: path).pathExtension.lowercased()
+    if ext != "safetensors" && ext != "npy" { throw CLIError("--out must end in .safetensors or .npy: \(path)") }
+}
+
+/// Options shared by `noise` and `score` for the NoiseAR prior.
+struct PriorOptions: ParsableArguments {
+    @Option(help: "Prior: noisear (npnet: see its issue).") var prior = "noisear"
+    @Option(help: "Prior weights (.safetensors with the authors' key names; default: the shipped shapes-world prior).")
+    var weights: String?
+    @Option(help: "Attention heads (not stored in the weights; default: the file's config, else 1).") var heads: Int?
+
+    func validate() throws {
+        if prior != "noisear" { throw CLIError("--prior \(prior): expected noisear") }
+        if let heads, heads < 1 { throw CLIError("--heads must be at least 1") }
+    }
+
+    func load(on device: Device) throws -> NoiseARNet { try loadNoiseAR(weights: weights, heads: heads, on: device) }
+}
+
+/// The NoiseAR prior from a file, else the shipped one ($NOISEAR_PRIOR, the source tree, or
+/// beside the binary).
+func loadNoiseAR(weights: String?, heads: Int? = nil, on device: Device) throws -> NoiseARNet {
+    guard let url = weights.map({ URL(fileURLWithPath: $0) })
+        ?? ShippedModels.locate(NoisePriors.noiseARFile, variable: "NOISEAR_PRIOR") else {
+        throw NoiseError.io("no prior weights: pass --weights FILE or set NOISEAR_PRIOR (the shipped \(NoisePriors.noiseARFile) was not found)")
+    }
+    return try NoiseARNet.load(url, device: device) { c in
+        if let heads { c.nHeads = heads }
+    }
+}
+
+struct NoiseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "noise",
+        abstract: "Prompt embeddings in, initial latents out: sample a learned noise prior.",
+        discussion: """
+            EMBEDS holds `prompt_embeds` [B, T, D] (.safetensors, or a .npy array). OUT gets `noise`
+            [B, C, S, S] (.safetensors, or .npy). Image b draws its standard normals from Philox stream
+            seed + b (the same numbers on every device), or replays them from --eps (tensor `eps`, the
+            latent's shape) for exact comparison with another implementation.
+            """)
+
+    @OptionGroup var options: DeviceOptions
+    @OptionGroup var priorOptions: PriorOptions
+    @Option(help: "Prompt embeddings: .safetensors with `prompt_embeds` [B, T, D], or .npy.") var embeds: String
+    @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Sampling temperature (scale of the predicted standard deviation).") var temperature: Float = 0.5
+    @Option(help: "Blend with the Gaussian noise of the same draws: 0 Gaussian, 1 prior (spherical).") var strength: Float = 1
+    @Option(help: "Standard-normal draws to replay: .safetensors with `eps`, or .npy.") var eps: String?
+    @Flag(help: "Re-run the prefix for every patch instead of using the key/value cache.") var uncached = false
+    @Option(help: "Output: .safetensors (tensor `noise`) or .npy.") var out: String
+    @Flag(help: "No progress bar.") var quiet = false
+
+    func validate() throws {
+        if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
+        if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
+        if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
+        try checkOutputPath(out)
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let device = try options.open()
+            let net = try priorOptions.load(on: device)
+            let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
+            let b = text.shape.first ?? 0
+            var epsTensor: Tensor? = nil
+            if let eps {
+                let e = try readTensor(eps, "eps", what: "standard-normal draws")
+                if e.shape != [b] + net.config.latentShape {
+                    throw NoiseError.shapeMismatch("\(eps): eps \(e.shape) does not match the latent \([b] + net.config.latentShape)")
+                }
+                epsTensor = try Tensor(e, on: device)
+            }
+            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
+            if eps == nil { note("seed \(usedSeed)") }
+            let bar = ProgressBar(total: net.config.patches, label: "noise", quiet: quiet)
+            let t0 = Date()
+            let noise = try NoisePriors.noiseAR(net, text: text, seed: usedSeed, temperature: temperature, strength: strength,
+                                                eps: epsTensor, cached: !uncached) { done, _ in bar.update(done) }
+            let host = try noise.toHost()
+            try writeTensors([("noise", host)], to: out, metadata: [
+                "prior": "noisear", "seed": eps == nil ? String(usedSeed) : "eps", "temperature": String(temperature),
+                "strength": String(strength), "software": "noisear-gpu"])
+            print("wrote \(out): noise \(host.shape) in \(String(format: "%.3f", Date().timeIntervalSince(t0))) s on \(device.info.id)")
+        }
+    }
+}
+
+struct ScoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "score",
+        abstract: "Exact log-likelihood of given noises under a NoiseAR prior.",
+        discussion: """
+            OUT gets `mu` and `logvar` (latent-shaped, teacher-forced) and `log_prob` [B]: the sum over all
+            elements of the Gaussian log-density of each noise at --temperature (default 1), in nats.
+            """)
+
+    @OptionGroup var options: DeviceOptions
+    @OptionGroup var priorOptions: PriorOptions
+    @Option(help: "Prompt embeddings: .safetensors with `prompt_embeds` [B, T, D], or .npy.") var embeds: String
+    @Option(help: "Noises: .safetensors with `noise` [B, C, S, S], or .npy.") var noise: String
+    @Option(help: "Temperature of the density.") var temperature: Float = 1
+    @Option(help: "Output .safetensors (`mu`, `logvar`, `log_prob`).") var out: String
+
+    func validate() throws {
+        if !(temperature > 0) || !temperature.isFinite { throw CLIError("--temperature must be a positive number") }
+        if URL(fileURLWithPath: out).pathExtension.lowercased() != "safetensors" {
+            throw CLIError("--out must end in .safetensors (it holds mu, logvar and log_prob)")
+        }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let device = try options.open()
+            let net = try priorOptions.load(on: device)
+            let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
+            let x = try Tensor(readTensor(noise, "noise", what: "noises [B, C, S, S]"), on: device)
+            let (mu, lv, lp) = try device.noGrad {
+                let (mu, lv) = try net.predict(noise: x, text: text)
+                return (mu, lv, try net.logProb(noise: x, text: text, temperature: temperature))
+            }
+            let lpHost = try lp.toHost()
+            try writeTensors([("mu", try mu.toHost()), ("logvar", try lv.toHost()), ("log_prob", lpHost)], to: out,
+                             metadata: ["prior": "noisear", "temperature": String(temperature), "software": "noisear-gpu"])
+            let perDim = lpHost.data.map { String(format: "%.4f", -Double($0) / Double(x.count / max(x.shape[0], 1))) }
+            print("wrote \(out): log_prob \(lpHost.data.map { String(format: "%.2f", $0) }.joined(separator: " ")) (NLL per element \(perDim.joined(separator: " ")))")
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import NoiseARGPU
+import Testing
+
+/// The host-pipeline commands (`noise`, `score`), `collect` and `train prior`, run as a user would.
+@Suite(.serialized) struct PriorCommandTests {
+    static func scratch(_ name: String) throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-\(name)-\(getpid())")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    @Test func noiseAndScoreOnTheFixtureWeights() throws {
+        guard let fx = fixturesDirectory() else { return }
+        let weights = fx.appendingPathComponent("noisear/noisear_heads4_layers2.safetensors")
+        let f = try SafeTensorsFile.read(weights)
+        let dir = try Self.scratch("noise")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let embeds = dir.appendingPathComponent("embeds.safetensors")
+        let eps = dir.appendingPathComponent("eps.npy")
+        try SafeTensorsFile(tensors: ["prompt_embeds": f.tensor("input.text_emb"), "noise": f.tensor("input.noise")])
+            .write(to: embeds)
+        try NPY.write(f.tensor("input.sample_eps"), to: eps)
+        for device in ["cpu", "opencl"] {
+            if device == "opencl" && Device.list().devices.count < 2 { continue }
+            // Replayed draws reproduce the authors' autoregressive sample.
+            let out = dir.appendingPathComponent("out-\(device).npy")
+            guard let r = try runCLI(["noise", "--prior", "noisear", "--weights", weights.path, "--embeds", embeds.path,
+                                      "--eps", eps.path, "--out", out.path, "--device", device]) else { return }
+            #expect(r.status == 0, "\(r.stderr)")
+            let got = try NPY.read(out)
+            #expect(got.shape == [2, 4, 32, 32])
+            let e = maxRelative(got.data, try f.tensor("output.sample").data)
+            #expect(e < 1e-4, "[\(device)] noise --eps vs the fixture's sample: \(e)")
+            // Scores match the fixture's teacher-forced outputs.
+            let scores = dir.appendingPathComponent("score-\(device).safetensors")
+            guard let s = try runCLI(["score", "--prior", "noisear", "--weights", weights.path, "--embeds", embeds.path,
+                                      "--noise", embeds.path, "--out", scores.path, "--device", device]) else { return }
+            #expect(s.status == 0, "\(s.stderr)")
+            let sf = try SafeTensorsFile.read(scores)
+            #expect(maxRelative(try sf.tensor("log_prob").data, try f.tensor("output.log_prob").data) < 1e-4)
+            #expect(maxRelative(try sf.tensor("mu").data, try f.tensor("output.mu").data) < 1e-4)
+            #expect(maxRelative(try sf.tensor("logvar").data, try f.tensor("output.logvar").data) < 1e-4)
+        }
+        // Seeded: the same seed gives the same noise; strength 0 gives the plain Gaussian noise.
+        let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
+        let g = dir.appendingPathComponent("g.safetensors")
+        for (url, extra) in [(a, [String]()), (b, []), (g, ["--strength", "0"])] {
+            guard let r = try runCLI(["noise", "--weights", weights.path, "--embeds", embeds.path, "--seed", "9",
+                                      "--out", url.path, "--device", "cpu"] + extra) else { return }
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        let na = try SafeTensorsFile.read(a).tensor("noise"), nb = try SafeTensorsFile.read(b).tensor("noise")
+        #expect(na == nb)
+        let gauss = try DiffusionSampler.gaussianNoise(count: 2, shape: [4, 32, 32], seed: 9, on: Device.cpuDevice()).toArray()
+        #expect(try SafeTensorsFile.read(g).tensor("noise").data == gauss)
+        // One-line errors for bad input.
+        for args in [["noise", "--weights", weights.path, "--embeds", dir.appendingPathComponent("missing.safetensors").path,
+                      "--out", a.path],
+                     ["noise", "--weights", weights.path, "--embeds", eps.path, "--out", a.path],
+                     ["noise", "--weights", embeds.path, "--embeds", embeds.path, "--out", a.path],
+                     ["noise", "--weights", weights.path, "--embeds", embeds.path, "--out", dir.appendingPathComponent("x.txt").path],
+                     ["noise", "--weights", weights.path, "--embeds", embeds.path, "--strength", "2", "--out", a.path]] {
+            guard let r = try runCLI(args + ["--device", "cpu"]) else { return }
+            #expect(r.status != 0, "\(args) should fail")
+            let lines = r.stderr.split(separator: "\n").filter { !$0.hasPrefix("seed") && !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }
+            #expect(lines.count == 1, "\(args): \(r.stderr)")
+        }
+    }
+
+    @Test func npyRoundTrip() throws {
+        var rng = TestRNG(5)
+        let t = HostTensor(shape: [2, 3, 5], data: rng.values(30))
+        let back = try NPY.parse(NPY.serialized(t), source: "mem")
+        #expect(back == t)
+        #expect(NPY.serialized(t).count % 64 == 30 * 4 % 64)
+        #expect(throws: NoiseError.self) { try NPY.parse(Data([1, 2, 3]), source: "junk") }
+    }
+
+    /// collect (best-of-N, resumable) then train prior (resumable) end to end on a tiny budget.
+    @Test func collectAndTrainPrior() throws {
+        let dir = try Self.scratch("collect")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = dir.appendingPathComponent("data").path
+        let common = ["collect", "--out", data, "--limit", "2", "--candidates", "3", "--steps", "4", "--block", "1",
+                      "--threshold", "0", "--device", "cpu", "--shard", "1/3"]
+        guard let r = try runCLI(common) else { return }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("kept 6 of 6"), "\(r.stdout)")
+        // A second run without --resume refuses; with it, nothing is redone.
+        guard let again = try runCLI(common) else { return }
+        #expect(again.status != 0)
+        guard let resumed = try runCLI(common + ["--resume"]) else { return }
+        #expect(resumed.status == 0 && resumed.stderr.contains("2 of 2 blocks done"), "\(resumed.stderr)")
+        let ds = try NoiseDataset.load(URL(fileURLWithPath: data))
+        #expect(ds.count == 6 && ds.noise.shape == [6, 3, 32, 32] && ds.promptEmbeds.shape == [6, 12, 64])
+        // Shard 1/3 takes train prompts 1 and 4; candidate seeds are consecutive per prompt.
+        #expect(Set(ds.prompts) == Set([PromptSplit.train[1], PromptSplit.train[4]]))
+        let first = try #require(ds.seeds.first)
+        let gauss = try Tensor.randn([1, 3, 32, 32], seed: first, on: Device.cpuDevice()).toArray()
+        #expect(Array(ds.noise.data[0..<3072]) == gauss)
+
+        let ckpt = dir.appendingPathComponent("prior.ckpt.safetensors").path
+        let out = dir.appendingPathComponent("prior.safetensors").path
+        let train = ["train", "prior", "--data", data, "--d-model", "16", "--d-ff", "32", "--heads", "2", "--layers", "1",
+                     "--checkpoint", ckpt, "--checkpoint-every", "3", "--device", "cpu", "--batch", "4"]
+        guard let t1 = try runCLI(train + ["--steps", "3"]) else { return }
+        #expect(t1.status == 0, "\(t1.stderr)")
+        guard let t2 = try runCLI(train + ["--steps", "6", "--resume", "--export", out]) else { return }
+        #expect(t2.status == 0 && t2.stderr.contains("resumed from") && t2.stdout.contains("validation NLL"), "\(t2.stderr)")
+        guard let t3 = try runCLI(train + ["--steps", "6", "--checkpoint", dir.appendingPathComponent("fresh.safetensors").path]) else { return }
+        #expect(t3.status == 0)
+        // Resuming gives the same weights as an uninterrupted run.
+        let resumedW = try SafeTensorsFile.read(URL(fileURLWithPath: ckpt))
+        let freshW = try SafeTensorsFile.read(dir.appendingPathComponent("fresh.safetensors"))
+        #expect(resumedW["ffn_layers.0.0.weight"] == freshW["ffn_layers.0.0.weight"])
+        // The exported prior drives `sample --prior noisear`.
+        let png = dir.appendingPathComponent("s.png").path
+        guard let s = try runCLI(["sample", "--prompt", "a red circle", "--prior", "noisear", "--prior-weights", out,
+                                  "--steps", "3", "--out", png, "--device", "cpu", "--seed", "1"]) else { return }
+        #expect(s.status == 0 && s.stdout.contains("wrote"), "\(s.stderr)")
+    }
+}
