@@ -181,3 +181,87 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
         }
     }
 }
+
+/* Skinny GEMM for M <= SKINNY_M rows (a decoding step's projections, where packing B would
+ * copy a whole weight matrix per call): one work-group of ROW_WG items per output column n
+ * and batch; the items split K (with transB, adjacent items read adjacent elements of B's
+ * row n), and the partial sums meet in a local-memory tree. ROW_WG = 1 on CPUs: one item
+ * per column walks its row of B, 16 columns per work-group. CPU twin: CPUBackend.gemm. */
+#ifndef ROW_WG
+#define ROW_WG 64
+#endif
+#define SKINNY_M 4
+kernel void gemm_skinny(global const float* A, int aoff, global const float* B, int boff,
+                        global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
+                        int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
+                        int sC0, int sC1, float alpha, float beta) {
+#if ROW_WG > 1
+    local float red[SKINNY_M * ROW_WG];
+#endif
+#if ROW_WG > 1
+    int n = get_group_id(0), l = get_local_id(0);
+#else
+    /* One item per column, many columns per work-group. */
+    int n = get_global_id(0), l = 0;
+    if (n >= N) return;
+#endif
+    int z = get_global_id(1);
+    int b0 = z / batch1, b1 = z - b0 * batch1;
+    global const float* a = A + aoff + b0 * sA0 + b1 * sA1;
+    global const float* b = B + boff + b0 * sB0 + b1 * sB1;
+    global float* c = C + coff + b0 * sC0 + b1 * sC1;
+    float acc[SKINNY_M];
+    for (int m = 0; m < SKINNY_M; ++m) acc[m] = 0.0f;
+    int am = transA ? 1 : lda, ak = transA ? lda : 1;
+    int bk = transB ? 1 : ldb, bn = transB ? ldb : 1;
+    int k0 = 0;
+    if (transB && !transA) {
+        /* Both operands contiguous along K: float4 loads, each item taking every ROW_WG-th
+         * group of four; four A rows always (rows past M re-read the last one), so the loop
+         * has no branches. */
+        float4 c0 = (float4)(0.0f), c1 = c0, c2 = c0, c3 = c0;
+        global const float* brow = b + n * ldb;
+        global const float* a0 = a;
+        global const float* a1 = a + min(1, M - 1) * lda;
+        global const float* a2 = a + min(2, M - 1) * lda;
+        global const float* a3 = a + min(3, M - 1) * lda;
+        int k4 = K / 4;
+        for (int q = l; q < k4; q += ROW_WG) {
+            float4 bv = vload4(q, brow);
+            c0 = fma(vload4(q, a0), bv, c0);
+            c1 = fma(vload4(q, a1), bv, c1);
+            c2 = fma(vload4(q, a2), bv, c2);
+            c3 = fma(vload4(q, a3), bv, c3);
+        }
+        acc[0] = (c0.x + c0.y) + (c0.z + c0.w);
+        acc[1] = (c1.x + c1.y) + (c1.z + c1.w);
+        acc[2] = (c2.x + c2.y) + (c2.z + c2.w);
+        acc[3] = (c3.x + c3.y) + (c3.z + c3.w);
+        k0 = 4 * k4;
+    }
+    for (int k = k0 + l; k < K; k += ROW_WG) {
+        float bv = b[n * bn + k * bk];
+        for (int m = 0; m < SKINNY_M; ++m) {
+            if (m < M) acc[m] = fma(a[m * am + k * ak], bv, acc[m]);
+        }
+    }
+#if ROW_WG > 1
+    for (int m = 0; m < SKINNY_M; ++m) red[m * ROW_WG + l] = acc[m];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = ROW_WG / 2; s > 0; s >>= 1) {
+        if (l < s) {
+            for (int m = 0; m < SKINNY_M; ++m) red[m * ROW_WG + l] += red[m * ROW_WG + l + s];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int m = 0; m < SKINNY_M; ++m) acc[m] = red[m * ROW_WG];
+#endif
+    if (l == 0 && n < N) {
+        for (int m = 0; m < SKINNY_M; ++m) {
+            if (m < M) {
+                float r = alpha * acc[m];
+                c[m * ldc + n] = beta == 0.0f ? r : fma(beta, c[m * ldc + n], r);
+            }
+        }
+    }
+}

@@ -20,11 +20,19 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Prompts per batch.") var batch = 8
     @Option(help: "At most this many prompts (0 = all).") var limit = 0
     @Option(help: "Model file.") var model: String?
+    @Option(help: "Noise prior: gaussian | noisear.") var prior = "gaussian"
+    @Option(help: "NoiseAR weights (default: the shipped prior).") var priorWeights: String?
+    @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
+    @Option(help: "NoiseAR strength (0 Gaussian ... 1 prior).") var strength: Float = 1
+    @Flag(help: "Also run Gaussian noise on the same prompts and seeds and report the paired difference.") var paired = false
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "No progress bar.") var quiet = false
 
     func validate() throws {
         if seeds < 1 || steps < 1 || batch < 1 || limit < 0 { throw CLIError("--seeds, --steps and --batch must be at least 1") }
+        if prior != "gaussian" && prior != "noisear" { throw CLIError("--prior \(prior): expected gaussian or noisear") }
+        if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
+        if !(temperature >= 0) || !(strength >= 0 && strength <= 1) { throw CLIError("--temperature must be >= 0 and --strength in [0, 1]") }
     }
 
     func run() throws {
@@ -37,16 +45,39 @@ struct EvaluateCommand: ParsableCommand {
             var prompts = split == .heldout ? PromptSplit.heldOut : PromptSplit.train
             if limit > 0 { prompts = Array(prompts.prefix(limit)) }
             let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
-            let bar = ProgressBar(total: prompts.count * seeds, label: "evaluate", quiet: quiet)
-            let results = try Evaluation.run(model: m, prompts: prompts, seeds: (0..<UInt64(seeds)).map { seed + $0 },
-                                             settings: settings, batch: batch, progress: { done, _ in bar.update(done) })
+            let seedList = (0..<UInt64(seeds)).map { seed + $0 }
+            var source: NoiseSource? = nil
+            var label = "gaussian noise"
+            if prior == "noisear" {
+                let net = try loadNoiseAR(weights: priorWeights, on: device)
+                source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
+                label = "NoiseAR prior (temperature \(temperature), strength \(strength))"
+            }
+            let runs = paired ? 2 : 1
+            let bar = ProgressBar(total: prompts.count * seeds * runs, label: "evaluate", quiet: quiet)
+            let results = try Evaluation.run(model: m, prompts: prompts, seeds: seedList, settings: settings, batch: batch,
+                                             noise: source, progress: { done, _ in bar.update(done) })
+            let baseline = paired ? try Evaluation.run(model: m, prompts: prompts, seeds: seedList, settings: settings,
+                                                       batch: batch, progress: { done, total in bar.update(total + done) }) : nil
             let report = FidelityReport(results: results)
-            if json { try printJSON(report); return }
-            print("\(report.samples) samples (\(prompts.count) \(split.rawValue) prompts x \(seeds) seeds), \(sampler) \(steps) steps, cfg \(cfg), gaussian noise")
+            let comparison = baseline.map { PairedComparison(prior: results, baseline: $0) }
+            if json {
+                struct Out: Encodable { var report: FidelityReport; var gaussian: FidelityReport?; var paired: PairedComparison? }
+                try printJSON(Out(report: report, gaussian: baseline.map { FidelityReport(results: $0) }, paired: comparison))
+                return
+            }
+            print("\(report.samples) samples (\(prompts.count) \(split.rawValue) prompts x \(seeds) seeds), \(sampler) \(steps) steps, cfg \(cfg), \(label)")
             print(String(format: "mean prompt fidelity %.3f, all facts hold %.3f", report.meanScore, report.fullFidelity))
             print(String(format: "single objects: mean %.3f, color and shape right %.3f; pairs: mean %.3f",
                          report.singleMeanScore, report.singleColorAndShape, report.pairMeanScore))
             for (k, v) in report.perKind.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-9@ %.3f", k, v)) }
+            if let b = baseline, let c = comparison {
+                let g = FidelityReport(results: b)
+                print(String(format: "gaussian noise, same prompts and seeds: mean %.3f, all facts hold %.3f", g.meanScore, g.fullFidelity))
+                for (k, v) in g.perKind.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-9@ %.3f", k, v)) }
+                print(String(format: "paired difference (prior - gaussian): %+.3f +- %.3f (standard error); prior better in %d, worse in %d, tied in %d of %d",
+                             c.meanDifference, c.standardError, c.wins, c.losses, c.ties, c.pairs))
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ import Testing
         }
     }
 
-    @Test(arguments: [(1, 1, 1), (17, 33, 9), (64, 64, 64), (65, 130, 67), (3, 200, 129)])
+    @Test(arguments: [(1, 1, 1), (17, 33, 9), (64, 64, 64), (65, 130, 67), (3, 200, 129), (1, 301, 517), (4, 97, 1030), (2, 5, 3), (5, 40, 70)])
     func gemm(m: Int, n: Int, k: Int) throws {
         var rng = TestRNG(UInt64(4 + m))
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -105,6 +105,11 @@ import Testing
         try differential("gemm.batched2", inputs: [rng.values(b * t * h * d), rng.values(b * t * h * d)],
                          outputs: [rng.values(b * h * t * (t + 2))]) { be, i, o in
             try be.gemm(g, a: i[0], b: i[1], c: o[0])
+        }
+        // A skinny (M <= 4) batched GEMM.
+        let gs = GemmDesc(m: 2, n: 9, k: 11, transB: true).batched(3, strideA: 22, strideB: 99, strideC: 18)
+        try differential("gemm.skinnyBatched", inputs: [rng.values(66), rng.values(297)], outputs: [rng.values(54)]) { be, i, o in
+            try be.gemm(gs, a: i[0], b: i[1], c: o[0])
         }
         // Broadcast A (stride 0) across a batch of B.
         let gb = GemmDesc(m: 7, n: 9, k: 11).batched(3, strideA: 0, strideB: 99, strideC: 63)

@@ -40,6 +40,30 @@ public struct FidelityReport: Codable, Sendable {
     }
 }
 
+/// A paired comparison of two noise sources on the same prompts and seeds.
+public struct PairedComparison: Codable, Sendable {
+    public var pairs = 0
+    /// Mean of (prior score - baseline score) and its standard error.
+    public var meanDifference = 0.0, standardError = 0.0
+    public var wins = 0, losses = 0, ties = 0
+    /// Fraction of samples with every fact right: prior, baseline.
+    public var fullFidelityPrior = 0.0, fullFidelityBaseline = 0.0
+
+    public init(prior: [RewardResult], baseline: [RewardResult]) {
+        let d = zip(prior, baseline).map { $0.score - $1.score }
+        pairs = d.count
+        guard pairs > 0 else { return }
+        meanDifference = d.reduce(0, +) / Double(pairs)
+        let variance = d.reduce(0) { $0 + ($1 - meanDifference) * ($1 - meanDifference) } / Double(max(pairs - 1, 1))
+        standardError = (variance / Double(pairs)).squareRoot()
+        wins = d.filter { $0 > 1e-9 }.count
+        losses = d.filter { $0 < -1e-9 }.count
+        ties = pairs - wins - losses
+        fullFidelityPrior = Double(prior.filter { $0.score >= 1 }.count) / Double(pairs)
+        fullFidelityBaseline = Double(baseline.filter { $0.score >= 1 }.count) / Double(pairs)
+    }
+}
+
 /// Where the initial noise of an evaluation comes from: standard-normal noise [B, 3, 32, 32]
 /// for the given prompts and seeds (Gaussian by default; the learned priors plug in here).
 public typealias NoiseSource = (_ prompts: [String], _ seeds: [UInt64]) throws -> Tensor

@@ -47,7 +47,7 @@ public enum NoisePriors {
             while start < seeds.count {
                 var end = start + 1
                 while end < seeds.count && seeds[end] == seeds[end - 1] &+ 1 { end += 1 }
-                let text = try model.encode(Array(prompts[start..<end]))
+                let text = try model.device.noGrad { try model.encode(Array(prompts[start..<end])) }
                 parts.append(try noiseAR(net, text: text, seed: seeds[start], temperature: temperature, strength: strength))
                 start = end
             }

@@ -325,6 +325,15 @@ public final class OpenCLBackend: Backend {
 
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
         let batch = d.batch0 * d.batch1
+        if d.m <= 4 {
+            let wg = params["ROW_WG"]
+            try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch], local: [wg > 1 ? wg : 16, 1],
+                       ref(a) + ref(b) + ref(c)
+                           + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
+                              d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
+                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)])
+            return
+        }
         if params["GEMM_VARIANT"] == 1 {
             let tsm = params["GEMM_TSM"], tsn = params["GEMM_TSN"]
             let rtsm = tsm / params["GEMM_WPTM"], rtsn = tsn / params["GEMM_WPTN"]
