@@ -37,7 +37,7 @@ inline void svd_sum3(local acc_t* red, acc_t* a, acc_t* b, acc_t* c) {
     red[l] = *a;
     red[SVD_WG + l] = *b;
     red[2 * SVD_WG + l] = *c;
-    barrier(CLK_LOCAL_MEM_FENCE);
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     for (int s = SVD_WG / 2; s > 0; s >>= 1) {
         if (l < s) {
             red[l] += red[l + s];
@@ -64,28 +64,141 @@ inline acc_t svd_norm2(global const float* x, int n, local acc_t* red) {
     return a;
 }
 
-/* Rotates rows i and j to orthogonality when |cos| > tol; returns whether it did. */
-inline int svd_pair(global float* w, int n, int i, int j, acc_t tol, acc_t small, local acc_t* red) {
-    global float* x = w + i * n;
-    global float* y = w + j * n;
-    acc_t a = 0, b = 0, p = 0;
+#if SVD_WG == 1
+/* One item per pair (CPU devices): float8 products summed in float over chunks of 32
+ * elements, the chunks in acc_t (cosine error near 1e-8, as in the CPU twin). */
+inline float svd_hsum8(float8 v) {
+    float4 h = v.lo + v.hi;
+    return (h.x + h.y) + (h.z + h.w);
+}
+
+inline acc_t svd_dot1(global const float* x, global const float* y, int n) {
+    acc_t p = 0;
+    int k = 0;
+    for (; k + 32 <= n; k += 32) {
+        float8 f = vload8(0, x + k) * vload8(0, y + k) + vload8(1, x + k) * vload8(1, y + k)
+                 + vload8(2, x + k) * vload8(2, y + k) + vload8(3, x + k) * vload8(3, y + k);
+        p += svd_hsum8(f);
+    }
+    for (; k < n; ++k) p += (acc_t)x[k] * y[k];
+    return p;
+}
+
+inline void svd_dot3(global const float* x, global const float* y, int n, acc_t* a, acc_t* b, acc_t* p) {
+    acc_t sa = 0, sb = 0, sp = 0;
+    int k = 0;
+    for (; k + 32 <= n; k += 32) {
+        float8 fa = 0.0f, fb = 0.0f, fp = 0.0f;
+        for (int c = 0; c < 4; ++c) {
+            float8 xv = vload8(c, x + k), yv = vload8(c, y + k);
+            fa += xv * xv;
+            fb += yv * yv;
+            fp += xv * yv;
+        }
+        sa += svd_hsum8(fa);
+        sb += svd_hsum8(fb);
+        sp += svd_hsum8(fp);
+    }
+    for (; k < n; ++k) {
+        acc_t xv = x[k], yv = y[k];
+        sa += xv * xv;
+        sb += yv * yv;
+        sp += xv * yv;
+    }
+    *a = sa;
+    *b = sb;
+    *p = sp;
+}
+
+inline void svd_rotate(global float* x, global float* y, int n, float c, float s) {
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        float8 xv = vload8(0, x + k), yv = vload8(0, y + k);
+        vstore8(c * xv - s * yv, 0, x + k);
+        vstore8(s * xv + c * yv, 0, y + k);
+    }
+    for (; k < n; ++k) {
+        float xv = x[k], yv = y[k];
+        x[k] = c * xv - s * yv;
+        y[k] = s * xv + c * yv;
+    }
+}
+#else
+/* A work-group per pair (GPUs): item l takes elements l, l + SVD_WG, ... (coalesced). */
+inline acc_t svd_dot1(global const float* x, global const float* y, int n, local acc_t* red) {
+    acc_t p = 0, z0 = 0, z1 = 0;
+    for (int k = get_local_id(0); k < n; k += SVD_WG) p += (acc_t)x[k] * y[k];
+    svd_sum3(red, &p, &z0, &z1);
+    return p;
+}
+
+inline void svd_dot3(global const float* x, global const float* y, int n, acc_t* a, acc_t* b, acc_t* p,
+                     local acc_t* red) {
+    acc_t sa = 0, sb = 0, sp = 0;
     for (int k = get_local_id(0); k < n; k += SVD_WG) {
         acc_t xv = x[k], yv = y[k];
-        a += xv * xv;
-        b += yv * yv;
-        p += xv * yv;
+        sa += xv * xv;
+        sb += yv * yv;
+        sp += xv * yv;
     }
-    svd_sum3(red, &a, &b, &p);
-    if (a <= small || b <= small || fabs(p) <= tol * sqrt(a * b)) return 0;
-    /* x' = c x - s y, y' = s x + c y; t = s / c, the smaller root of t^2 + 2 zeta t - 1 = 0. */
+    svd_sum3(red, &sa, &sb, &sp);
+    *a = sa;
+    *b = sb;
+    *p = sp;
+}
+
+inline void svd_rotate(global float* x, global float* y, int n, float c, float s) {
+    for (int k = get_local_id(0); k < n; k += SVD_WG) {
+        float xv = x[k], yv = y[k];
+        x[k] = c * xv - s * yv;
+        y[k] = s * xv + c * yv;
+    }
+}
+#endif
+
+#if SVD_WG == 1
+#define SVD_DOT1(x, y) svd_dot1(x, y, n)
+#define SVD_DOT3(x, y, a, b, p) svd_dot3(x, y, n, a, b, p)
+#else
+#define SVD_DOT1(x, y) svd_dot1(x, y, n, red)
+#define SVD_DOT3(x, y, a, b, p) svd_dot3(x, y, n, a, b, p, red)
+#endif
+
+/* Rotates rows i and j to orthogonality when |cos| > tol; returns whether it did. nrm holds
+ * the squared row norms: exact at the start of a sweep, updated by the rotation formulas while
+ * angles are large, recomputed from the rows once a pair is nearly orthogonal (as on the CPU).
+ * Every item computes the same values; item 0 writes them. */
+inline int svd_pair(global float* w, global acc_t* nrm, int n, int i, int j, acc_t tol, acc_t small,
+                    local acc_t* red) {
+    global float* x = w + i * n;
+    global float* y = w + j * n;
+    acc_t p = SVD_DOT1(x, y);
+    acc_t a = nrm[i], b = nrm[j];
+    if (a <= small || b <= small) return 0;
+    acc_t scale = sqrt(a * b);
+    if (fabs(p) <= tol * scale) return 0;
+    int l = get_local_id(0);
+    if (fabs(p) < 1e-3f * scale) {
+        SVD_DOT3(x, y, &a, &b, &p);
+        if (l == 0) {
+            nrm[i] = a;
+            nrm[j] = b;
+        }
+        if (a <= small || b <= small || fabs(p) <= tol * sqrt(a * b)) return 0;
+    }
+    /* x' = c x - s y, y' = s x + c y; t = s / c, the smaller root of t^2 + 2 zeta t - 1 = 0;
+     * then |x'|^2 = a - t p and |y'|^2 = b + t p. */
     acc_t zeta = (b - a) / (2 * p);
     acc_t t = (zeta >= 0 ? (acc_t)1 : (acc_t)-1) / (fabs(zeta) + sqrt(1 + zeta * zeta));
     acc_t c = 1 / sqrt(1 + t * t);
-    float cf = (float)c, sf = (float)(c * t);
-    for (int k = get_local_id(0); k < n; k += SVD_WG) {
-        float xv = x[k], yv = y[k];
-        x[k] = cf * xv - sf * yv;
-        y[k] = sf * xv + cf * yv;
+    svd_rotate(x, y, n, (float)c, (float)(c * t));
+#if SVD_WG > 1
+    /* Every item has read nrm[i], nrm[j] for this pair before item 0 overwrites them. */
+    barrier(CLK_GLOBAL_MEM_FENCE);
+#endif
+    if (l == 0) {
+        nrm[i] = fmax(a - t * p, (acc_t)0);
+        nrm[j] = b + t * p;
     }
     return 1;
 }
@@ -117,12 +230,13 @@ kernel void svd_prepare(global const float* a, int aoff, global float* w, int n,
 
 /* One launch of a sweep: round < blocks - 1 pairs block svd_rr(g) with svd_rr(blocks-1-g);
  * round == blocks - 1 takes block g's own pairs. Work-groups (SVD_WG, 1), dims (group, matrix). */
-kernel void svd_round(global float* w, int n, int blocks, int round, global float* state,
-                      int batch, float tol) {
+kernel void svd_round(global float* w, global acc_t* norms, int n, int blocks, int round,
+                      global float* state, int batch, float tol) {
     local acc_t red[3 * SVD_WG];
     int g = get_group_id(0), b = get_group_id(1);
     if (state[batch + b] != 0.0f) return; /* converged (uniform over the work-group) */
     global float* m = w + (size_t)b * n * n;
+    global acc_t* nb = norms + b * n;
     int bi = g, bj = g;
     if (round < blocks - 1) {
         bi = svd_rr(g, round, blocks);
@@ -134,9 +248,20 @@ kernel void svd_round(global float* w, int n, int blocks, int round, global floa
     int i1 = (bi + 1) * n / blocks, j0 = bj * n / blocks, j1 = (bj + 1) * n / blocks;
     int any = 0;
     for (int i = bi * n / blocks; i < i1; ++i) {
-        for (int j = (bi == bj ? i + 1 : j0); j < j1; ++j) any |= svd_pair(m, n, i, j, tol, small, red);
+        for (int j = (bi == bj ? i + 1 : j0); j < j1; ++j) any |= svd_pair(m, nb, n, i, j, tol, small, red);
     }
     if (any && get_local_id(0) == 0) state[b] = 1.0f;
+}
+
+/* Exact squared row norms at the start of a sweep (unconverged matrices). Global (n, batch). */
+kernel void svd_sweep_norms(global const float* w, global acc_t* norms, int n, global const float* state,
+                            int batch) {
+    int i = get_global_id(0), b = get_global_id(1);
+    if (i >= n || state[batch + b] != 0.0f) return;
+    global const float* x = w + ((size_t)b * n + i) * n;
+    acc_t s = 0;
+    for (int k = 0; k < n; ++k) s += (acc_t)x[k] * x[k];
+    norms[b * n + i] = s;
 }
 
 /* Row norms of W. Global (n, batch). */

@@ -49,11 +49,15 @@ import Testing
         return nil
     }
 
-    /// The CPU device and one device per OpenCL backend.
-    static func devices(_ body: (String, Device) throws -> Void) throws {
+    /// The CPU device and one device per OpenCL backend. The GPU parameter set (a work-group
+    /// per row pair) on a CPU OpenCL device such as PoCL runs only up to n = 64: it is there
+    /// to check the kernels' work-group code, and PoCL's barriers make large sizes take minutes.
+    static func devices(n: Int, _ body: (String, Device) throws -> Void) throws {
         try body("cpu", Device.cpuDevice())
         try withCL { backends in
-            for be in backends { try body("opencl[\(be.params.profile)]", Device(backend: be)) }
+            for be in backends where !(be.params.profile == .gpu && be.info.kind == .cpu && n > 64) {
+                try body("opencl[\(be.params.profile)]", Device(backend: be))
+            }
         }
     }
 
@@ -62,7 +66,7 @@ import Testing
     @discardableResult
     static func run(_ name: String, _ a: [Float], batch: Int, n: Int) throws -> [[Float]] {
         var all: [[Float]] = []
-        try devices { tag, device in
+        try devices(n: n) { tag, device in
             let t = try Tensor(a, shape: [batch, n, n], on: device)
             let r = try Tensor.svdReportingSweeps(t)
             #expect(r.u.shape == [batch, n, n] && r.s.shape == [batch, n] && r.vh.shape == [batch, n, n])

@@ -34,14 +34,18 @@ extension OpenCLBackend {
         var pairs = 1
         while batch * pairs < max(info.computeUnits, 1) && 2 * (pairs + 1) * 8 <= n { pairs += 1 }
         let blocks = 2 * pairs
+        // Squared row norms (double where the device has fp64: two floats each).
+        let rowNorms = try scratchBuffer("svdRowNorms", 2 * batch * n)
         var sweeps = 0
         var flags = [Float](repeating: 0, count: 2 * batch)
         while n >= 2 && sweeps < maxSweeps {
             sweeps += 1
+            try launch("svd.cl", "svd_sweep_norms", extra: extra, global: [n, batch],
+                       [.mem(w.mem), .mem(rowNorms.mem), .i32(n), .mem(state.mem), .i32(batch)])
             for round in 0..<blocks {
                 let groups = round < blocks - 1 ? pairs : blocks
                 try launch("svd.cl", "svd_round", extra: extra, global: [groups * wg, batch], local: [wg, 1],
-                           [.mem(w.mem), .i32(n), .i32(blocks), .i32(round), .mem(state.mem), .i32(batch),
+                           [.mem(w.mem), .mem(rowNorms.mem), .i32(n), .i32(blocks), .i32(round), .mem(state.mem), .i32(batch),
                             .f32(tolerance)])
             }
             try flags.withUnsafeMutableBufferPointer { try download(BufRef(state), into: $0) }
