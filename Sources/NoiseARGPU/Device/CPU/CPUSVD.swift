@@ -154,7 +154,9 @@ enum JacobiSVD {
     static func rotatePair(_ w: UnsafeMutablePointer<Float>, _ n: Int, _ norms: UnsafeMutablePointer<Double>,
                            _ i: Int, _ j: Int, _ tol: Double, _ small: Double) -> Bool {
         let x = w + i * n, y = w + j * n
-        var p = dot1(x, y, n)
+        // OpenBLAS' level-1 kernels use the host's vector width (the Swift code is compiled for
+        // baseline x86-64); its sdot keeps many partial sums, accurate to about 1e-8 here.
+        var p = n >= 32 ? Double(cblas_sdot(Int32(n), x, 1, y, 1)) : dot1(x, y, n)
         var a = norms[i], b = norms[j]
         if a <= small || b <= small { return false }
         let scale = (a * b).squareRoot()
@@ -170,7 +172,12 @@ enum JacobiSVD {
         let zeta = (b - a) / (2 * p)
         let t = (zeta >= 0 ? 1.0 : -1.0) / (abs(zeta) + (1 + zeta * zeta).squareRoot())
         let c = 1 / (1 + t * t).squareRoot()
-        rotate(x, y, n, Float(c), Float(c * t))
+        if n >= 32 {
+            // srot: x' = c x + s y, y' = c y - s x.
+            cblas_srot(Int32(n), x, 1, y, 1, Float(c), Float(-c * t))
+        } else {
+            rotate(x, y, n, Float(c), Float(c * t))
+        }
         norms[i] = max(a - t * p, 0)
         norms[j] = b + t * p
         return true
