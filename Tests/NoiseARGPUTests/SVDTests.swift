@@ -193,6 +193,54 @@ import Testing
         }
     }
 
+    /// The primitive itself with every buffer at an offset inside a guarded buffer: nothing
+    /// outside the outputs is written, the input is unchanged, the results check out.
+    @Test func backendGuardsAndOffsets() throws {
+        var rng = TestRNG(77)
+        let batch = 2, n = 9
+        let a = (0..<(batch * n * n)).map { _ in 2 * rng.unit() - 1 }
+        func run(_ tag: String, _ be: any Backend) throws {
+            let ga = try Guarded(be, a)
+            let gu = try Guarded(be, rng.values(batch * n * n)), gs = try Guarded(be, rng.values(batch * n))
+            let gv = try Guarded(be, rng.values(batch * n * n))
+            let sweeps = try be.svd(batch: batch, n: n, a: ga.ref, u: gu.ref, s: gs.ref, vt: gv.ref,
+                                    tolerance: 1e-7, maxSweeps: 30)
+            try be.synchronize()
+            #expect(sweeps >= 1 && sweeps <= 30, "\(tag): \(sweeps) sweeps")
+            let intact = try [ga, gu, gs, gv].allSatisfy { try $0.guardsIntact() }
+            #expect(intact, "\(tag): wrote outside its outputs")
+            #expect(try ga.values() == a, "\(tag): input changed")
+            let failure = Self.check(a, batch: batch, n: n, u: try gu.values(), s: try gs.values(), vh: try gv.values())
+            #expect(failure == nil, "\(tag): \(failure ?? "")")
+        }
+        try run("cpu", CPUBackend())
+        // OpenCL backends only inside withCL (one test at a time uses them).
+        try withCL { backends in
+            for be in backends { try run("opencl[\(be.params.profile)]", be) }
+        }
+    }
+
+    /// An OpenCL device with the svd family disabled runs it on the CPU backend (inside
+    /// `withCL`: OpenCL runtimes are used by one test at a time).
+    @Test func cpuFallback() throws {
+        try withCL { backends in
+            guard !backends.isEmpty else { return }
+            let be = try OpenCLBackend(index: 0, environment: testEnvironment(["NOISEAR_DISABLE_OPS": "svd"]))
+            #expect(!be.supports(.svd))
+            let device = Device(backend: be)
+            var warnings: [String] = []
+            device.warn = { warnings.append($0) }
+            var rng = TestRNG(78)
+            let n = 12
+            let a = (0..<(2 * n * n)).map { _ in 2 * rng.unit() - 1 }
+            let r = try Tensor.svd(try Tensor(a, shape: [2, n, n], on: device))
+            #expect(r.u.device === device && r.s.device === device)
+            let failure = Self.check(a, batch: 2, n: n, u: try r.u.toArray(), s: try r.s.toArray(), vh: try r.vh.toArray())
+            #expect(failure == nil, "fallback: \(failure ?? "")")
+            #expect(warnings.count == 1)
+        }
+    }
+
     @Test func shapesAndErrors() throws {
         let device = Device.cpuDevice()
         let single = try Tensor([3, 0, 0, -2], shape: [2, 2], on: device)

@@ -13,9 +13,12 @@ import Foundation
 /// the Frobenius norm) are completed with unit vectors orthogonalised against the others, so
 /// U and Vh are orthogonal even for rank-deficient input.
 ///
-/// A pair of rows is rotated when |w_i . w_j| > tolerance * |w_i| |w_j| (the three dot
-/// products accumulate in Double; rows stay Float); a sweep without rotations ends the
-/// iteration. Pairs are visited in a block round-robin order: the rows split into 2T blocks,
+/// A pair of rows is rotated when |w_i . w_j| > tolerance * |w_i| |w_j|; a sweep without
+/// rotations ends the iteration. Rows stay Float; the squared norms are kept in Double (exact
+/// at each sweep's start, then updated by the rotation formulas, recomputed from the rows once
+/// a pair is nearly orthogonal), and for n >= 32 the dot product and the rotation are
+/// OpenBLAS' sdot and srot, which use the host's vector width where Swift code is compiled for
+/// baseline x86-64. Pairs are visited in a block round-robin order: the rows split into 2T blocks,
 /// and each round runs T disjoint block pairs in parallel (then the blocks' own pairs), so a
 /// single matrix uses T threads with 2T synchronisations per sweep; a batch of at least as
 /// many matrices as cores runs one matrix per thread in plain row-cyclic order.
@@ -273,10 +276,10 @@ enum JacobiSVD {
         }
     }
 
-    /// S (descending), Vh and U for one matrix from its orthogonalised rows `w`; `ut` is n x n
-    /// scratch holding A Vh^T transposed (filled by the caller between the two phases).
+    /// S (descending) and Vh for one matrix from its orthogonalised rows `w` (rows of
+    /// negligible singular values zero, completed later); returns the negligible threshold.
     static func singularValuesAndVh(w: UnsafeMutablePointer<Float>, n: Int, s: UnsafeMutablePointer<Float>,
-                                    vt: UnsafeMutablePointer<Float>, order: UnsafeMutablePointer<Int>) -> Double {
+                                    vt: UnsafeMutablePointer<Float>) -> Double {
         var norms = [Double](repeating: 0, count: n)
         var frob2 = 0.0
         for i in 0..<n {
@@ -286,7 +289,6 @@ enum JacobiSVD {
         let sorted = (0..<n).sorted { norms[$0] > norms[$1] || (norms[$0] == norms[$1] && $0 < $1) }
         let threshold = frob2.squareRoot() * negligible
         for (k, i) in sorted.enumerated() {
-            order[k] = i
             let sk = norms[i].squareRoot()
             s[k] = Float(sk)
             let row = vt + k * n, src = w + i * n
@@ -330,13 +332,10 @@ extension CPUBackend {
             }
         }
         // S and Vh, then Ut = Vh A^T (rows are U's columns up to scale), then Gram-Schmidt.
-        let order = UnsafeMutablePointer<Int>.allocate(capacity: batch * n)
-        defer { order.deallocate() }
         let thresholds = UnsafeMutablePointer<Double>.allocate(capacity: batch)
         defer { thresholds.deallocate() }
         parallelFor(batch) { b in
-            thresholds[b] = JacobiSVD.singularValuesAndVh(w: w + b * nn, n: n, s: ps + b * n, vt: pv + b * nn,
-                                                          order: order + b * n)
+            thresholds[b] = JacobiSVD.singularValuesAndVh(w: w + b * nn, n: n, s: ps + b * n, vt: pv + b * nn)
         }
         // W is no longer needed: it becomes the Ut scratch.
         for b in 0..<batch {
