@@ -7,10 +7,12 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
         discussion: """
-            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear.
+            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd.
             `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32 patches,
             d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
             the key/value cache and without; --batch (default 1 here), --size for the latent side.
+            `svd` times the batched Jacobi SVD of --batch random --size x --size matrices (default 256)
+            and reports ms per matrix, matrices per second and the sweeps used.
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
             shipped configuration) at --batch and prints each op family's share of the step.
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
@@ -19,10 +21,10 @@ struct BenchCommand: ParsableCommand {
             """)
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
-        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear
+        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd
     }
 
-    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear")
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear | svd")
     var op: Op
 
     @OptionGroup var options: DeviceOptions
@@ -32,7 +34,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "GEMM rows (M).") var m: Int?
     @Option(help: "GEMM columns (N).") var n: Int?
     @Option(help: "GEMM inner size (K).") var k: Int?
-    @Option(help: "Batch (attention, conv2d, sampler: 4; noisear: 1).") var batch: Int = 4
+    @Option(help: "Batch (attention, conv2d, sampler, svd: 4; noisear: 1).") var batch: Int = 4
     var batchGiven: Bool { CommandLine.arguments.contains("--batch") }
     @Option(help: "Attention heads.") var heads: Int = 8
     @Option(help: "Attention queries.") var tq: Int = 256
@@ -68,6 +70,7 @@ struct BenchCommand: ParsableCommand {
             let bench = Bench(warmup: warmup, repeats: repeats)
             var results: [BenchResult] = []
             var shares: [(String, [(String, Double)])] = []
+            var svdResults: [SVDBenchResult] = []
             var devices: [() throws -> Device] = []
             if !noReference && !wantsCPUOnly { devices.append { Device.cpuDevice() } }
             devices.append { try options.open() }
@@ -97,7 +100,13 @@ struct BenchCommand: ParsableCommand {
                     let (r, s) = try bench.samplerStep(batch: batch, device: d)
                     results.append(r)
                     shares.append((d.info.id, s))
+                case .svd:
+                    svdResults.append(try bench.svd(size: size ?? 256, batch: batch, device: d))
                 }
+            }
+            if op == .svd {
+                try printSVD(svdResults)
+                return
             }
             if json {
                 try printJSON(results)
@@ -118,6 +127,23 @@ struct BenchCommand: ParsableCommand {
             for (id, s) in shares {
                 print("share of one step on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
             }
+        }
+    }
+
+    func printSVD(_ results: [SVDBenchResult]) throws {
+        if json {
+            try printJSON(results)
+            return
+        }
+        let ref = results.first
+        print("op   backend     variant          shape            sweeps  median ms   ms/matrix   matrices/s  vs first")
+        for r in results {
+            let ratio = ref.map { String(format: "%6.2fx", $0.medianMs / r.medianMs) } ?? ""
+            print(["svd ", r.backend.padding(toLength: 11, withPad: " ", startingAt: 0),
+                   r.variant.padding(toLength: 16, withPad: " ", startingAt: 0),
+                   "\(r.batch)x\(r.size)x\(r.size)".padding(toLength: 16, withPad: " ", startingAt: 0),
+                   String(format: "%6d %10.3f %11.3f %12.1f", r.sweeps, r.medianMs, r.msPerMatrix, r.matricesPerSecond),
+                   ratio].joined(separator: " "))
         }
     }
 }

@@ -95,7 +95,8 @@ struct TrainPrior: ParsableCommand {
             Gaussian's NLL on the same noises (nats per element). --mirror adds every pair mirrored
             left-right with its prompt's left/right swapped (embeddings from the diffusion model's
             text encoder). The checkpoint (weights, optimizer state) is written atomically every
-            --checkpoint-every steps; --resume continues it. --export writes the prior (F16).
+            --checkpoint-every steps; --resume continues it. --export writes the prior (F16) with the
+            weights of the best validation NLL seen at a checkpoint (the last ones without validation pairs).
             """)
 
     @OptionGroup var options: DeviceOptions
@@ -171,6 +172,7 @@ struct TrainPrior: ParsableCommand {
             let bar = ProgressBar(total: steps, label: "train prior", quiet: quiet)
             var recent: [Float] = []
             var lastVal = ""
+            var best: (nll: Double, step: Int, weights: [String: HostTensor])? = nil
             while trainer.step < steps {
                 let loss = try trainer.trainStep()
                 recent.append(loss)
@@ -179,16 +181,23 @@ struct TrainPrior: ParsableCommand {
                 if trainer.step % checkpointEvery == 0 || trainer.step == steps {
                     let (v, g) = try trainer.evaluate(validation)
                     lastVal = String(format: "val %.4f (gaussian %.4f)", v, g)
+                    if validation.count > 0 && v < (best?.nll ?? .infinity) {
+                        best = (v, trainer.step, try net.params.hostTensors())
+                    }
                     try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
                     if !bar.enabled { note(String(format: "step %d/%d train NLL %.4f ", trainer.step, steps, avg) + lastVal) }
                 }
                 bar.update(trainer.step, String(format: "NLL %.4f ", avg) + lastVal)
             }
-            let (v, g) = try trainer.evaluate(validation)
+            var (v, g) = try trainer.evaluate(validation)
             let (t, tg) = try trainer.evaluate(all)
             print(String(format: "validation NLL %.4f nats/element (standard Gaussian %.4f); train %.4f (Gaussian %.4f)", v, g, t, tg))
+            if let b = best, b.step != trainer.step {
+                v = b.nll
+                print(String(format: "best validation NLL %.4f at step %d (exported)", b.nll, b.step))
+            }
             if let export {
-                try trainer.export(URL(fileURLWithPath: export), metadata: [
+                try trainer.export(URL(fileURLWithPath: export), weights: best?.weights, step: best?.step, metadata: [
                     "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --seed \(seed)",
                     "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
                 note("wrote \(export)")

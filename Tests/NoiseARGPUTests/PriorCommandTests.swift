@@ -122,3 +122,35 @@ import Testing
         #expect(s.status == 0 && s.stdout.contains("wrote"), "\(s.stderr)")
     }
 }
+
+/// The shipped shapes-world NoiseAR prior.
+@Suite struct ShippedPriorTests {
+    @Test func shippedPriorSamplesOnEveryBackend() throws {
+        guard let url = ShippedModels.locate(NoisePriors.noiseARFile, environment: [:], variable: "NOISEAR_PRIOR"),
+              let modelURL = ShippedModels.locate(ShippedModels.diffusionFile, environment: [:]) else {
+            Issue.record("the shipped prior or model is missing from the source tree")
+            return
+        }
+        let cpu = Device.cpuDevice()
+        let net = try NoiseARNet.load(url, device: cpu)
+        #expect(net.config.latentShape == [3, Scene.size, Scene.size])
+        let model = try TextToImageModel.load(modelURL, device: cpu)
+        let prompts = ["a red circle to the left of a blue square", "a green triangle"]
+        let ref = try NoisePriors.noiseAR(net, model: model)(prompts, [5, 6]).toArray()
+        #expect(!ref.contains { !$0.isFinite })
+        try withCL { backends in
+            for be in backends {
+                let dev = Device(backend: be)
+                let got = try NoisePriors.noiseAR(NoiseARNet.load(url, device: dev),
+                                                  model: TextToImageModel.load(modelURL, device: dev))(prompts, [5, 6]).toArray()
+                #expect(nmse(got, ref) < 1e-8, "[\(be.params.profile)] shipped prior NMSE \(nmse(got, ref))")
+            }
+        }
+        // The default `sample --prior noisear` runs on it.
+        let png = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-shipped-\(getpid()).png")
+        defer { try? FileManager.default.removeItem(at: png) }
+        guard let r = try runCLI(["sample", "--prompt", prompts[0], "--prior", "noisear", "--steps", "4", "--seed", "3",
+                                  "--out", png.path, "--device", "cpu"]) else { return }
+        #expect(r.status == 0 && r.stdout.contains("prompt fidelity"), "\(r.stderr)")
+    }
+}

@@ -29,7 +29,7 @@ public enum OpKind: String, CaseIterable, Sendable {
     case layerNorm, layerNormBackward, groupNorm, groupNormBackward
     case attention, im2col, col2im, resize, resizeBackward
     case reduce, gather, gatherBackward, randn, adamw
-    case samplePatch
+    case samplePatch, svd
 }
 
 /// Elementwise binary operations (with broadcasting through strides).
@@ -279,6 +279,12 @@ public protocol Backend: AnyObject {
     /// One fused AdamW update of param, m, v in place.
     func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
                v: BufRef) throws
+    /// One-sided Jacobi SVD of `batch` row-major n x n matrices a = u diag(s) vt: u and vt
+    /// [batch, n, n] orthogonal (completed for zero singular values), s [batch, n] descending.
+    /// Sweeps until a sweep finds every pair with |cos| <= tolerance, or `maxSweeps`; returns
+    /// the most sweeps any matrix used.
+    func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float,
+             maxSweeps: Int) throws -> Int
 }
 
 import Foundation

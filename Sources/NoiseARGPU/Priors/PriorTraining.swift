@@ -116,12 +116,16 @@ public final class PriorTrainer {
     }
 
     /// The weights as a standalone prior file (what `noise` and `sample --prior noisear` load).
-    public func export(_ url: URL, metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
+    /// `weights` (e.g. the best-validation snapshot) default to the current ones.
+    public func export(_ url: URL, weights: [String: HostTensor]? = nil, step exportedStep: Int? = nil,
+                       metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
         var meta = metadata
-        meta["config"] = try net.config.jsonString()
+        var config = net.config
+        config.dropout = 0
+        meta["config"] = try config.jsonString()
         meta["kind"] = "noisear-prior"
-        meta["step"] = String(step)
-        try SafeTensorsFile(tensors: net.params.hostTensors(), metadata: meta).write(to: url, as: storage)
+        meta["step"] = String(exportedStep ?? step)
+        try SafeTensorsFile(tensors: weights ?? net.params.hostTensors(), metadata: meta).write(to: url, as: storage)
     }
 }
 

@@ -1,0 +1,43 @@
+import Foundation
+
+extension Tensor {
+    /// Singular value decomposition of a square matrix [n, n] or a batch of them [B, n, n]:
+    /// a = u diag(s) vh with u and vh orthogonal and s descending (one-sided Jacobi, see
+    /// `Backend.svd`). For zero singular values the columns of u and rows of vh are completed
+    /// to orthonormal bases.
+    ///
+    /// Not differentiable: the results are detached from the tape (an input that requires
+    /// gradients is read as a constant).
+    /// - Parameters:
+    ///   - tolerance: a sweep ends the iteration when every pair of rows has
+    ///     |cos| <= tolerance.
+    ///   - maxSweeps: the most sweeps run when that is never reached.
+    public static func svd(_ a: Tensor, tolerance: Float = 1e-7, maxSweeps: Int = 30) throws
+        -> (u: Tensor, s: Tensor, vh: Tensor)
+    {
+        let r = try svdReportingSweeps(a, tolerance: tolerance, maxSweeps: maxSweeps)
+        return (r.u, r.s, r.vh)
+    }
+
+    /// `svd` that also returns the sweeps used (the most over the batch).
+    public static func svdReportingSweeps(_ a: Tensor, tolerance: Float = 1e-7, maxSweeps: Int = 30) throws
+        -> (u: Tensor, s: Tensor, vh: Tensor, sweeps: Int)
+    {
+        try requireShape((a.rank == 2 || a.rank == 3) && a.shape[a.rank - 1] == a.shape[a.rank - 2],
+                         "svd expects [n, n] or [B, n, n], got \(a.shape)")
+        try require(tolerance >= 0 && tolerance.isFinite, "svd tolerance \(tolerance) must be finite and >= 0")
+        try require(maxSweeps >= 1, "svd maxSweeps \(maxSweeps) must be at least 1")
+        let n = a.shape[a.rank - 1], batch = a.rank == 3 ? a.shape[0] : 1
+        let lead = a.rank == 3 ? [batch] : []
+        let device = a.device
+        let u = try Tensor.empty(lead + [n, n], on: device)
+        let s = try Tensor.empty(lead + [n], on: device)
+        let vh = try Tensor.empty(lead + [n, n], on: device)
+        var sweeps = 0
+        try device.run(.svd, [a.ref, u.ref, s.ref, vh.ref], outputs: [1, 2, 3]) { be, r in
+            sweeps = try be.svd(batch: batch, n: n, a: r[0], u: r[1], s: r[2], vt: r[3],
+                                tolerance: tolerance, maxSweeps: maxSweeps)
+        }
+        return (u, s, vh, sweeps)
+    }
+}
