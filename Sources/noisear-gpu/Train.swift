@@ -198,7 +198,8 @@ struct TrainPrior: ParsableCommand {
             }
             if let export {
                 try trainer.export(URL(fileURLWithPath: export), weights: best?.weights, step: best?.step, metadata: [
-                    "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --seed \(seed)",
+                    "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
+                    "pairs": "\(train.count) training (with mirrors), \(validation.count) validation",
                     "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
                 note("wrote \(export)")
             }
