@@ -13,6 +13,7 @@ import Testing
         let want = try file.tensor(key)
         #expect(t.shape == want.shape, "[\(tag)] \(key) shape \(t.shape) vs \(want.shape)")
         let e = maxRelative(try t.toArray(), want.data)
+        print("NPNet [\(tag)] \(key): relative error \(e)")
         #expect(e < tol, "[\(tag)] \(key) relative error \(e) (tolerance \(tol))")
     }
 

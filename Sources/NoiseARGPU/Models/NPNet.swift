@@ -137,7 +137,7 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
         let fc1 = try shape(sw + "layers.0.blocks.0.mlp.fc1.weight", rank: 2)
         c.swin.mlpRatio = max(fc1[0] / max(patch[0], 1), 1)
         // The final map is upconv's input channels wide (the authors' quirky resize).
-        c.swin.imgSize = up[1] * c.swin.patchSize << (depths.count - 1)
+        c.swin.imgSize = (up[1] * c.swin.patchSize) << (depths.count - 1)
         return c
     }
 }

@@ -38,7 +38,7 @@ public struct SwinConfig: Codable, Sendable, Equatable {
     /// Number of stages.
     public var stages: Int { depths.count }
     /// Feature-map side of stage i (patch grid halved by every merge before it).
-    public func resolution(stage i: Int) -> Int { imgSize / patchSize >> i }
+    public func resolution(stage i: Int) -> Int { (imgSize / patchSize) >> i }
     /// Channels of stage i.
     public func dim(stage i: Int) -> Int { embedDim << i }
     /// Side of the final feature map.
