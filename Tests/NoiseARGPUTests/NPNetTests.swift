@@ -115,14 +115,29 @@ import Testing
         extra.tensors[sw + "layers.0.blocks.1.attn_mask"] =
             HostTensor(shape: [64, 49, 49], data: [Float](repeating: 0, count: 64 * 49 * 49))
         extra.tensors["weights.unet_svd.bn.num_batches_tracked"] = HostTensor(shape: [], data: [0])
-        let net = try NPNet.load(extra, device: dev)
+        extra.tensors[sw + "head.weight"] = HostTensor(shape: [10, 192], data: [Float](repeating: 0, count: 1920))
+        // timm < 0.9 layout: each stage's patch merging at its end (layers.i.downsample, i < 3).
+        var old = extra
+        for i in 1...3 {
+            for name in ["norm.weight", "norm.bias", "reduction.weight"] {
+                old.tensors[sw + "layers.\(i - 1).downsample." + name] = old.tensors[sw + "layers.\(i).downsample." + name]
+                old.tensors[sw + "layers.\(i).downsample." + name] = nil
+            }
+        }
         let noise = try Tensor(file.tensor("input.noise"), on: dev)
         let prompt = try Tensor(file.tensor("input.prompt_embeds"), on: dev)
         let u = try Tensor(file.tensor("intermediate.svd_U"), on: dev)
         let s = try Tensor(file.tensor("intermediate.svd_S"), on: dev)
         let vh = try Tensor(file.tensor("intermediate.svd_Vh"), on: dev)
-        let out = try net(noise: noise, promptEmbeds: prompt, svdFactors: (u, s, vh))
-        try Self.check(out.golden, file, "output.golden_noise", 1e-4, "cpu, extra keys")
+        for (tag, variant) in [("extra keys", extra), ("old timm layout", old)] {
+            for metadata in [true, false] {
+                var f = variant
+                if !metadata { f.metadata = [:] }
+                let net = try NPNet.load(f, device: dev)
+                let out = try net(noise: noise, promptEmbeds: prompt, svdFactors: (u, s, vh))
+                try Self.check(out.golden, file, "output.golden_noise", 1e-4, "cpu, \(tag), metadata \(metadata)")
+            }
+        }
     }
 
     @Test func badInputsAreRejected() throws {

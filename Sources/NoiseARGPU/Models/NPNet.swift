@@ -225,8 +225,7 @@ public final class NPNet {
     /// and the Swin classifier head.
     static func isIgnored(_ key: String) -> Bool {
         key.hasSuffix(".relative_position_index") || key.hasSuffix(".attn_mask") || key.hasSuffix(".num_batches_tracked")
-            || key.contains("unet_embedding.swin.head.") || key.hasSuffix("unet_embedding.swin.head.weight")
-            || key.hasSuffix("unet_embedding.swin.head.bias")
+            || key.contains("unet_embedding.swin.head.")
     }
 
     /// Loads a checkpoint with the authors' key names (optionally under a prefix such as the
@@ -240,11 +239,34 @@ public final class NPNet {
                             adjust: (inout NPNetConfig) -> Void = { _ in }) throws -> NPNet {
         let key = "unet_svd.mlp1.0.weight"
         let prefix = ["", "weights.", "model."].first { file[$0 + key] != nil } ?? ""
+        let file = movingDownsamplesToTheNextStage(file, prefix: prefix)
         var config = try NPNetConfig.fromMetadata(file) ?? NPNetConfig.inferred(from: file, prefix: prefix)
         adjust(&config)
         let net = try NPNet(config: config, device: device)
         try net.params.load(file, prefix: prefix, ignoring: isIgnored)
         return net
+    }
+
+    /// timm before 0.9 keeps each stage's patch merging at its end (`layers.i.downsample`,
+    /// i < S - 1); timm 0.9+ (our layout) at the start of the next stage (`layers.(i+1).downsample`).
+    /// Old-layout checkpoints are renamed; the computation is the same.
+    static func movingDownsamplesToTheNextStage(_ file: SafeTensorsFile, prefix: String) -> SafeTensorsFile {
+        let layers = prefix + "unet_embedding.swin.layers."
+        guard file[layers + "0.downsample.reduction.weight"] != nil else { return file }
+        var out = file
+        out.tensors = [:]
+        for (key, value) in file.tensors {
+            var name = key
+            if key.hasPrefix(layers) {
+                let rest = key.dropFirst(layers.count)
+                if let dot = rest.firstIndex(of: "."), let stage = Int(rest[..<dot]),
+                   rest[rest.index(after: dot)...].hasPrefix("downsample.") {
+                    name = layers + "\(stage + 1)" + rest[dot...]
+                }
+            }
+            out.tensors[name] = value
+        }
+        return out
     }
 
     // MARK: branches
