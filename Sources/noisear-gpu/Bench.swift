@@ -7,7 +7,9 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
         discussion: """
-            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd.
+            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd, npnet.
+            `npnet` times one NPNet forward at the authors' SDXL size (4x128x128 latent, swin_tiny,
+            77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side.
             `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32 patches,
             d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
             the key/value cache and without; --batch (default 1 here), --size for the latent side.
@@ -21,10 +23,10 @@ struct BenchCommand: ParsableCommand {
             """)
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
-        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd
+        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd, npnet
     }
 
-    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear | svd")
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear | svd | npnet")
     var op: Op
 
     @OptionGroup var options: DeviceOptions
@@ -92,6 +94,10 @@ struct BenchCommand: ParsableCommand {
                     results += try bench.layerNorm(rows: rows, cols: size ?? 1024, device: d)
                 case .softmax:
                     results += try bench.softmax(rows: rows, cols: size ?? 1024, device: d)
+                case .npnet:
+                    var c = NPNetConfig()
+                    if let size { c.latentSize = size }
+                    results += try bench.npnet(config: c, batch: batchGiven ? batch : 1, device: d)
                 case .noisear:
                     var c = NoiseARConfig()
                     if let size { c.latentSize = size }

@@ -37,13 +37,13 @@ func checkOutputPath(_ path: String) throws {
 
 /// Options shared by `noise` and `score` for the NoiseAR prior.
 struct PriorOptions: ParsableArguments {
-    @Option(help: "Prior: noisear (npnet: see its issue).") var prior = "noisear"
+    @Option(help: "Prior: noisear | npnet.") var prior = "noisear"
     @Option(help: "Prior weights (.safetensors with the authors' key names; default: the shipped shapes-world prior).")
     var weights: String?
     @Option(help: "Attention heads (not stored in the weights; default: the file's config, else 1).") var heads: Int?
 
     func validate() throws {
-        if prior != "noisear" { throw CLIError("--prior \(prior): expected noisear") }
+        if prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected noisear or npnet") }
         if let heads, heads < 1 { throw CLIError("--heads must be at least 1") }
     }
 
@@ -68,9 +68,13 @@ struct NoiseCommand: ParsableCommand {
         abstract: "Prompt embeddings in, initial latents out: sample a learned noise prior.",
         discussion: """
             EMBEDS holds `prompt_embeds` [B, T, D] (.safetensors, or a .npy array). OUT gets `noise`
-            [B, C, S, S] (.safetensors, or .npy). Image b draws its standard normals from Philox stream
-            seed + b (the same numbers on every device), or replays them from --eps (tensor `eps`, the
-            latent's shape) for exact comparison with another implementation.
+            [B, C, S, S] (.safetensors, or .npy).
+            noisear: image b draws its standard normals from Philox stream seed + b (the same numbers on
+            every device), or replays them from --eps (tensor `eps`, the latent's shape) for exact
+            comparison with another implementation.
+            npnet: maps an initial Gaussian noise (--init-noise, tensor `noise`, else drawn from the seed
+            like noisear's) to the golden noise; --intermediates also writes text_emb, svd_branch,
+            residual_branch and swin_features (safetensors output).
             """)
 
     @OptionGroup var options: DeviceOptions
@@ -81,6 +85,9 @@ struct NoiseCommand: ParsableCommand {
     @Option(help: "Blend with the Gaussian noise of the same draws: 0 Gaussian, 1 prior (spherical).") var strength: Float = 1
     @Option(help: "Standard-normal draws to replay: .safetensors with `eps`, or .npy.") var eps: String?
     @Flag(help: "Re-run the prefix for every patch instead of using the key/value cache.") var uncached = false
+    @Option(help: "npnet: the initial noise, .safetensors with `noise` [B, 4, L, L] or .npy (default: drawn from --seed).")
+    var initNoise: String?
+    @Flag(help: "npnet: also write text_emb, svd_branch, residual_branch and swin_features.") var intermediates = false
     @Option(help: "Output: .safetensors (tensor `noise`) or .npy.") var out: String
     @Flag(help: "No progress bar.") var quiet = false
 
@@ -89,11 +96,49 @@ struct NoiseCommand: ParsableCommand {
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         try checkOutputPath(out)
+        if priorOptions.prior == "npnet" && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
+        if priorOptions.prior == "noisear" && (initNoise != nil || intermediates) {
+            throw CLIError("--init-noise and --intermediates are for --prior npnet")
+        }
+    }
+
+    /// NPNet: initial noise in, golden noise (and optionally the intermediates) out.
+    func runNPNet(_ device: Device) throws {
+        guard let w = priorOptions.weights else {
+            throw NoiseError.io("--prior npnet needs --weights FILE (an NPNet checkpoint with the authors' key names)")
+        }
+        let net = try NPNet.load(URL(fileURLWithPath: w), device: device)
+        let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
+        let b = text.shape.first ?? 0
+        let x: Tensor
+        var seedNote = "init-noise"
+        if let initNoise {
+            let h = try readTensor(initNoise, "noise", what: "initial noise [B, 4, L, L]")
+            if h.shape != [b] + net.config.latentShape {
+                throw NoiseError.shapeMismatch("\(initNoise): noise \(h.shape) does not match \([b] + net.config.latentShape) for \(b) prompts")
+            }
+            x = try Tensor(h, on: device)
+        } else {
+            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
+            note("seed \(usedSeed)")
+            seedNote = String(usedSeed)
+            x = try NoisePriors.gaussian(batch: b, shape: net.config.latentShape, seed: usedSeed, on: device)
+        }
+        let t0 = Date()
+        let o = try device.noGrad { try net(noise: x, promptEmbeds: text) }
+        var tensors = [("noise", try o.golden.toHost())]
+        if intermediates {
+            tensors += [("text_emb", try o.textEmb.toHost()), ("svd_branch", try o.svdBranch.toHost()),
+                        ("residual_branch", try o.residualBranch.toHost()), ("swin_features", try o.swinFeatures.toHost())]
+        }
+        try writeTensors(tensors, to: out, metadata: ["prior": "npnet", "seed": seedNote, "software": "noisear-gpu"])
+        print("wrote \(out): noise \(tensors[0].1.shape) in \(String(format: "%.3f", Date().timeIntervalSince(t0))) s on \(device.info.id)")
     }
 
     func run() throws {
         try runReportingErrors {
             let device = try options.open()
+            if priorOptions.prior == "npnet" { return try runNPNet(device) }
             let net = try priorOptions.load(on: device)
             let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
             let b = text.shape.first ?? 0
@@ -137,6 +182,7 @@ struct ScoreCommand: ParsableCommand {
     @Option(help: "Output .safetensors (`mu`, `logvar`, `log_prob`).") var out: String
 
     func validate() throws {
+        if priorOptions.prior != "noisear" { throw CLIError("score: --prior \(priorOptions.prior) has no likelihood; use noisear") }
         if !(temperature > 0) || !temperature.isFinite { throw CLIError("--temperature must be a positive number") }
         if URL(fileURLWithPath: out).pathExtension.lowercased() != "safetensors" {
             throw CLIError("--out must end in .safetensors (it holds mu, logvar and log_prob)")

@@ -71,6 +71,33 @@ import Testing
         }
     }
 
+    @Test func npnetNoiseOnTheFixtureWeights() throws {
+        guard let fx = fixturesDirectory() else { return }
+        let weights = fx.appendingPathComponent("npnet/npnet_tiny.safetensors")
+        let f = try SafeTensorsFile.read(weights, skippingUnsupported: true)
+        let dir = try Self.scratch("npnet")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let inputs = dir.appendingPathComponent("in.safetensors"), out = dir.appendingPathComponent("out.safetensors")
+        try SafeTensorsFile(tensors: ["prompt_embeds": f.tensor("input.prompt_embeds"), "noise": f.tensor("input.noise")])
+            .write(to: inputs)
+        guard let r = try runCLI(["noise", "--prior", "npnet", "--weights", weights.path, "--embeds", inputs.path,
+                                  "--init-noise", inputs.path, "--intermediates", "--out", out.path, "--device", "cpu"])
+        else { return }
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try SafeTensorsFile.read(out)
+        #expect(maxRelative(try o.tensor("noise").data, try f.tensor("output.golden_noise").data) < 1e-3)
+        #expect(maxRelative(try o.tensor("swin_features").data, try f.tensor("intermediate.swin_features").data) < 1e-4)
+        #expect(maxRelative(try o.tensor("text_emb").data, try f.tensor("intermediate.text_emb").data) < 1e-4)
+        #expect(o["svd_branch"] != nil && o["residual_branch"] != nil)
+        // Without --init-noise the start is drawn from the seed; npnet has no likelihood to score.
+        guard let s = try runCLI(["noise", "--prior", "npnet", "--weights", weights.path, "--embeds", inputs.path,
+                                  "--seed", "2", "--out", dir.appendingPathComponent("s.npy").path, "--device", "cpu"]),
+              let bad = try runCLI(["score", "--prior", "npnet", "--weights", weights.path, "--embeds", inputs.path,
+                                    "--noise", inputs.path, "--out", out.path]) else { return }
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(bad.status != 0)
+    }
+
     @Test func npyRoundTrip() throws {
         var rng = TestRNG(5)
         let t = HostTensor(shape: [2, 3, 5], data: rng.values(30))

@@ -218,4 +218,19 @@ extension Bench {
         }
         return out
     }
+
+    /// NPNet at the authors' SDXL size unless `config` says otherwise (4x128x128 latent,
+    /// swin_tiny: embed 96, depths 2,2,6,2, heads 3,6,12,24; 77x2048 prompt embeddings; random
+    /// weights): one batch-`batch` forward (SVD branch with our SVD, text injection, Swin branch).
+    public func npnet(config: NPNetConfig = NPNetConfig(), batch: Int = 1, device: Device) throws -> [BenchResult] {
+        let net = try NPNet(config: config, device: device, seed: 1)
+        let x = try Tensor.randn([batch] + config.latentShape, seed: 2, on: device)
+        let text = try Tensor.randn([batch, config.textTokens, config.textDim], seed: 3, on: device)
+        let shape = "b\(batch) \(config.latentChannels)x\(config.latentSize)^2 swin\(config.swin.embedDim)"
+        let t = try time {
+            _ = try device.noGrad { try net(noise: x, promptEmbeds: text).golden }
+            try device.backend.synchronize()
+        }
+        return [result("npnet", device.info.id, "forward", shape, t)]
+    }
 }
