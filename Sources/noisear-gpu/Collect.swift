@@ -7,6 +7,10 @@ struct CollectCommand: ParsableCommand {
         commandName: "collect",
         abstract: "Build a dataset of initial noises that led to good images (for training the priors).",
         discussion: """
+            --method redenoise (NPNet's re-denoise sampling): each start x_T takes one DDIM step at
+            --high-cfg and one DDIM inversion step at --low-cfg to x'_T; both are sampled and scored, and
+            the pair is kept when x'_T scores strictly higher (--keep-all keeps every pair). Shards then
+            also hold `target` (x'_T) and `target_score`.
             --method best-of-n: for each train prompt of the shard, --candidates Gaussian starts are sampled
             with the shipped model and scored with the exact reward; the starts whose images reach
             --threshold (default 1: every fact right) are kept. Prompts are processed in blocks of
@@ -16,10 +20,14 @@ struct CollectCommand: ParsableCommand {
             Spread over machines with --shard i/n (every n-th prompt); shards never overlap.
             """)
 
-    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n" }
+    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise }
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "best-of-n") var method: Method = .bestOfN
+    @Option(help: "best-of-n | redenoise") var method: Method = .bestOfN
+    @Option(help: "redenoise: guidance of the DDIM step (w_l).") var highCfg = 5.5
+    @Option(help: "redenoise: guidance of the inversion step (w_w, below --high-cfg).") var lowCfg = 1.0
+    @Option(help: "redenoise: steps of the schedule the single DDIM / inversion step is taken from.") var inversionSteps = 50
+    @Flag(help: "redenoise: keep every pair, not only those where x'_T scores higher (ablation).") var keepAll = false
     @Option(help: "Output folder.") var out: String
     @Option(help: "This machine's shard, i/n.") var shard = "0/1"
     @Flag(help: "Continue an interrupted run (skips the blocks recorded as finished).") var resume = false
@@ -49,6 +57,8 @@ struct CollectCommand: ParsableCommand {
             throw CLIError("--candidates, --steps, --batch and --block must be at least 1")
         }
         if !(threshold >= 0 && threshold <= 1) { throw CLIError("--threshold must be in [0, 1]") }
+        if !(highCfg > lowCfg) { throw CLIError("--high-cfg must be above --low-cfg") }
+        if inversionSteps < 2 { throw CLIError("--inversion-steps must be at least 2") }
         let kind = try SamplerKind.parse(sampler)
         if kind == .eulerA || kind == .ddpm { throw CLIError("--sampler \(sampler): collection needs a deterministic sampler (ddim, dpmpp2m, euler)") }
     }
@@ -72,7 +82,9 @@ struct CollectCommand: ParsableCommand {
             } catch {
                 throw NoiseError.io("cannot create \(out): \(error.localizedDescription)")
             }
-            let settingsKey = "best-of-n candidates \(candidates) threshold \(threshold) seed \(seed) \(sampler) steps \(steps) cfg \(cfg) model \(url.lastPathComponent)"
+            let methodKey = method == .bestOfN ? "best-of-n threshold \(threshold)"
+                : "redenoise high \(highCfg) low \(lowCfg) inversion-steps \(inversionSteps) keep-all \(keepAll)"
+            let settingsKey = "\(methodKey) candidates \(candidates) seed \(seed) \(sampler) steps \(steps) cfg \(cfg) model \(url.lastPathComponent)"
             let progressURL = dir.appendingPathComponent("shard-\(si)-of-\(sn).progress.json")
             var progress = Progress(settings: settingsKey, finishedBlocks: [], sampled: 0, kept: 0)
             if FileManager.default.fileExists(atPath: progressURL.path) {
@@ -101,11 +113,13 @@ struct CollectCommand: ParsableCommand {
             if !done.isEmpty { note("resuming: \(done.count) of \(blocks.count) blocks done, \(progress.kept) starts kept") }
             for (k, prompts) in blocks.enumerated() where !done.contains(k) {
                 let base = finished
-                let (ds, sampled) = try NoiseCollection.bestOfN(
-                    model: m, prompts: prompts, candidates: candidates, baseSeed: seed, settings: settings, batch: batch,
-                    threshold: threshold) { n in
-                    bar.update(base + n, "kept \(progress.kept)")
-                }
+                let report = { (n: Int) in bar.update(base + n, "kept \(progress.kept)") }
+                let (ds, sampled) = method == .bestOfN
+                    ? try NoiseCollection.bestOfN(model: m, prompts: prompts, candidates: candidates, baseSeed: seed,
+                                                  settings: settings, batch: batch, threshold: threshold, progress: report)
+                    : try NoiseCollection.redenoise(model: m, prompts: prompts, candidates: candidates, baseSeed: seed,
+                                                    settings: settings, batch: batch, highCFG: highCfg, lowCFG: lowCfg,
+                                                    inversionSteps: inversionSteps, keepAll: keepAll, progress: report)
                 if ds.count > 0 {
                     try ds.file(metadata: ["settings": settingsKey, "software": "noisear-gpu"])
                         .write(to: dir.appendingPathComponent("shard-\(si)-of-\(sn)-block-\(String(format: "%04d", k)).safetensors"))

@@ -12,6 +12,9 @@ public struct NoiseDataset {
     public var scores: [Float]
     public var prompts: [String]
     public var seeds: [UInt64]
+    /// Re-denoise pairs: the improved noise x'_T for each start (`target`) and its image's score.
+    public var target: HostTensor?
+    public var targetScores: [Float]?
 
     public var count: Int { prompts.count }
 
@@ -30,8 +33,12 @@ public struct NoiseDataset {
         meta["kind"] = "noise-dataset"
         meta["prompts"] = String(decoding: try enc.encode(prompts), as: UTF8.self)
         meta["seeds"] = String(decoding: try enc.encode(seeds), as: UTF8.self)
-        return SafeTensorsFile(tensors: ["noise": noise, "prompt_embeds": promptEmbeds,
-                                         "score": HostTensor(shape: [scores.count], data: scores)], metadata: meta)
+        var tensors = ["noise": noise, "prompt_embeds": promptEmbeds, "score": HostTensor(shape: [scores.count], data: scores)]
+        if let target, let targetScores {
+            tensors["target"] = target
+            tensors["target_score"] = HostTensor(shape: [targetScores.count], data: targetScores)
+        }
+        return SafeTensorsFile(tensors: tensors, metadata: meta)
     }
 
     /// One shard file.
@@ -46,7 +53,13 @@ public struct NoiseDataset {
         let k = prompts.count
         try requireShape(noise.shape.first == k && embeds.shape.first == k && score.shape == [k] && seeds.count == k,
                          "\(url.path): inconsistent shard (\(k) prompts, noise \(noise.shape), prompt_embeds \(embeds.shape), score \(score.shape))")
-        return NoiseDataset(noise: noise, promptEmbeds: embeds, scores: score.data, prompts: prompts, seeds: seeds)
+        var ds = NoiseDataset(noise: noise, promptEmbeds: embeds, scores: score.data, prompts: prompts, seeds: seeds)
+        if let t = f["target"], let ts = f["target_score"] {
+            try requireShape(t.shape == noise.shape && ts.shape == [k], "\(url.path): target \(t.shape) does not match noise \(noise.shape)")
+            ds.target = t
+            ds.targetScores = ts.data
+        }
+        return ds
     }
 
     /// Every `*.safetensors` shard under a folder (or one file), concatenated in name order.
@@ -74,6 +87,13 @@ public struct NoiseDataset {
         noise.shape[0] += other.count
         promptEmbeds.data += other.promptEmbeds.data
         promptEmbeds.shape[0] += other.count
+        try requireShape((target == nil) == (other.target == nil), "shards with and without re-denoise targets")
+        if var t = target, let o = other.target {
+            t.data += o.data
+            t.shape[0] += other.count
+            target = t
+            targetScores = (targetScores ?? []) + (other.targetScores ?? [])
+        }
         scores += other.scores
         prompts += other.prompts
         seeds += other.seeds
@@ -88,8 +108,13 @@ public struct NoiseDataset {
             for i in indices { d += t.data[i * per..<(i + 1) * per] }
             return HostTensor(shape: [indices.count] + t.shape.dropFirst(), data: d)
         }
-        return NoiseDataset(noise: rows(noise), promptEmbeds: rows(promptEmbeds), scores: indices.map { scores[$0] },
-                            prompts: indices.map { prompts[$0] }, seeds: indices.map { seeds[$0] })
+        var out = NoiseDataset(noise: rows(noise), promptEmbeds: rows(promptEmbeds), scores: indices.map { scores[$0] },
+                               prompts: indices.map { prompts[$0] }, seeds: indices.map { seeds[$0] })
+        if let target, let targetScores {
+            out.target = rows(target)
+            out.targetScores = indices.map { targetScores[$0] }
+        }
+        return out
     }
 }
 
@@ -146,6 +171,79 @@ public enum NoiseCollection {
         let ds = NoiseDataset(noise: HostTensor(shape: [k, 3, Scene.size, Scene.size], data: keptNoise),
                               promptEmbeds: HostTensor(shape: [k] + embedShape, data: keptEmbeds),
                               scores: scores, prompts: keptPrompts, seeds: keptSeeds)
+        return (ds, jobs.count)
+    }
+}
+
+/// NPNet's "re-denoise sampling": x_T -> one DDIM step with strong guidance -> one DDIM inversion
+/// step with weak guidance -> x'_T, a start whose image tends to follow the prompt better.
+public enum Redenoise {
+    /// x'_T for standard-normal starts `noise` [B, 3, 32, 32]: one DDIM step t_0 -> t_1 of a
+    /// `steps`-step schedule at guidance `highCFG`, then one DDIM inversion step back to t_0 at
+    /// `lowCFG` (the model evaluated at t_0 on x_{t_1}, as diffusers' inversion loops do).
+    public static func step(model: TextToImageModel, noise: Tensor, prompts: [String], steps: Int = 50,
+                            highCFG: Double = 5.5, lowCFG: Double = 1.0) throws -> Tensor {
+        try require(highCFG > lowCFG, "re-denoise needs the first guidance above the second (got \(highCFG) and \(lowCFG))")
+        let config = try model.config.schedulerConfig()
+        var ddim = try DDIMScheduler(config: config, steps: steps)
+        var inverse = try DDIMInverseScheduler(config: config, steps: steps)
+        return try model.device.noGrad {
+            let t0 = ddim.timesteps[0]
+            let high = try DiffusionSampler.guidanceContext(model: model, prompts: prompts, cfg: highCFG)
+            let low = try DiffusionSampler.guidanceContext(model: model, prompts: prompts, cfg: lowCFG)
+            let out0 = try DiffusionSampler.guidedPrediction(model: model, noise, t: t0, context: high, cfg: highCFG)
+            let x1 = try ddim.step(modelOutput: out0, stepIndex: 0, sample: noise, noise: nil)
+            let last = inverse.timesteps.count - 1
+            let out1 = try DiffusionSampler.guidedPrediction(model: model, x1, t: inverse.timesteps[last], context: low, cfg: lowCFG)
+            return try inverse.step(modelOutput: out1, stepIndex: last, sample: x1, noise: nil)
+        }
+    }
+}
+
+extension NoiseCollection {
+    /// Re-denoise collection: for each prompt and candidate seed, x_T and x'_T are both sampled and
+    /// scored; the pair is kept when x'_T scores strictly higher (or always with `keepAll`).
+    public static func redenoise(model: TextToImageModel, prompts: [(Int, String)], candidates: Int, baseSeed: UInt64,
+                                 settings: SamplingSettings, batch: Int, highCFG: Double = 5.5, lowCFG: Double = 1.0,
+                                 inversionSteps: Int = 50, keepAll: Bool = false,
+                                 progress: (Int) -> Void = { _ in }) throws -> (NoiseDataset, Int) {
+        try require(candidates >= 1, "candidates must be at least 1")
+        let jobs = prompts.flatMap { p in (0..<candidates).map { (p.1, seed(base: baseSeed, prompt: p.0, candidate: $0, candidates: candidates)) } }
+        let dev = model.device
+        var noiseV: [Float] = [], targetV: [Float] = [], embedV: [Float] = [], scores: [Float] = [], targetScores: [Float] = []
+        var kept: [(String, UInt64)] = []
+        var start = 0
+        while start < jobs.count {
+            let chunk = Array(jobs[start..<min(start + batch, jobs.count)])
+            let ps = chunk.map(\.0), ss = chunk.map(\.1)
+            let x = try Evaluation.gaussian(on: dev)(ps, ss)
+            let xr = try Redenoise.step(model: model, noise: x, prompts: ps, steps: inversionSteps, highCFG: highCFG, lowCFG: lowCFG)
+            let both = try DiffusionSampler.sample(model: model, prompts: ps + ps, noise: Tensor.concat([x, xr], axis: 0),
+                                                   seed: ss[0], settings: settings)
+            let rgbs = try DiffusionSampler.rgb(both)
+            let embeds = try dev.noGrad { try model.encode(ps) }
+            let nv = try x.toArray(), tv = try xr.toArray(), ev = try embeds.toArray()
+            let perN = nv.count / chunk.count, perE = ev.count / chunk.count
+            for i in 0..<chunk.count {
+                let a = try Reward.evaluate(image: rgbs[i], prompt: ps[i]).score
+                let b = try Reward.evaluate(image: rgbs[chunk.count + i], prompt: ps[i]).score
+                guard keepAll || b > a else { continue }
+                noiseV += nv[i * perN..<(i + 1) * perN]
+                targetV += tv[i * perN..<(i + 1) * perN]
+                embedV += ev[i * perE..<(i + 1) * perE]
+                scores.append(Float(a))
+                targetScores.append(Float(b))
+                kept.append((ps[i], ss[i]))
+            }
+            start += chunk.count
+            progress(start)
+        }
+        let k = kept.count, shape = [k, 3, Scene.size, Scene.size]
+        var ds = NoiseDataset(noise: HostTensor(shape: shape, data: noiseV),
+                              promptEmbeds: HostTensor(shape: [k, model.config.text.maxLength, model.config.text.hiddenSize], data: embedV),
+                              scores: scores, prompts: kept.map(\.0), seeds: kept.map(\.1))
+        ds.target = HostTensor(shape: shape, data: targetV)
+        ds.targetScores = targetScores
         return (ds, jobs.count)
     }
 }

@@ -140,23 +140,13 @@ public enum DiffusionSampler {
             try require(settings.cfg.isFinite && settings.cfg >= 0, "cfg must be a non-negative number, got \(settings.cfg)")
             var scheduler = try makeScheduler(settings.sampler, config: model.config.schedulerConfig(karras: settings.karras),
                                               steps: settings.steps)
-            let guided = settings.cfg != 1
-            let cond = try model.encode(prompts)
-            let context = guided ? try Tensor.concat([model.encode([String](repeating: "", count: b)), cond], axis: 0) : cond
+            let context = try guidanceContext(model: model, prompts: prompts, cfg: settings.cfg)
             var x = try noise.scaled(Float(scheduler.initNoiseSigma))
             let per = noise.count / b
             let ts = scheduler.timesteps
             for (i, t) in ts.enumerated() {
                 let input = try scheduler.scaleModelInput(x, stepIndex: i)
-                var eps: Tensor
-                if guided {
-                    let both = try model.predictNoise(Tensor.concat([input, input], axis: 0),
-                                                      timesteps: [Double](repeating: t, count: 2 * b), context: context)
-                    let un = try both.slice(axis: 0, 0, b), co = try both.slice(axis: 0, b, 2 * b)
-                    eps = try un + (co - un).scaled(Float(settings.cfg))
-                } else {
-                    eps = try model.predictNoise(input, timesteps: [Double](repeating: t, count: b), context: context)
-                }
+                let eps = try guidedPrediction(model: model, input, t: t, context: context, cfg: settings.cfg)
                 var stepNoise: Tensor? = nil
                 if scheduler.needsNoise {
                     let parts = try (0..<b).map {
@@ -170,6 +160,27 @@ public enum DiffusionSampler {
             }
             return x
         }
+    }
+
+    /// The model's prediction for x [B, ...] at timestep t with classifier-free guidance:
+    /// `context` is [uncond; cond] (2B rows) when cfg != 1, else the B conditional rows;
+    /// uncond + cfg * (cond - uncond) from one batched call.
+    public static func guidedPrediction(model: TextToImageModel, _ x: Tensor, t: Double, context: Tensor,
+                                        cfg: Double) throws -> Tensor {
+        let b = x.shape[0]
+        guard cfg != 1 else {
+            return try model.predictNoise(x, timesteps: [Double](repeating: t, count: b), context: context)
+        }
+        let both = try model.predictNoise(Tensor.concat([x, x], axis: 0),
+                                          timesteps: [Double](repeating: t, count: 2 * b), context: context)
+        let un = try both.slice(axis: 0, 0, b), co = try both.slice(axis: 0, b, 2 * b)
+        return try un + (co - un).scaled(Float(cfg))
+    }
+
+    /// Prompt states for guidance: [uncond; cond] when cfg != 1, else cond.
+    public static func guidanceContext(model: TextToImageModel, prompts: [String], cfg: Double) throws -> Tensor {
+        let cond = try model.encode(prompts)
+        return cfg != 1 ? try Tensor.concat([model.encode([String](repeating: "", count: prompts.count)), cond], axis: 0) : cond
     }
 
     /// 8-bit RGB (HWC) of image i of a [B, 3, H, W] batch in [-1, 1].
