@@ -98,6 +98,26 @@ import Testing
         #expect(bad.status != 0)
     }
 
+    /// Re-denoise collection: pairs (x_T, x'_T) with both scores; --keep-all keeps every pair.
+    @Test func collectRedenoise() throws {
+        let dir = try Self.scratch("redenoise")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = dir.appendingPathComponent("data").path
+        guard let r = try runCLI(["collect", "--method", "redenoise", "--out", data, "--limit", "1", "--candidates", "2",
+                                  "--steps", "3", "--keep-all", "--device", "cpu"]) else { return }
+        #expect(r.status == 0 && r.stdout.contains("kept 2 of 2"), "\(r.stdout) \(r.stderr)")
+        let ds = try NoiseDataset.load(URL(fileURLWithPath: data))
+        let target = try #require(ds.target), ts = try #require(ds.targetScores)
+        #expect(target.shape == ds.noise.shape && ts.count == 2)
+        // One step down and back up changes the start a little, not entirely.
+        let diff = zip(target.data, ds.noise.data).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +)
+        let norm = ds.noise.data.map { Double($0) * Double($0) }.reduce(0, +)
+        #expect(diff > 0 && diff < 0.1 * norm, "relative change \(diff / norm)")
+        guard let bad = try runCLI(["collect", "--method", "redenoise", "--out", data + "2", "--high-cfg", "1",
+                                    "--low-cfg", "2"]) else { return }
+        #expect(bad.status != 0)
+    }
+
     @Test func npyRoundTrip() throws {
         var rng = TestRNG(5)
         let t = HostTensor(shape: [2, 3, 5], data: rng.values(30))
