@@ -147,7 +147,14 @@ enum CL {
     }
 
     /// Every OpenCL device of every platform, numbered in enumeration order.
+    /// Serialises platform and device enumeration: the ICD loader's first clGetPlatformIDs
+    /// initialises global state, and two threads doing it at once can see no platform or crash
+    /// (seen with ocl-icd when many threads open devices at start-up).
+    private static let enumerationLock = NSLock()
+
     static func allDevices() throws -> [(platform: cl_platform_id, device: cl_device_id)] {
+        enumerationLock.lock()
+        defer { enumerationLock.unlock() }
         var out: [(cl_platform_id, cl_device_id)] = []
         for p in try platforms() {
             for d in (try? devices(p)) ?? [] { out.append((p, d)) }
