@@ -20,8 +20,8 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Prompts per batch.") var batch = 8
     @Option(help: "At most this many prompts (0 = all).") var limit = 0
     @Option(help: "Model file.") var model: String?
-    @Option(help: "Noise prior: gaussian | noisear.") var prior = "gaussian"
-    @Option(help: "NoiseAR weights (default: the shipped prior).") var priorWeights: String?
+    @Option(help: "Noise prior: gaussian | noisear | npnet.") var prior = "gaussian"
+    @Option(help: "Prior weights (NoiseAR default: the shipped prior; NPNet: required).") var priorWeights: String?
     @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
     @Option(help: "NoiseAR strength (0 Gaussian ... 1 prior).") var strength: Float = 1
     @Flag(help: "Also run Gaussian noise on the same prompts and seeds and report the paired difference.") var paired = false
@@ -30,7 +30,8 @@ struct EvaluateCommand: ParsableCommand {
 
     func validate() throws {
         if seeds < 1 || steps < 1 || batch < 1 || limit < 0 { throw CLIError("--seeds, --steps and --batch must be at least 1") }
-        if prior != "gaussian" && prior != "noisear" { throw CLIError("--prior \(prior): expected gaussian or noisear") }
+        if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
+        if prior == "npnet" && priorWeights == nil { throw CLIError("--prior npnet needs --prior-weights FILE (no shapes-world NPNet is shipped yet)") }
         if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
         if !(temperature >= 0) || !(strength >= 0 && strength <= 1) { throw CLIError("--temperature must be >= 0 and --strength in [0, 1]") }
     }
@@ -52,6 +53,9 @@ struct EvaluateCommand: ParsableCommand {
                 let net = try loadNoiseAR(weights: priorWeights, on: device)
                 source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
                 label = "NoiseAR prior (temperature \(temperature), strength \(strength))"
+            } else if prior == "npnet", let w = priorWeights {
+                source = try NoisePriors.npnet(NPNet.load(URL(fileURLWithPath: w), device: device), model: m)
+                label = "NPNet golden noise"
             }
             let runs = paired ? 2 : 1
             let bar = ProgressBar(total: prompts.count * seeds * runs, label: "evaluate", quiet: quiet)

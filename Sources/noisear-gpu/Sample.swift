@@ -15,9 +15,9 @@ struct SampleCommand: ParsableCommand {
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "The prompt, e.g. \"a red circle to the left of a blue square\".") var prompt: String
-    @Option(help: "Noise prior: gaussian | noisear (the shipped shapes-world NoiseAR, or --prior-weights).")
+    @Option(help: "Noise prior: gaussian | noisear (the shipped shapes-world NoiseAR, or --prior-weights) | npnet (--prior-weights).")
     var prior = "gaussian"
-    @Option(help: "NoiseAR weights for --prior noisear (default: the shipped shapes-noisear.safetensors).")
+    @Option(help: "Prior weights: NoiseAR (default: the shipped shapes-noisear.safetensors) or NPNet (from train npnet).")
     var priorWeights: String?
     @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
     @Option(help: "Blend the prior's noise with the Gaussian noise of the same seed: 0 Gaussian, 1 prior.")
@@ -41,7 +41,8 @@ struct SampleCommand: ParsableCommand {
         if !(cfg >= 0) || !cfg.isFinite { throw CLIError("--cfg must be a non-negative number") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
-        if prior != "gaussian" && prior != "noisear" { throw CLIError("--prior \(prior): expected gaussian or noisear") }
+        if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
+        if prior == "npnet" && priorWeights == nil { throw CLIError("--prior npnet needs --prior-weights FILE (no shapes-world NPNet is shipped yet)") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
     }
@@ -65,6 +66,8 @@ struct SampleCommand: ParsableCommand {
             if prior == "noisear" {
                 let net = try loadNoiseAR(weights: priorWeights, on: device)
                 noise = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)(prompts, seeds)
+            } else if prior == "npnet", let w = priorWeights {
+                noise = try NoisePriors.npnet(NPNet.load(URL(fileURLWithPath: w), device: device), model: m)(prompts, seeds)
             } else {
                 noise = try Evaluation.gaussian(on: device)(prompts, seeds)
             }

@@ -5,7 +5,7 @@ import NoiseARGPU
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train", abstract: "Train models of the shapes world.",
-        subcommands: [TrainDiffusion.self, TrainPrior.self])
+        subcommands: [TrainDiffusion.self, TrainPrior.self, TrainNPNet.self])
 }
 
 struct TrainDiffusion: ParsableCommand {
@@ -135,11 +135,7 @@ struct TrainPrior: ParsableCommand {
         try runReportingErrors {
             let device = try options.open()
             var all = try NoiseDataset.load(URL(fileURLWithPath: data))
-            let isValidation = { (p: String) -> Bool in
-                var h: UInt64 = 0xcbf2_9ce4_8422_2325
-                for b in PromptMirror.canonical(p).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-                return h % 10 == 0
-            }
+            let isValidation = PromptMirror.isValidation
             let valIdx = (0..<all.count).filter { isValidation(all.prompts[$0]) }
             let trainIdx = (0..<all.count).filter { !isValidation(all.prompts[$0]) }
             var train = all.subset(trainIdx)
@@ -201,6 +197,87 @@ struct TrainPrior: ParsableCommand {
                     "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
                     "pairs": "\(train.count) training (with mirrors), \(validation.count) validation",
                     "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
+                note("wrote \(export)")
+            }
+        }
+    }
+}
+
+struct TrainNPNet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "npnet",
+        abstract: "Train a shapes-world NPNet on re-denoise pairs (MSE to x'_T).",
+        discussion: """
+            DATA is a folder of shards from `collect --method redenoise`. The network sees the four-channel
+            start of each pair's seed (its first three channels are the RGB start; the fourth is a spare
+            channel whose target is itself) and is trained by MSE to x'_T with AdamW; alpha and beta are
+            learned and the Swin starts from scratch. Pairs of a stable 10% of the prompts are held out for
+            the validation MSE, printed next to the identity's (x_T itself). Checkpoints are atomic;
+            --resume continues; --export writes the network for `sample --prior npnet --prior-weights`.
+            """)
+
+    @OptionGroup var options: DeviceOptions
+    @Option(help: "Dataset folder or shard (re-denoise pairs).") var data: String
+    @Option(help: "Total optimisation steps.") var steps = 500
+    @Option(help: "Pairs per step.") var batch = 8
+    @Option(help: "Learning rate (after linear warm-up).") var lr: Float = 1e-4
+    @Option(help: "Warm-up steps.") var warmup = 50
+    @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.0
+    @Option(help: "Swin embedding width (depths 2,2,2,2).") var embed = 24
+    @Option(help: "Seed of initialisation and batches.") var seed: UInt64 = 0
+    @Option(help: "Checkpoint file.") var checkpoint = "shapes-npnet.ckpt.safetensors"
+    @Option(help: "Steps between checkpoints and validation.") var checkpointEvery = 50
+    @Flag(help: "Continue from --checkpoint.") var resume = false
+    @Option(help: "Write the trained network here at the end.") var export: String?
+    @Flag(help: "No progress bar.") var quiet = false
+
+    func validate() throws {
+        if steps < 1 || batch < 1 || checkpointEvery < 1 || embed < 1 || warmup < 0 {
+            throw CLIError("--steps, --batch, --checkpoint-every and --embed must be at least 1")
+        }
+        if !(lr > 0) { throw CLIError("--lr must be positive") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let device = try options.open()
+            let all = try NoiseDataset.load(URL(fileURLWithPath: data))
+            let train = all.subset((0..<all.count).filter { !PromptMirror.isValidation(all.prompts[$0]) })
+            let validation = all.subset((0..<all.count).filter { PromptMirror.isValidation(all.prompts[$0]) })
+            let e = all.promptEmbeds.shape
+            let net = try NPNet(config: ShapesNPNet.config(textTokens: e.count > 1 ? e[1] : 1, textDim: e.last ?? 1,
+                                                           embedDim: embed), device: device, seed: seed)
+            var settings = PriorTrainingSettings()
+            settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
+            settings.weightDecay = weightDecay; settings.seed = seed
+            let trainer = try NPNetTrainer(net: net, train: train, validation: validation, settings: settings)
+            let ckpt = URL(fileURLWithPath: checkpoint)
+            if resume {
+                try trainer.resume(from: ckpt)
+                note("resumed from \(checkpoint) at step \(trainer.step)")
+            }
+            note("npnet: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs, \(validation.count) validation pairs")
+            let bar = ProgressBar(total: steps, label: "train npnet", quiet: quiet)
+            var recent: [Float] = []
+            var lastVal = ""
+            while trainer.step < steps {
+                let loss = try trainer.trainStep()
+                recent.append(loss)
+                if recent.count > 50 { recent.removeFirst() }
+                let avg = recent.reduce(0, +) / Float(recent.count)
+                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
+                    let (v, identity) = try trainer.evaluate(validation)
+                    lastVal = String(format: "val %.5f (identity %.5f)", v, identity)
+                    try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_mse_avg50": String(avg), "val_mse": String(v)])
+                    if !bar.enabled { note(String(format: "step %d/%d train MSE %.5f ", trainer.step, steps, avg) + lastVal) }
+                }
+                bar.update(trainer.step, String(format: "MSE %.5f ", avg) + lastVal)
+            }
+            let (v, identity) = try trainer.evaluate(validation)
+            print(String(format: "validation MSE %.5f (identity x_T: %.5f)", v, identity))
+            if let export {
+                try trainer.export(URL(fileURLWithPath: export), metadata: [
+                    "training": "noisear-gpu train npnet --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"])
                 note("wrote \(export)")
             }
         }

@@ -116,6 +116,32 @@ import Testing
         guard let bad = try runCLI(["collect", "--method", "redenoise", "--out", data + "2", "--high-cfg", "1",
                                     "--low-cfg", "2"]) else { return }
         #expect(bad.status != 0)
+
+        // train npnet on the pairs (resumable), then sample from it.
+        let ckpt = dir.appendingPathComponent("npnet.ckpt.safetensors").path
+        let out = dir.appendingPathComponent("npnet.safetensors").path
+        let train = ["train", "npnet", "--data", data, "--embed", "12", "--batch", "2", "--checkpoint", ckpt,
+                     "--checkpoint-every", "2", "--device", "cpu"]
+        guard let t1 = try runCLI(train + ["--steps", "2"]),
+              let t2 = try runCLI(train + ["--steps", "4", "--resume", "--export", out]),
+              let t3 = try runCLI(train + ["--steps", "4", "--checkpoint", dir.appendingPathComponent("fresh.safetensors").path])
+        else { return }
+        #expect(t1.status == 0 && t3.status == 0, "\(t1.stderr) \(t3.stderr)")
+        #expect(t2.status == 0 && t2.stderr.contains("resumed from") && t2.stdout.contains("validation MSE"), "\(t2.stderr)")
+        let resumed = try SafeTensorsFile.read(URL(fileURLWithPath: ckpt))
+        let fresh = try SafeTensorsFile.read(dir.appendingPathComponent("fresh.safetensors"))
+        #expect(resumed["alpha"] == fresh["alpha"] && resumed["unet_svd.mlp4.0.weight"] == fresh["unet_svd.mlp4.0.weight"])
+        #expect(resumed["alpha"] != nil)
+        let png = dir.appendingPathComponent("np.png").path
+        guard let smp = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--prior-weights", out,
+                                    "--steps", "3", "--out", png, "--device", "cpu", "--seed", "1"]),
+              let missing = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--out", png]) else { return }
+        #expect(smp.status == 0 && smp.stdout.contains("wrote"), "\(smp.stderr)")
+        #expect(missing.status != 0)
+        // The shapes-world start: its first three channels are the Gaussian RGB start of the seed.
+        let cpu = Device.cpuDevice()
+        let four = try ShapesNPNet.start(seeds: [7], on: cpu).toArray()
+        #expect(Array(four[0..<3072]) == (try Tensor.randn([1, 3, 32, 32], seed: 7, on: cpu).toArray()))
     }
 
     @Test func npyRoundTrip() throws {

@@ -89,30 +89,15 @@ public final class PriorTrainer {
 
     /// Weights, optimizer moments and the step, atomically.
     public func saveCheckpoint(_ url: URL, extraMetadata: [String: String] = [:]) throws {
-        var tensors = try net.params.hostTensors()
-        tensors.merge(try optimizer.hostTensors(for: net.params)) { a, _ in a }
-        var meta = extraMetadata
-        meta["config"] = try net.config.jsonString()
-        meta["kind"] = "checkpoint"
-        meta["step"] = String(step)
-        meta["adam_step"] = String(optimizer.step)
-        meta["seed"] = String(settings.seed)
-        try SafeTensorsFile(tensors: tensors, metadata: meta).write(to: url)
+        try TrainingCheckpoint.save(url, params: net.params, optimizer: optimizer, step: step, seed: settings.seed,
+                                    config: net.config.jsonString(), metadata: extraMetadata)
     }
 
     /// Restores weights, optimizer moments and the step.
     public func resume(from url: URL) throws {
-        let file = try SafeTensorsFile.read(url)
-        guard file.metadata["kind"] == "checkpoint", let s = Int(file.metadata["step"] ?? ""),
-              let adamStep = Int(file.metadata["adam_step"] ?? "") else {
-            throw NoiseError.invalidArgument("\(url.path) is not a noisear-gpu training checkpoint")
+        step = try TrainingCheckpoint.restore(url, params: net.params, optimizer: optimizer) { json in
+            try JSONDecoder().decode(NoiseARConfig.self, from: Data(json.utf8)) == net.config
         }
-        if let c = try NoiseARConfig.fromMetadata(file), c != net.config {
-            throw NoiseError.invalidArgument("\(url.path): checkpoint config differs from this prior's")
-        }
-        try net.params.load(file, allowUnexpected: true)
-        try optimizer.restore(step: adamStep, from: file, params: net.params)
-        step = s
     }
 
     /// The weights as a standalone prior file (what `noise` and `sample --prior noisear` load).
@@ -160,6 +145,14 @@ public enum PromptMirror {
         prompt.split(separator: " ").map { w -> String in
             w == "left" ? "right" : w == "right" ? "left" : String(w)
         }.joined(separator: " ")
+    }
+
+    /// Whether a prompt belongs to the training commands' validation prompts: a stable 10% by
+    /// hash of the canonical wording (mirrored pairs stay together).
+    public static func isValidation(_ prompt: String) -> Bool {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in canonical(prompt).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h % 10 == 0
     }
 
     /// The prompt with left/right put in a fixed order (both wordings of a mirrored pair map to
