@@ -31,7 +31,6 @@ struct EvaluateCommand: ParsableCommand {
     func validate() throws {
         if seeds < 1 || steps < 1 || batch < 1 || limit < 0 { throw CLIError("--seeds, --steps and --batch must be at least 1") }
         if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
-        if prior == "npnet" && priorWeights == nil { throw CLIError("--prior npnet needs --prior-weights FILE (no shapes-world NPNet is shipped yet)") }
         if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
         if !(temperature >= 0) || !(strength >= 0 && strength <= 1) { throw CLIError("--temperature must be >= 0 and --strength in [0, 1]") }
     }
@@ -53,8 +52,8 @@ struct EvaluateCommand: ParsableCommand {
                 let net = try loadNoiseAR(weights: priorWeights, on: device)
                 source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
                 label = "NoiseAR prior (temperature \(temperature), strength \(strength))"
-            } else if prior == "npnet", let w = priorWeights {
-                source = try NoisePriors.npnet(NPNet.load(URL(fileURLWithPath: w), device: device), model: m)
+            } else if prior == "npnet" {
+                source = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)
                 label = "NPNet golden noise"
             }
             let runs = paired ? 2 : 1

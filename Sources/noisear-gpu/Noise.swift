@@ -50,6 +50,16 @@ struct PriorOptions: ParsableArguments {
     func load(on device: Device) throws -> NoiseARNet { try loadNoiseAR(weights: weights, heads: heads, on: device) }
 }
 
+/// An NPNet from a file, else the shipped shapes-world one ($NOISEAR_NPNET, the source tree, or
+/// beside the binary).
+func loadNPNet(weights: String?, on device: Device) throws -> NPNet {
+    guard let url = weights.map({ URL(fileURLWithPath: $0) })
+        ?? ShippedModels.locate(NoisePriors.npnetFile, variable: "NOISEAR_NPNET") else {
+        throw NoiseError.io("no NPNet weights: pass --prior-weights FILE or set NOISEAR_NPNET (no shipped \(NoisePriors.npnetFile) was found)")
+    }
+    return try NPNet.load(url, device: device)
+}
+
 /// The NoiseAR prior from a file, else the shipped one ($NOISEAR_PRIOR, the source tree, or
 /// beside the binary).
 func loadNoiseAR(weights: String?, heads: Int? = nil, on device: Device) throws -> NoiseARNet {

@@ -42,7 +42,6 @@ struct SampleCommand: ParsableCommand {
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
         if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
-        if prior == "npnet" && priorWeights == nil { throw CLIError("--prior npnet needs --prior-weights FILE (no shapes-world NPNet is shipped yet)") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
     }
@@ -66,8 +65,8 @@ struct SampleCommand: ParsableCommand {
             if prior == "noisear" {
                 let net = try loadNoiseAR(weights: priorWeights, on: device)
                 noise = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)(prompts, seeds)
-            } else if prior == "npnet", let w = priorWeights {
-                noise = try NoisePriors.npnet(NPNet.load(URL(fileURLWithPath: w), device: device), model: m)(prompts, seeds)
+            } else if prior == "npnet" {
+                noise = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)(prompts, seeds)
             } else {
                 noise = try Evaluation.gaussian(on: device)(prompts, seeds)
             }

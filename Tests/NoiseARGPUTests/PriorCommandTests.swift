@@ -135,7 +135,9 @@ import Testing
         let png = dir.appendingPathComponent("np.png").path
         guard let smp = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--prior-weights", out,
                                     "--steps", "3", "--out", png, "--device", "cpu", "--seed", "1"]),
-              let missing = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--out", png]) else { return }
+              let missing = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--out", png],
+                                       environment: ["NOISEAR_NPNET": dir.appendingPathComponent("none.safetensors").path])
+        else { return }
         #expect(smp.status == 0 && smp.stdout.contains("wrote"), "\(smp.stderr)")
         #expect(missing.status != 0)
         // The shapes-world start: its first three channels are the Gaussian RGB start of the seed.

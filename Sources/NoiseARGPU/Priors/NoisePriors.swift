@@ -5,6 +5,8 @@ import Foundation
 public enum NoisePriors {
     /// The shipped shapes-world NoiseAR prior.
     public static let noiseARFile = "shapes-noisear.safetensors"
+    /// The shipped shapes-world NPNet (when present).
+    public static let npnetFile = "shapes-npnet.safetensors"
 
     /// Standard-normal draws of image b from Philox stream seed + b ([B, C, S, S]): the plain
     /// Gaussian start that `sample --prior gaussian --seed` uses.
