@@ -230,4 +230,31 @@ import Testing
                                   "--out", png.path, "--device", "cpu"]) else { return }
         #expect(r.status == 0 && r.stdout.contains("prompt fidelity"), "\(r.stderr)")
     }
+
+    @Test func shippedNPNetSamplesOnEveryBackend() throws {
+        guard let url = ShippedModels.locate(NoisePriors.npnetFile, environment: [:], variable: "NOISEAR_NPNET"),
+              let modelURL = ShippedModels.locate(ShippedModels.diffusionFile, environment: [:]) else {
+            Issue.record("the shipped NPNet or model is missing from the source tree")
+            return
+        }
+        let cpu = Device.cpuDevice()
+        let prompts = ["a blue square above a red triangle", "a yellow circle"]
+        let ref = try NoisePriors.npnet(NPNet.load(url, device: cpu), model: TextToImageModel.load(modelURL, device: cpu))(prompts, [3, 9])
+        #expect(ref.shape == [2, 3, Scene.size, Scene.size])
+        let r = try ref.toArray()
+        #expect(!r.contains { !$0.isFinite })
+        try withCL { backends in
+            for be in backends {
+                let dev = Device(backend: be)
+                let got = try NoisePriors.npnet(NPNet.load(url, device: dev),
+                                                model: TextToImageModel.load(modelURL, device: dev))(prompts, [3, 9]).toArray()
+                #expect(nmse(got, r) < 1e-8, "[\(be.params.profile)] shipped NPNet NMSE \(nmse(got, r))")
+            }
+        }
+        let png = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-npnet-\(getpid()).png")
+        defer { try? FileManager.default.removeItem(at: png) }
+        guard let s = try runCLI(["sample", "--prompt", prompts[0], "--prior", "npnet", "--steps", "4", "--seed", "3",
+                                  "--out", png.path, "--device", "cpu"]) else { return }
+        #expect(s.status == 0 && s.stdout.contains("prompt fidelity"), "\(s.stderr)")
+    }
 }

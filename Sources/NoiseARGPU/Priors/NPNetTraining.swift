@@ -130,13 +130,13 @@ public final class NPNetTrainer {
         }
     }
 
-    /// The weights as a standalone NPNet file (F32: the network is small).
-    public func export(_ url: URL, metadata: [String: String] = [:]) throws {
+    /// The weights as a standalone NPNet file (F16 by default, like the other shipped weights).
+    public func export(_ url: URL, metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
         var meta = metadata
         meta["config"] = try net.config.jsonString()
         meta["kind"] = "npnet"
         meta["step"] = String(step)
-        try SafeTensorsFile(tensors: net.params.hostTensors(), metadata: meta).write(to: url)
+        try SafeTensorsFile(tensors: net.params.hostTensors(), metadata: meta).write(to: url, as: storage)
     }
 }
 
