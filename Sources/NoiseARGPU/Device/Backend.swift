@@ -288,3 +288,24 @@ public protocol Backend: AnyObject {
 }
 
 import Foundation
+
+extension Backend {
+    /// Throws when `n` elements from `r` would fall outside its buffer.
+    func checkRange(_ r: BufRef, _ n: Int) throws {
+        try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
+                    "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
+    }
+
+    /// The argument checks every backend's `svd` makes; false when there is nothing to do.
+    func checkSVDArguments(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
+                           maxSweeps: Int) throws -> Bool {
+        try require(batch >= 0 && n >= 0 && maxSweeps >= 0,
+                    "svd of \(batch) matrices of size \(n) with \(maxSweeps) sweeps")
+        let nn = n * n
+        try checkRange(a, batch * nn)
+        try checkRange(u, batch * nn)
+        try checkRange(vt, batch * nn)
+        try checkRange(s, batch * n)
+        return batch > 0 && n > 0
+    }
+}

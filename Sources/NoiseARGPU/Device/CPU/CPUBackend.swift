@@ -59,10 +59,6 @@ public final class CPUBackend: Backend {
         base.update(from: ptr(src), count: dst.count)
     }
 
-    func checkRange(_ r: BufRef, _ n: Int) throws {
-        try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
-                    "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
-    }
 
     public func synchronize() throws {}
 

@@ -307,13 +307,8 @@ extension CPUBackend {
     /// One-sided Jacobi SVD of `batch` row-major n x n matrices (see `JacobiSVD`).
     public func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
                     tolerance: Float, maxSweeps: Int) throws -> Int {
-        try require(batch >= 0 && n >= 0 && maxSweeps >= 0, "svd of \(batch) matrices of size \(n) with \(maxSweeps) sweeps")
+        guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
         let nn = n * n
-        try checkRange(a, batch * nn)
-        try checkRange(u, batch * nn)
-        try checkRange(vt, batch * nn)
-        try checkRange(s, batch * n)
-        if batch == 0 || n == 0 { return 0 }
         let pa = ptr(a), pu = ptr(u), ps = ptr(s), pv = ptr(vt)
         let w = UnsafeMutablePointer<Float>.allocate(capacity: batch * nn)
         defer { w.deallocate() }

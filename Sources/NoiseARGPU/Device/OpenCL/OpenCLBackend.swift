@@ -101,10 +101,6 @@ public final class OpenCLBackend: Backend {
 
     func mem(_ r: BufRef) -> cl_mem { (r.buffer as! OpenCLBuffer).mem }
 
-    func checkRange(_ r: BufRef, _ n: Int) throws {
-        try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
-                    "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
-    }
 
     public func upload(_ src: UnsafeBufferPointer<Float>, to dst: BufRef) throws {
         guard let base = src.baseAddress, src.count > 0 else { return }

@@ -14,14 +14,8 @@ extension OpenCLBackend {
     /// (A Vh^T) and a Gram-Schmidt kernel for U.
     public func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
                     tolerance: Float, maxSweeps: Int) throws -> Int {
-        try require(batch >= 0 && n >= 0 && maxSweeps >= 0,
-                    "svd of \(batch) matrices of size \(n) with \(maxSweeps) sweeps")
+        guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
         let nn = n * n
-        try checkRange(a, batch * nn)
-        try checkRange(u, batch * nn)
-        try checkRange(vt, batch * nn)
-        try checkRange(s, batch * n)
-        if batch == 0 || n == 0 { return 0 }
         let wg = svdWorkGroup
         try require(wg > 0 && wg & (wg - 1) == 0, "SVD_WG=\(wg) must be a power of two")
         let extra = ["SVD_WG": wg]
