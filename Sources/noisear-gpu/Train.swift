@@ -165,25 +165,15 @@ struct TrainPrior: ParsableCommand {
                 note("resumed from \(checkpoint) at step \(trainer.step)")
             }
             note("prior: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs\(mirror ? " (with mirrors)" : ""), \(validation.count) validation pairs")
-            let bar = ProgressBar(total: steps, label: "train prior", quiet: quiet)
-            var recent: [Float] = []
-            var lastVal = ""
             var best: (nll: Double, step: Int, weights: [String: HostTensor])? = nil
-            while trainer.step < steps {
-                let loss = try trainer.trainStep()
-                recent.append(loss)
-                if recent.count > 50 { recent.removeFirst() }
-                let avg = recent.reduce(0, +) / Float(recent.count)
-                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
-                    let (v, g) = try trainer.evaluate(validation)
-                    lastVal = String(format: "val %.4f (gaussian %.4f)", v, g)
-                    if validation.count > 0 && v < (best?.nll ?? .infinity) {
-                        best = (v, trainer.step, try net.params.hostTensors())
-                    }
-                    try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
-                    if !bar.enabled { note(String(format: "step %d/%d train NLL %.4f ", trainer.step, steps, avg) + lastVal) }
+            try runTrainingLoop(steps: steps, label: "train prior", quiet: quiet, lossName: "NLL", digits: 4,
+                                start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
+                let (v, g) = try trainer.evaluate(validation)
+                if validation.count > 0 && v < (best?.nll ?? .infinity) {
+                    best = (v, trainer.step, try net.params.hostTensors())
                 }
-                bar.update(trainer.step, String(format: "NLL %.4f ", avg) + lastVal)
+                try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
+                return String(format: "val %.4f (gaussian %.4f)", v, g)
             }
             var (v, g) = try trainer.evaluate(validation)
             let (t, tg) = try trainer.evaluate(all)
@@ -257,21 +247,11 @@ struct TrainNPNet: ParsableCommand {
                 note("resumed from \(checkpoint) at step \(trainer.step)")
             }
             note("npnet: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs, \(validation.count) validation pairs")
-            let bar = ProgressBar(total: steps, label: "train npnet", quiet: quiet)
-            var recent: [Float] = []
-            var lastVal = ""
-            while trainer.step < steps {
-                let loss = try trainer.trainStep()
-                recent.append(loss)
-                if recent.count > 50 { recent.removeFirst() }
-                let avg = recent.reduce(0, +) / Float(recent.count)
-                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
-                    let (v, identity) = try trainer.evaluate(validation)
-                    lastVal = String(format: "val %.5f (identity %.5f)", v, identity)
-                    try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_mse_avg50": String(avg), "val_mse": String(v)])
-                    if !bar.enabled { note(String(format: "step %d/%d train MSE %.5f ", trainer.step, steps, avg) + lastVal) }
-                }
-                bar.update(trainer.step, String(format: "MSE %.5f ", avg) + lastVal)
+            try runTrainingLoop(steps: steps, label: "train npnet", quiet: quiet, lossName: "MSE", digits: 5,
+                                start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
+                let (v, identity) = try trainer.evaluate(validation)
+                try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_mse_avg50": String(avg), "val_mse": String(v)])
+                return String(format: "val %.5f (identity %.5f)", v, identity)
             }
             let (v, identity) = try trainer.evaluate(validation)
             print(String(format: "validation MSE %.5f (identity x_T: %.5f)", v, identity))
@@ -281,5 +261,30 @@ struct TrainNPNet: ParsableCommand {
                 note("wrote \(export)")
             }
         }
+    }
+}
+
+/// The loop shared by the prior trainers, from step `start` (a resumed run) to `steps`: `step` runs one optimisation step and returns (the
+/// step count after it, its loss); every `every` steps and at the end `checkpoint` gets the mean
+/// loss of the last 50 steps and returns a validation summary for the progress line (printed as a
+/// line of its own when standard error is not a terminal).
+func runTrainingLoop(steps: Int, label: String, quiet: Bool, lossName: String, digits: Int, start: Int, every: Int,
+                     step: () throws -> (Int, Float), checkpoint: (Float) throws -> String) throws {
+    let bar = ProgressBar(total: steps, label: label, quiet: quiet)
+    var recent: [Float] = []
+    var lastVal = ""
+    var done = start
+    while done < steps {
+        let (n, loss) = try step()
+        done = n
+        recent.append(loss)
+        if recent.count > 50 { recent.removeFirst() }
+        let avg = recent.reduce(0, +) / Float(recent.count)
+        let lossText = String(format: "%@ %.\(digits)f ", lossName, avg)
+        if done % every == 0 || done == steps {
+            lastVal = try checkpoint(avg)
+            if !bar.enabled { note("step \(done)/\(steps) train " + lossText + lastVal) }
+        }
+        bar.update(done, lossText + lastVal)
     }
 }

@@ -71,12 +71,8 @@ public final class DiffusionTrainer {
         let context = try model.encode(prompts)
         let pred = try model.predictNoise(xt, timesteps: ts.map(Double.init), context: context)
         let loss = try (pred - target).square().mean()
-        try loss.backward()
         let warm = Float(min(step + 1, settings.warmup)) / Float(max(settings.warmup, 1))
-        optimizer.lr = settings.lr * warm
-        let params = model.params.all
-        try optimizer.update(params)
-        for p in params { p.zeroGrad() }
+        try optimizer.minimize(loss, params: model.params, lr: settings.lr * warm)
         try dev.noGrad {
             let d = settings.emaDecay
             for name in model.params.names {

@@ -91,11 +91,8 @@ public final class NPNetTrainer {
         let idx = (0..<settings.batch).map { _ in rng.below(train.count) }
         let (x, t, text) = try tensors(train, idx)
         let loss = try (net.golden(noise: x, promptEmbeds: text) - t).square().mean()
-        try loss.backward()
-        optimizer.lr = settings.lr * Float(min(step + 1, settings.warmup)) / Float(max(settings.warmup, 1))
-        let params = net.params.all.filter(\.requiresGrad)
-        try optimizer.update(params)
-        for p in params { p.zeroGrad() }
+        try optimizer.minimize(loss, params: net.params,
+                               lr: settings.lr * Float(min(step + 1, settings.warmup)) / Float(max(settings.warmup, 1)))
         step += 1
         return try loss.item()
     }

@@ -59,11 +59,7 @@ public final class PriorTrainer {
         defer { net.training = false }
         let per = Float(net.config.latentShape.reduce(1, *))
         let loss = try net.logProb(noise: x, text: text, temperature: 1).mean().scaled(-1 / per)
-        try loss.backward()
-        optimizer.lr = learningRate(step)
-        let params = net.params.all.filter(\.requiresGrad)
-        try optimizer.update(params)
-        for p in params { p.zeroGrad() }
+        try optimizer.minimize(loss, params: net.params, lr: learningRate(step))
         step += 1
         return try loss.item()
     }
@@ -115,6 +111,16 @@ public final class PriorTrainer {
 }
 
 extension AdamW {
+    /// One step on `loss`: backward, update every trainable parameter of the store at `lr`,
+    /// clear the gradients.
+    public func minimize(_ loss: Tensor, params store: Parameters, lr: Float) throws {
+        try loss.backward()
+        self.lr = lr
+        let params = store.all.filter(\.requiresGrad)
+        try update(params)
+        for p in params { p.zeroGrad() }
+    }
+
     /// The moments of every parameter of a store that has them, as `adam.m.NAME`/`adam.v.NAME`.
     public func hostTensors(for params: Parameters) throws -> [String: HostTensor] {
         var out: [String: HostTensor] = [:]
