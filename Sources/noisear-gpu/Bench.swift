@@ -36,8 +36,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "GEMM rows (M).") var m: Int?
     @Option(help: "GEMM columns (N).") var n: Int?
     @Option(help: "GEMM inner size (K).") var k: Int?
-    @Option(help: "Batch (attention, conv2d, sampler, svd: 4; noisear: 1).") var batch: Int = 4
-    var batchGiven: Bool { CommandLine.arguments.contains("--batch") }
+    @Option(name: .customLong("batch"), help: "Batch (attention, conv2d, sampler, svd: default 4; noisear, npnet: default 1).")
+    var batchOption: Int?
+    /// The batch of the ops whose default is 4.
+    var batch: Int { batchOption ?? 4 }
     @Option(help: "Attention heads.") var heads: Int = 8
     @Option(help: "Attention queries.") var tq: Int = 256
     @Option(help: "Attention keys.") var tk: Int = 256
@@ -97,11 +99,11 @@ struct BenchCommand: ParsableCommand {
                 case .npnet:
                     var c = NPNetConfig()
                     if let size { c.latentSize = size }
-                    results += try bench.npnet(config: c, batch: batchGiven ? batch : 1, device: d)
+                    results += try bench.npnet(config: c, batch: batchOption ?? 1, device: d)
                 case .noisear:
                     var c = NoiseARConfig()
                     if let size { c.latentSize = size }
-                    results += try bench.noiseAR(config: c, batch: batchGiven ? batch : 1, device: d)
+                    results += try bench.noiseAR(config: c, batch: batchOption ?? 1, device: d)
                 case .sampler:
                     let (r, s) = try bench.samplerStep(batch: batch, device: d)
                     results.append(r)
