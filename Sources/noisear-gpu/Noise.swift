@@ -132,7 +132,7 @@ struct NoiseCommand: ParsableCommand {
             let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
             note("seed \(usedSeed)")
             seedNote = String(usedSeed)
-            x = try NoisePriors.gaussian(batch: b, shape: net.config.latentShape, seed: usedSeed, on: device)
+            x = try DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: usedSeed, on: device)
         }
         let t0 = Date()
         let o = try device.noGrad { try net(noise: x, promptEmbeds: text) }

@@ -173,6 +173,8 @@ public final class NoiseARNet {
     private var dropoutCounter: UInt64 = 0
     private var dropoutStream: UInt64 = 0
     private let dropoutSeed: UInt64
+    /// Dropout keeps an element where its normal draw z has Phi(z) < 1 - p, i.e. z below this.
+    private let dropoutThreshold: Float
 
     /// Starts dropout stream `stream` (trainers pass the step, so a resumed run draws the same
     /// masks as an uninterrupted one).
@@ -203,6 +205,7 @@ public final class NoiseARNet {
         try config.validate()
         self.config = config
         dropoutSeed = seed &+ 0xD209
+        dropoutThreshold = Float(Self.normalQuantile(1 - config.dropout))
         let p = Parameters(device: device, seed: seed)
         params = p
         let d = config.dModel, tok = config.tokenSize, pp2 = 2 * config.patchSize * config.patchSize
@@ -305,10 +308,8 @@ public final class NoiseARNet {
         guard training && config.dropout > 0 else { return x }
         dropoutCounter += 1
         let keep = 1 - config.dropout
-        // Keep where Phi(z) < keep, i.e. z below the normal quantile of `keep`.
-        let threshold = Float(Self.normalQuantile(keep))
         let z = Philox.normal(count: x.count, seed: dropoutSeed &+ dropoutStream, offset: dropoutCounter &* 0x1_0000_0000)
-        let mask = z.map { $0 < threshold ? Float(1 / keep) : 0 }
+        let mask = z.map { $0 < dropoutThreshold ? Float(1 / keep) : 0 }
         return try x * Tensor(mask, shape: x.shape, on: device)
     }
 

@@ -8,12 +8,6 @@ public enum NoisePriors {
     /// The shipped shapes-world NPNet (when present).
     public static let npnetFile = "shapes-npnet.safetensors"
 
-    /// Standard-normal draws of image b from Philox stream seed + b ([B, C, S, S]): the plain
-    /// Gaussian start that `sample --prior gaussian --seed` uses.
-    public static func gaussian(batch: Int, shape: [Int], seed: UInt64, on device: Device) throws -> Tensor {
-        try DiffusionSampler.gaussianNoise(count: batch, shape: shape, seed: seed, on: device)
-    }
-
     /// A NoiseAR sample for prompt embeddings `text` [B, T, D]; with `strength` below 1 it is
     /// blended by spherical interpolation with the Gaussian noise of the same draws
     /// (`eps` when given, else seed + b): 0 gives that Gaussian noise, 1 the prior's sample.
@@ -22,7 +16,7 @@ public enum NoisePriors {
                                progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
         try require(strength >= 0 && strength <= 1, "strength must be in [0, 1], got \(strength)")
         let b = text.shape.first ?? 0
-        let gaussian = strength < 1 ? try eps ?? Self.gaussian(batch: b, shape: net.config.latentShape, seed: seed, on: net.device) : nil
+        let gaussian = strength < 1 ? try eps ?? DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: seed, on: net.device) : nil
         let prior = strength > 0 ? try net.sample(text: text, temperature: temperature, seed: seed, eps: eps,
                                                   cached: cached, progress: progress) : nil
         switch (gaussian, prior) {
