@@ -83,6 +83,7 @@ struct BenchCommand: ParsableCommand {
                 let d = try open()
                 if seen.contains(d.info.id) { continue }
                 seen.insert(d.info.id)
+                try MemoryBudget.check(estimatedBytes(), on: d, what: "bench \(op.rawValue) at this size")
                 switch op {
                 case .gemm:
                     let s = size ?? 1024
@@ -136,6 +137,43 @@ struct BenchCommand: ParsableCommand {
                 print("share of one step on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
             }
         }
+    }
+
+    /// The op's working set (float32): inputs, outputs and the intermediates the reference
+    /// rows keep (host copies, im2col, attention scores), generously; nil when it overflows.
+    func estimatedBytes() -> UInt64? {
+        let p = MemoryBudget.product
+        let cols = size ?? 1024
+        let counts: [Int?]
+        switch op {
+        case .gemm:
+            let s = size ?? 1024, mm = m ?? s, nn = n ?? s, kk = k ?? s
+            // A, B, C on the device, their host copies and the packed panels.
+            counts = [p([3, mm, kk]), p([3, kk, nn]), p([3, mm, nn])]
+        case .attention:
+            counts = [p([4, batch, heads, tq, dim]), p([4, batch, heads, tk, dim]), p([3, batch, heads, tq, tk])]
+        case .conv2d:
+            let s = size ?? 32
+            counts = [p([3, batch, channels, s, s]), p([2, batch, channels, kernel, kernel, s, s]),
+                      p([3, batch, outChannels, s, s]), p([outChannels, channels, kernel, kernel])]
+        case .layernorm, .softmax:
+            counts = [p([4, rows, cols])]
+        case .svd:
+            let s = size ?? 256
+            counts = [p([6, batch, s, s])]
+        case .sampler:
+            return UNetConfig().estimatedSamplingBytes(batch: batch)
+        case .noisear, .npnet:
+            // The authors' SDXL sizes: weights and activations are dominated by the fixed model.
+            let s = size ?? 128
+            counts = [p([64, batchOption ?? 1, 4, s, s]), p([160_000_000])]
+        }
+        var ints: [Int] = []
+        for c in counts {
+            guard let c else { return nil }
+            ints.append(c)
+        }
+        return MemoryBudget.floatBytes(ints)
     }
 
     func printSVD(_ results: [SVDBenchResult]) throws {

@@ -22,6 +22,43 @@ struct NoiseARGPUCLI: ParsableCommand {
               NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
             """,
         subcommands: [Devices.self, BenchCommand.self, SampleCommand.self, NoiseCommand.self, ScoreCommand.self, CollectCommand.self, EvaluateCommand.self, TrainCommand.self, RewardCommand.self, RenderCommand.self])
+
+    /// Parses and runs; every error is one line on standard error (control characters escaped)
+    /// and a non-zero exit: 64 for a bad command line, 1 for a failure. `--help` and friends
+    /// print as usual.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            if let e = error as? ExitCode { Foundation.exit(e.rawValue) }
+            let raw = (error as? NoiseError)?.description ?? message(for: error)
+            let line = oneLine(raw.trimmingCharacters(in: .whitespacesAndNewlines))
+            FileHandle.standardError.write(Data("noisear-gpu: error: \(line)\n".utf8))
+            Foundation.exit(error is NoiseError ? 1 : code.rawValue)
+        }
+    }
+}
+
+/// A message as one line: line breaks become " | ", other control characters are escaped.
+func oneLine(_ text: String) -> String {
+    var out = ""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\n": out += " | "
+        case "\r": continue
+        case "\t": out += " "
+        default:
+            if scalar.properties.generalCategory == .control {
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out
 }
 
 /// Options every command takes.
@@ -36,13 +73,18 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
-/// Prints a library error as one line and exits non-zero.
+/// Runs a command's work; a library error or a bad value found at run time reaches `main`,
+/// which prints it as one line and exits non-zero (1).
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
+    } catch let e as CLIError {
+        throw NoiseError.invalidArgument(e.description)
     } catch let e as NoiseError {
-        FileHandle.standardError.write(Data("noisear-gpu: error: \(e.description)\n".utf8))
-        throw ExitCode(1)
+        throw e
+    } catch {
+        // Foundation and other errors: their own description, as one line.
+        throw NoiseError.io("\(error.localizedDescription)")
     }
 }
 

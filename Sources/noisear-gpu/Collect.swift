@@ -57,6 +57,10 @@ struct CollectCommand: ParsableCommand {
             throw CLIError("--candidates, --steps, --batch and --block must be at least 1")
         }
         if !(threshold >= 0 && threshold <= 1) { throw CLIError("--threshold must be in [0, 1]") }
+        // Candidate c of train prompt p uses seed + p * candidates + c.
+        let (starts, overflow) = PromptSplit.train.count.multipliedReportingOverflow(by: candidates)
+        if overflow { throw CLIError("--candidates \(candidates) is too large") }
+        try Seeds.check(seed, count: starts)
         if !(highCfg > lowCfg) { throw CLIError("--high-cfg must be above --low-cfg") }
         if inversionSteps < 2 { throw CLIError("--inversion-steps must be at least 2") }
         let kind = try SamplerKind.parse(sampler)
@@ -68,6 +72,50 @@ struct CollectCommand: ParsableCommand {
         var finishedBlocks: [Int]
         var sampled: Int
         var kept: Int
+        /// Starts kept per finished block (absent in progress files of earlier versions).
+        var keptPerBlock: [String: Int]?
+    }
+
+    /// The shard file of block k.
+    static func blockName(_ si: Int, _ sn: Int, _ k: Int) -> String {
+        "shard-\(si)-of-\(sn)-block-\(String(format: "%04d", k)).safetensors"
+    }
+
+    /// The blocks recorded as finished whose data is really there: a block that kept starts needs
+    /// its shard file, readable and of the recorded size. Others are dropped from `progress` (and
+    /// their counts taken off) so they are collected again; returns their numbers.
+    static func verifyFinished(_ progress: inout Progress, blocks: [[(Int, String)]], candidates: Int,
+                               dir: URL, si: Int, sn: Int) -> [Int] {
+        var redo: [Int] = []
+        var finished: [Int] = []
+        var kept = 0, sampled = 0
+        var perBlock: [String: Int] = [:]
+        for k in progress.finishedBlocks where k >= 0 && k < blocks.count {
+            let recorded = progress.keptPerBlock?[String(k)]
+            let url = dir.appendingPathComponent(blockName(si, sn, k))
+            let present: Int? = FileManager.default.fileExists(atPath: url.path) ? (try? NoiseDataset.read(url))?.count : nil
+            let ok: Bool
+            switch (recorded, present) {
+            case (let r?, let p?): ok = r == p
+            case (0?, nil): ok = !FileManager.default.fileExists(atPath: url.path)  // nothing kept, nothing written
+            case (nil, _?): ok = true  // earlier progress format: the file is the record
+            default: ok = false
+            }
+            if ok {
+                let n = present ?? 0
+                finished.append(k)
+                kept += n
+                perBlock[String(k)] = n
+                sampled += blocks[k].count * candidates
+            } else {
+                redo.append(k)
+            }
+        }
+        progress.finishedBlocks = finished
+        progress.kept = kept
+        progress.sampled = sampled
+        progress.keptPerBlock = perBlock
+        return redo
     }
 
     func run() throws {
@@ -103,8 +151,13 @@ struct CollectCommand: ParsableCommand {
             var prompts = try NoiseCollection.shard(PromptSplit.train, index: si, of: sn)
             if limit > 0 { prompts = Array(prompts.prefix(limit)) }
             let blocks = stride(from: 0, to: prompts.count, by: block).map { Array(prompts[$0..<min($0 + block, prompts.count)]) }
+            let redo = Self.verifyFinished(&progress, blocks: blocks, candidates: candidates, dir: dir, si: si, sn: sn)
+            if !redo.isEmpty {
+                note("block\(redo.count == 1 ? "" : "s") \(redo.map(String.init).joined(separator: ", ")) recorded as finished but \(redo.count == 1 ? "its shard file is" : "their shard files are") missing or unreadable: collecting again")
+            }
             let device = try options.open()
             let m = try TextToImageModel.load(url, device: device)
+            try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "collect --batch \(batch)")
             let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
             let total = prompts.count * candidates
             let done = Set(progress.finishedBlocks)
@@ -120,19 +173,19 @@ struct CollectCommand: ParsableCommand {
                     : try NoiseCollection.redenoise(model: m, prompts: prompts, candidates: candidates, baseSeed: seed,
                                                     settings: settings, batch: batch, highCFG: highCfg, lowCFG: lowCfg,
                                                     inversionSteps: inversionSteps, keepAll: keepAll, progress: report)
+                let blockURL = dir.appendingPathComponent(Self.blockName(si, sn, k))
                 if ds.count > 0 {
-                    try ds.file(metadata: ["settings": settingsKey, "software": "noisear-gpu"])
-                        .write(to: dir.appendingPathComponent("shard-\(si)-of-\(sn)-block-\(String(format: "%04d", k)).safetensors"))
+                    try ds.file(metadata: ["settings": settingsKey, "software": "noisear-gpu"]).write(to: blockURL)
+                } else {
+                    // A stale file of an earlier, interrupted attempt would contradict the record.
+                    try? FileManager.default.removeItem(at: blockURL)
                 }
                 finished += sampled
                 progress.finishedBlocks.append(k)
                 progress.sampled += sampled
                 progress.kept += ds.count
-                do {
-                    try JSONEncoder().encode(progress).write(to: progressURL, options: .atomic)
-                } catch {
-                    throw NoiseError.io("cannot write \(progressURL.path): \(error.localizedDescription)")
-                }
+                progress.keptPerBlock = (progress.keptPerBlock ?? [:]).merging([String(k): ds.count]) { _, n in n }
+                try OutputFile.write(try JSONEncoder().encode(progress), to: progressURL)
                 if bar.enabled == false && !quiet {
                     note("block \(k + 1)/\(blocks.count): kept \(ds.count) of \(sampled) (total kept \(progress.kept) of \(progress.sampled))")
                 }

@@ -33,6 +33,8 @@ struct EvaluateCommand: ParsableCommand {
         if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
         if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
         if !(temperature >= 0) || !(strength >= 0 && strength <= 1) { throw CLIError("--temperature must be >= 0 and --strength in [0, 1]") }
+        try Seeds.check(seed, count: seeds)
+        if try SamplerKind.parse(sampler) == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts images to noise; it does not sample") }
     }
 
     func run() throws {
@@ -42,10 +44,11 @@ struct EvaluateCommand: ParsableCommand {
             }
             let device = try options.open()
             let m = try TextToImageModel.load(url, device: device)
+            try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "evaluate --batch \(batch)")
             var prompts = split == .heldout ? PromptSplit.heldOut : PromptSplit.train
             if limit > 0 { prompts = Array(prompts.prefix(limit)) }
             let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
-            let seedList = (0..<UInt64(seeds)).map { seed + $0 }
+            let seedList = try Seeds.consecutive(from: seed, count: seeds)
             var source: NoiseSource? = nil
             var label = "gaussian noise"
             if prior == "noisear" {

@@ -2,19 +2,24 @@ import ArgumentParser
 import Foundation
 import NoiseARGPU
 
-/// Reads tensor `name` from a .safetensors file, or the array of a .npy file.
+/// Reads tensor `name` from a .safetensors file, or the array of a .npy file; NaN or infinite
+/// values are refused with the first bad index.
 func readTensor(_ path: String, _ name: String, what: String) throws -> HostTensor {
     let url = URL(fileURLWithPath: path)
-    if url.pathExtension.lowercased() == "npy" { return try NPY.read(url) }
-    let file = try SafeTensorsFile.read(url, skippingUnsupported: true)
-    guard let t = file[name] else {
-        throw NoiseError.invalidArgument("\(path): no tensor '\(name)' (\(what)); it has \(file.tensors.keys.sorted().prefix(8).joined(separator: ", "))")
+    let t: HostTensor
+    if url.pathExtension.lowercased() == "npy" {
+        t = try NPY.read(url)
+    } else {
+        t = try SafeTensorsFile.read(url, skippingUnsupported: true).tensor(name)
     }
+    try t.requireFinite("\(path): \(what) '\(name)'")
     return t
 }
 
 /// Writes named tensors: .safetensors keeps all (with metadata); .npy takes the first name.
+/// A NaN or infinity in a result is an error (naming the tensor), never a silent output.
 func writeTensors(_ tensors: [(String, HostTensor)], to path: String, metadata: [String: String]) throws {
+    for (name, t) in tensors { try t.requireFinite("the computed '\(name)' (not written to \(path))") }
     let url = URL(fileURLWithPath: path)
     if url.pathExtension.lowercased() == "npy" {
         guard let first = tensors.first else { return }
@@ -29,11 +34,6 @@ func writeTensors(_ tensors: [(String, HostTensor)], to path: String, metadata: 
     try file.write(to: url)
 }
 
-/// Checks that an output path has a supported extension and that its folder exists.
-func checkOutputPath(_ path: String) throws {
-    let ext = URL(fileURLWithPath: path).pathExtension.lowercased()
-    if ext != "safetensors" && ext != "npy" { throw CLIError("--out must end in .safetensors or .npy: \(path)") }
-}
 
 /// Options shared by `noise` and `score` for the NoiseAR prior.
 struct PriorOptions: ParsableArguments {
@@ -105,7 +105,7 @@ struct NoiseCommand: ParsableCommand {
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
-        try checkOutputPath(out)
+        try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors", "npy"])
         if priorOptions.prior == "npnet" && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
         if priorOptions.prior == "noisear" && (initNoise != nil || intermediates) {
             throw CLIError("--init-noise and --intermediates are for --prior npnet")
@@ -129,7 +129,8 @@ struct NoiseCommand: ParsableCommand {
             }
             x = try Tensor(h, on: device)
         } else {
-            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
+            let usedSeed = Seeds.resolve(seed)
+            try Seeds.check(usedSeed, count: b)
             note("seed \(usedSeed)")
             seedNote = String(usedSeed)
             x = try DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: usedSeed, on: device)
@@ -160,8 +161,11 @@ struct NoiseCommand: ParsableCommand {
                 }
                 epsTensor = try Tensor(e, on: device)
             }
-            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
-            if eps == nil { note("seed \(usedSeed)") }
+            let usedSeed = Seeds.resolve(seed)
+            if eps == nil {
+                try Seeds.check(usedSeed, count: b)
+                note("seed \(usedSeed)")
+            }
             let bar = ProgressBar(total: net.config.patches, label: "noise", quiet: quiet)
             let t0 = Date()
             let noise = try NoisePriors.noiseAR(net, text: text, seed: usedSeed, temperature: temperature, strength: strength,
@@ -194,9 +198,7 @@ struct ScoreCommand: ParsableCommand {
     func validate() throws {
         if priorOptions.prior != "noisear" { throw CLIError("score: --prior \(priorOptions.prior) has no likelihood; use noisear") }
         if !(temperature > 0) || !temperature.isFinite { throw CLIError("--temperature must be a positive number") }
-        if URL(fileURLWithPath: out).pathExtension.lowercased() != "safetensors" {
-            throw CLIError("--out must end in .safetensors (it holds mu, logvar and log_prob)")
-        }
+        try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors"])
     }
 
     func run() throws {

@@ -71,6 +71,7 @@ struct RenderCommand: ParsableCommand {
 
     func validate() throws {
         if !(1...32).contains(scale) { throw CLIError("--scale must be 1...32") }
+        try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["png"])
     }
 
     func run() throws {

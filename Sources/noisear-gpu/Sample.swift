@@ -44,7 +44,14 @@ struct SampleCommand: ParsableCommand {
         if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
+        if seed >= 0 { try Seeds.check(UInt64(seed), count: batch) }
+        let kind = try SamplerKind.parse(sampler)
+        if kind == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts an image to noise; it does not sample (use ddim, dpmpp2m, euler, euler-a or ddpm)") }
+        try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["png"])
     }
+
+    /// FILE-i.png for image i (with --individual).
+    func individualPath(_ i: Int) -> String { "\((out as NSString).deletingPathExtension)-\(i).png" }
 
     func run() throws {
         try runReportingErrors {
@@ -53,23 +60,27 @@ struct SampleCommand: ParsableCommand {
             guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
                 throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL (the shipped \(ShippedModels.diffusionFile) was not found)")
             }
-            // Fail on an unwritable output before spending time sampling.
-            try PNGImage(width: 1, height: 1, pixels: [0, 0, 0]).write(to: URL(fileURLWithPath: out))
+            // Fail on an unwritable output before spending time sampling (touching nothing).
+            if individual {
+                for i in 0..<batch { try OutputFile.checkWritable(URL(fileURLWithPath: individualPath(i))) }
+            }
             let device = try options.open()
             let m = try TextToImageModel.load(url, device: device, prefix: rawWeights ? "" : nil)
-            let usedSeed = seed >= 0 ? UInt64(seed) : UInt64.random(in: 0..<(1 << 31))
-            note("seed \(usedSeed)")
-            let seeds = (0..<UInt64(batch)).map { usedSeed &+ $0 }
-            let prompts = [String](repeating: facts.prompt, count: batch)
-            let noise: Tensor
+            try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "sample --batch \(batch)")
+            let source: NoiseSource
             if prior == "noisear" {
                 let net = try loadNoiseAR(weights: priorWeights, on: device)
-                noise = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)(prompts, seeds)
+                source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
             } else if prior == "npnet" {
-                noise = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)(prompts, seeds)
+                source = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)
             } else {
-                noise = try Evaluation.gaussian(on: device)(prompts, seeds)
+                source = Evaluation.gaussian(on: device)
             }
+            let usedSeed = Seeds.resolve(seed)
+            let seeds = try Seeds.consecutive(from: usedSeed, count: batch)
+            note("seed \(usedSeed)")
+            let prompts = [String](repeating: facts.prompt, count: batch)
+            let noise = try source(prompts, seeds)
             let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)
             let settings = SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras)
             let images = try DiffusionSampler.sample(model: m, prompts: prompts,
@@ -87,10 +98,9 @@ struct SampleCommand: ParsableCommand {
             grid.text = text
             try grid.write(to: URL(fileURLWithPath: out))
             if individual {
-                let base = (out as NSString).deletingPathExtension
                 for (i, var p) in pngs.enumerated() {
-                    p.text = text.merging(["seed": String(usedSeed + UInt64(i))]) { _, n in n }
-                    try p.write(to: URL(fileURLWithPath: "\(base)-\(i).png"))
+                    p.text = text.merging(["seed": String(seeds[i])]) { _, n in n }
+                    try p.write(to: URL(fileURLWithPath: individualPath(i)))
                 }
             }
             var scores: [String] = []

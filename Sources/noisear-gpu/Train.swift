@@ -32,6 +32,7 @@ struct TrainDiffusion: ParsableCommand {
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-diffusion.ckpt.safetensors"
     @Option(help: "Steps between checkpoints.") var checkpointEvery = 200
     @Flag(help: "Continue from --checkpoint.") var resume = false
+    @Flag(help: "Start over, replacing an existing --checkpoint.") var overwrite = false
     @Option(help: "Also write the EMA weights as a model file here at the end.") var export: String?
     @Flag(help: "No progress bar.") var quiet = false
 
@@ -44,6 +45,7 @@ struct TrainDiffusion: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
             var config = DiffusionModelConfig()
             config.predictionType = prediction
@@ -52,7 +54,6 @@ struct TrainDiffusion: ParsableCommand {
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.promptDropout = promptDropout; settings.emaDecay = emaDecay; settings.seed = seed
             let trainer = try DiffusionTrainer(model: model, settings: settings)
-            let ckpt = URL(fileURLWithPath: checkpoint)
             if resume {
                 try trainer.resume(from: ckpt)
                 note("resumed from \(checkpoint) at step \(trainer.step)")
@@ -118,6 +119,7 @@ struct TrainPrior: ParsableCommand {
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-noisear.ckpt.safetensors"
     @Option(help: "Steps between checkpoints and validation.") var checkpointEvery = 250
     @Flag(help: "Continue from --checkpoint.") var resume = false
+    @Flag(help: "Start over, replacing an existing --checkpoint.") var overwrite = false
     @Option(help: "Write the trained prior here at the end.") var export: String?
     @Flag(help: "No progress bar.") var quiet = false
 
@@ -133,6 +135,7 @@ struct TrainPrior: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
             var all = try NoiseDataset.load(URL(fileURLWithPath: data))
             let isValidation = PromptMirror.isValidation
@@ -159,7 +162,6 @@ struct TrainPrior: ParsableCommand {
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
             let trainer = try PriorTrainer(net: net, train: train, validation: validation, settings: settings)
-            let ckpt = URL(fileURLWithPath: checkpoint)
             if resume {
                 try trainer.resume(from: ckpt)
                 note("resumed from \(checkpoint) at step \(trainer.step)")
@@ -218,6 +220,7 @@ struct TrainNPNet: ParsableCommand {
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-npnet.ckpt.safetensors"
     @Option(help: "Steps between checkpoints and validation.") var checkpointEvery = 50
     @Flag(help: "Continue from --checkpoint.") var resume = false
+    @Flag(help: "Start over, replacing an existing --checkpoint.") var overwrite = false
     @Option(help: "Write the trained network here at the end.") var export: String?
     @Flag(help: "No progress bar.") var quiet = false
 
@@ -230,6 +233,7 @@ struct TrainNPNet: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
             let all = try NoiseDataset.load(URL(fileURLWithPath: data))
             let train = all.subset((0..<all.count).filter { !PromptMirror.isValidation(all.prompts[$0]) })
@@ -241,7 +245,6 @@ struct TrainNPNet: ParsableCommand {
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
             let trainer = try NPNetTrainer(net: net, train: train, validation: validation, settings: settings)
-            let ckpt = URL(fileURLWithPath: checkpoint)
             if resume {
                 try trainer.resume(from: ckpt)
                 note("resumed from \(checkpoint) at step \(trainer.step)")
@@ -262,6 +265,29 @@ struct TrainNPNet: ParsableCommand {
             }
         }
     }
+}
+
+/// The checkpoint file of a training run, checked before any work: `--resume` needs it, a fresh
+/// run refuses to replace it unless `--overwrite` is given (a checkpoint is hours of work), and
+/// temporary files of interrupted checkpoint writes are removed. The folder of `--export` must be
+/// writable too, so a long run cannot fail at its very end.
+func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String?) throws -> URL {
+    if resume && overwrite { throw CLIError("--resume and --overwrite exclude each other") }
+    let url = URL(fileURLWithPath: path)
+    let removed = OutputFile.removeStaleTemporaries(of: url)
+    if removed > 0 { note("removed \(removed) temporary file\(removed == 1 ? "" : "s") of an interrupted checkpoint write") }
+    var st = stat()
+    let exists = lstat(path, &st) == 0
+    if resume && !exists {
+        throw NoiseError.io("--resume: no checkpoint at \(path)")
+    }
+    if !resume && exists && !overwrite {
+        throw NoiseError.invalidArgument(
+            "\(path) exists (the checkpoint of an earlier run): pass --resume to continue it, --overwrite to start over, or another --checkpoint")
+    }
+    try OutputFile.checkWritable(url, option: "--checkpoint")
+    if let export { try OutputFile.checkWritable(URL(fileURLWithPath: export), extensions: ["safetensors"], option: "--export") }
+    return url
 }
 
 /// The loop shared by the prior trainers, from step `start` (a resumed run) to `steps`: `step` runs one optimisation step and returns (the

@@ -65,7 +65,7 @@ func runCLI(_ args: [String], environment extra: [String: String] = [:]) throws 
     @Test func unknownDeviceIsAOneLineError() throws {
         guard let r = try runCLI(["bench", "softmax", "--device", "tpu", "--rows", "4", "--size", "8"]) else { return }
         #expect(r.status != 0)
-        #expect(r.stderr.contains("unknown device 'tpu'"))
+        #expect(r.stderr.contains("unknown device \"tpu\""))
     }
 
     @Test func benchJSON() throws {

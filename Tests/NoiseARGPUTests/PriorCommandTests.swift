@@ -170,6 +170,20 @@ import Testing
         #expect(again.status != 0)
         guard let resumed = try runCLI(common + ["--resume"]) else { return }
         #expect(resumed.status == 0 && resumed.stderr.contains("2 of 2 blocks done"), "\(resumed.stderr)")
+        // A block recorded as finished whose shard file is gone is collected again on --resume.
+        let block0 = URL(fileURLWithPath: data).appendingPathComponent("shard-1-of-3-block-0000.safetensors")
+        let block0Before = try NoiseDataset.read(block0)
+        try FileManager.default.removeItem(at: block0)
+        guard let redone = try runCLI(common + ["--resume"]) else { return }
+        #expect(redone.status == 0 && redone.stderr.contains("block 0 recorded as finished")
+                    && redone.stdout.contains("kept 6 of 6"), "\(redone.stderr) \(redone.stdout)")
+        let block0After = try NoiseDataset.read(block0)
+        #expect(block0After.noise == block0Before.noise && block0After.prompts == block0Before.prompts)
+        // A shard file that no longer parses is redone too.
+        try Data("not a shard".utf8).write(to: block0)
+        guard let redone2 = try runCLI(common + ["--resume"]) else { return }
+        #expect(redone2.status == 0 && redone2.stderr.contains("collecting again"), "\(redone2.stderr)")
+        #expect(try NoiseDataset.read(block0).noise == block0Before.noise)
         let ds = try NoiseDataset.load(URL(fileURLWithPath: data))
         #expect(ds.count == 6 && ds.noise.shape == [6, 3, 32, 32] && ds.promptEmbeds.shape == [6, 12, 64])
         // Shard 1/3 takes train prompts 1 and 4; candidate seeds are consecutive per prompt.
@@ -184,6 +198,22 @@ import Testing
                      "--checkpoint", ckpt, "--checkpoint-every", "3", "--device", "cpu", "--batch", "4"]
         guard let t1 = try runCLI(train + ["--steps", "3"]) else { return }
         #expect(t1.status == 0, "\(t1.stderr)")
+        // Without --resume the checkpoint is never replaced; temporary files of an interrupted
+        // checkpoint write (of a process that is gone) are removed at the next start.
+        let ckptBytes = try Data(contentsOf: URL(fileURLWithPath: ckpt))
+        let stale = dir.appendingPathComponent(".prior.ckpt.safetensors.tmp-999999999-7")
+        let staleOld = dir.appendingPathComponent(".prior.ckpt.safetensors.\(UUID().uuidString).tmp")
+        try Data("partial".utf8).write(to: stale)
+        try Data("partial".utf8).write(to: staleOld)
+        guard let refused = try runCLI(train + ["--steps", "5"]) else { return }
+        #expect(refused.status != 0 && refused.stderr.contains("--resume") && refused.stderr.contains("--overwrite"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 2, "\(refused.stderr)")  // the clean-up notice and the error
+        #expect(try Data(contentsOf: URL(fileURLWithPath: ckpt)) == ckptBytes)
+        #expect(!FileManager.default.fileExists(atPath: stale.path) && !FileManager.default.fileExists(atPath: staleOld.path))
+        guard let both = try runCLI(train + ["--steps", "3", "--resume", "--overwrite"]) else { return }
+        #expect(both.status != 0)
+        guard let over = try runCLI(train + ["--steps", "3", "--overwrite"]) else { return }
+        #expect(over.status == 0, "\(over.stderr)")
         guard let t2 = try runCLI(train + ["--steps", "6", "--resume", "--export", out]) else { return }
         #expect(t2.status == 0 && t2.stderr.contains("resumed from") && t2.stdout.contains("validation NLL"), "\(t2.stderr)")
         guard let t3 = try runCLI(train + ["--steps", "6", "--checkpoint", dir.appendingPathComponent("fresh.safetensors").path]) else { return }

@@ -75,7 +75,7 @@ public final class Device {
             if s.hasPrefix("opencl:"), let n = Int(s.dropFirst("opencl:".count)) {
                 return Device(backend: try OpenCLBackend(index: n, environment: environment))
             }
-            throw NoiseError.device("unknown device '\(s)': expected auto, cpu, opencl or opencl:N")
+            throw NoiseError.device("unknown device \(Text.quoted(s, limit: 40)): expected auto, cpu, opencl or opencl:N")
         }
     }
 
@@ -114,7 +114,7 @@ public final class Device {
             if let h = hostCopies[id] {
                 host = h
             } else {
-                host = CPUBuffer(count: r.buffer.count)
+                host = try CPUBuffer(count: r.buffer.count)
                 try backend.download(BufRef(r.buffer), into: UnsafeMutableBufferPointer(start: host.pointer, count: host.count))
                 hostCopies[id] = host
             }

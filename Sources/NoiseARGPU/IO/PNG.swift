@@ -76,27 +76,10 @@ public struct PNGImage: Sendable, Equatable {
         return Data(bytes)
     }
 
-    /// Writes the PNG atomically: a temporary file in the same folder, flushed, then renamed over
-    /// `url`. Throws `io` naming the path when it cannot be written.
+    /// Writes the PNG by `OutputFile`'s rules: a regular file is replaced atomically, a device or
+    /// FIFO is written into. Throws `io` naming the path when it cannot be written.
     public func write(to url: URL) throws {
-        let data = try encoded()
-        let path = url.path
-        let dir = url.deletingLastPathComponent().path
-        let tmp = (dir.isEmpty ? "." : dir) + "/.\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        func failure(_ what: String) -> NoiseError {
-            .io("cannot write \(path): \(what): \(String(cString: strerror(errno)))")
-        }
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o644)
-        guard fd >= 0 else { throw failure("cannot create a temporary file in \(dir)") }
-        var failed: NoiseError?
-        if !writeAll(fd, data) { failed = failure("write failed") }
-        if failed == nil && fsync(fd) != 0 { failed = failure("fsync failed") }
-        if close(fd) != 0 && failed == nil { failed = failure("close failed") }
-        if failed == nil && rename(tmp, path) != 0 { failed = failure("rename failed") }
-        if let failed {
-            unlink(tmp)
-            throw failed
-        }
+        try OutputFile.write(try encoded(), to: url)
     }
 
     // MARK: Reading
@@ -313,21 +296,5 @@ public struct PNGImage: Sendable, Equatable {
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
         return m.isEmpty ? "unknown libpng error" : m
-    }
-}
-
-/// Writes all of `data` to a file descriptor, retrying short writes; false on error (see errno).
-private func writeAll(_ fd: Int32, _ data: Data) -> Bool {
-    data.withUnsafeBytes { raw in
-        var offset = 0
-        while offset < raw.count {
-            let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
-            offset += n
-        }
-        return true
     }
 }

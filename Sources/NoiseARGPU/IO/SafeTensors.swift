@@ -138,28 +138,10 @@ public struct SafeTensorsFile: Sendable {
         return out
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, then a rename.
+    /// Writes the file by `OutputFile`'s rules: a regular file is replaced atomically (temporary
+    /// file in the same folder, then a rename), a device or FIFO is written into.
     public func write(to url: URL, as storage: Storage = .f32) throws {
-        let bytes = try serialized(as: storage)
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
-        do {
-            try bytes.write(to: tmp, options: [.withoutOverwriting])
-        } catch {
-            try? FileManager.default.removeItem(at: tmp)
-            throw NoiseError.io("cannot write \(tmp.path): \(error.localizedDescription)")
-        }
-        let rc = tmp.withUnsafeFileSystemRepresentation { from in
-            url.withUnsafeFileSystemRepresentation { to -> Int32 in
-                guard let from, let to else { return -1 }
-                return rename(from, to)
-            }
-        }
-        if rc != 0 {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(at: tmp)
-            throw NoiseError.io("cannot rename \(tmp.path) to \(url.path): \(reason)")
-        }
+        try OutputFile.write(try serialized(as: storage), to: url)
     }
 
     public subscript(_ name: String) -> HostTensor? { tensors[name] }

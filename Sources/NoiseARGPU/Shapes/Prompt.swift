@@ -101,13 +101,13 @@ public struct PromptFacts: Sendable, Hashable, CustomStringConvertible {
         }
         for w in words where !PromptTokenizer.grammarWords.contains(w) {
             throw NoiseError.invalidArgument(
-                "unknown word '\(w)' in prompt \"\(text)\" (known words: \(PromptTokenizer.grammarWords.joined(separator: " ")))")
+                "unknown word \(Text.quoted(w, limit: 40, quote: "'")) in prompt \(Text.quoted(text)) (known words: \(PromptTokenizer.grammarWords.joined(separator: " ")))")
         }
         var i = 0
         func fail(_ what: String) -> NoiseError {
-            let after = i == 0 ? "at the start" : "after '\(words[0..<i].joined(separator: " "))'"
-            let found = i < words.count ? "found '\(words[i])'" : "found the end of the prompt"
-            return .invalidArgument("expected \(what) \(after) in prompt \"\(text)\", \(found)")
+            let after = i == 0 ? "at the start" : "after \(Text.quoted(words[0..<i].joined(separator: " "), limit: 60, quote: "'"))"
+            let found = i < words.count ? "found \(Text.quoted(words[i], limit: 40, quote: "'"))" : "found the end of the prompt"
+            return .invalidArgument("expected \(what) \(after) in prompt \(Text.quoted(text)), \(found)")
         }
         func object() throws -> PromptObject {
             guard i < words.count, words[i] == "a" || words[i] == "an" else { throw fail("'a'") }
@@ -151,11 +151,11 @@ public struct PromptFacts: Sendable, Hashable, CustomStringConvertible {
         let second = try object()
         guard i == words.count else {
             throw NoiseError.invalidArgument(
-                "unexpected '\(words[i...].joined(separator: " "))' after the end of prompt \"\(text)\" "
+                "unexpected \(Text.quoted(words[i...].joined(separator: " "), limit: 40, quote: "'")) after the end of prompt \(Text.quoted(text)) "
                     + "(a prompt names one object or two objects and a relation)")
         }
         guard first != second else {
-            throw NoiseError.invalidArgument("prompt \"\(text)\" names the same object twice (\(first.phrase))")
+            throw NoiseError.invalidArgument("prompt \(Text.quoted(text)) names the same object twice (\(first.phrase))")
         }
         return PromptFacts(unchecked: [first, second], relation: rel)
     }

@@ -6,9 +6,14 @@ public final class CPUBuffer: DeviceBuffer {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
     private let owned: Bool
-    init(count: Int) {
+    /// Fresh host memory; throws (instead of trapping) when the size overflows or malloc fails.
+    init(count: Int) throws {
+        let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
+        guard count >= 0, !overflow, let raw = malloc(bytes) else {
+            throw NoiseError.device("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
+        }
         self.count = count
-        pointer = .allocate(capacity: max(count, 1))
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         owned = true
     }
     /// A non-owning view of host memory (scratch work inside the backend).
@@ -17,7 +22,7 @@ public final class CPUBuffer: DeviceBuffer {
         self.count = count
         owned = false
     }
-    deinit { if owned { pointer.deallocate() } }
+    deinit { if owned { free(pointer) } }
 }
 
 /// The reference backend: plain Swift loops plus OpenBLAS for GEMM. Every other backend is
@@ -38,7 +43,7 @@ public final class CPUBackend: Backend {
 
     public func allocate(_ count: Int) throws -> any DeviceBuffer {
         try require(count >= 0, "negative allocation \(count)")
-        return CPUBuffer(count: count)
+        return try CPUBuffer(count: count)
     }
 
     @inline(__always)

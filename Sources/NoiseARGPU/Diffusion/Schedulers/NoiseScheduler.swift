@@ -51,7 +51,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         if let kind = aliases[key] { return kind }
         if let kind = SamplerKind(diffusersClassName: name) { return kind }
         let valid = SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")
-        throw NoiseError.invalidArgument("unknown sampler '\(name)' (expected one of: \(valid))")
+        throw NoiseError.invalidArgument("unknown sampler \(Text.quoted(name, limit: 40)) (expected one of: \(valid))")
     }
 }
 

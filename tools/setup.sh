@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages noisear-gpu builds and tests against (Debian/Ubuntu).
+# Works as root (no sudo needed) and as a user with sudo. .ci/run calls this same script.
+set -euo pipefail
+PACKAGES=(ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo
+          libopenblas-dev libpng-dev libssl-dev pkg-config)
+if [ "$(id -u)" = "0" ]; then
+    AS_ROOT=()
+elif command -v sudo >/dev/null 2>&1; then
+    AS_ROOT=(sudo)
+else
+    echo "setup.sh: run as root or install sudo (needs: apt-get install ${PACKAGES[*]})" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+${AS_ROOT[@]+"${AS_ROOT[@]}"} apt-get update
+${AS_ROOT[@]+"${AS_ROOT[@]}"} apt-get install -y --no-install-recommends "${PACKAGES[@]}"
