@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "NoiseARGPU", targets: ["NoiseARGPU"]),
         .executable(name: "noisear-gpu", targets: ["noisear-gpu"]),
+        // The C API (include/noisear.h): libnoisear.so for host pipelines (C, Python via ctypes).
+        .library(name: "noisear", type: .dynamic, targets: ["NoiseARCAPI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -39,6 +41,11 @@ let package = Package(
             path: "Sources/NoiseARGPU",
             exclude: ["Models/weights"],
             plugins: ["EmbedKernels"]),
+        // The C header's types for the Swift implementation of the C API.
+        .target(name: "CNoiseAR", path: "Sources/CNoiseAR"),
+        .target(
+            name: "NoiseARCAPI", dependencies: ["NoiseARGPU", "CNoiseAR"],
+            path: "Sources/NoiseARCAPI"),
         .executableTarget(
             name: "noisear-gpu",
             dependencies: [

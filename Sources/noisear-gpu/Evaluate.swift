@@ -30,7 +30,7 @@ struct EvaluateCommand: ParsableCommand {
 
     func validate() throws {
         if seeds < 1 || steps < 1 || batch < 1 || limit < 0 { throw CLIError("--seeds, --steps and --batch must be at least 1") }
-        if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
+        _ = try NoisePriorKind.parse(prior)
         if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
         if !(temperature >= 0) || !(strength >= 0 && strength <= 1) { throw CLIError("--temperature must be >= 0 and --strength in [0, 1]") }
         try Seeds.check(seed, count: seeds)
@@ -49,15 +49,13 @@ struct EvaluateCommand: ParsableCommand {
             if limit > 0 { prompts = Array(prompts.prefix(limit)) }
             let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
             let seedList = try Seeds.consecutive(from: seed, count: seeds)
-            var source: NoiseSource? = nil
-            var label = "gaussian noise"
-            if prior == "noisear" {
-                let net = try loadNoiseAR(weights: priorWeights, on: device)
-                source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
-                label = "NoiseAR prior (temperature \(temperature), strength \(strength))"
-            } else if prior == "npnet" {
-                source = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)
-                label = "NPNet golden noise"
+            let priorKind = try NoisePriorKind.parse(prior)
+            let source: NoiseSource? = priorKind == .gaussian ? nil
+                : try ShapesSampling.noiseSource(priorKind, path: priorWeights, model: m, temperature: temperature, strength: strength)
+            let label = switch priorKind {
+            case .gaussian: "gaussian noise"
+            case .noiseAR: "NoiseAR prior (temperature \(temperature), strength \(strength))"
+            case .npnet: "NPNet golden noise"
             }
             let runs = paired ? 2 : 1
             let bar = ProgressBar(total: prompts.count * seeds * runs, label: "evaluate", quiet: quiet)

@@ -38,37 +38,41 @@ func writeTensors(_ tensors: [(String, HostTensor)], to path: String, metadata: 
 /// Options shared by `noise` and `score` for the NoiseAR prior.
 struct PriorOptions: ParsableArguments {
     @Option(help: "Prior: noisear | npnet.") var prior = "noisear"
-    @Option(help: "Prior weights (.safetensors with the authors' key names; default: the shipped shapes-world prior).")
+    @Option(help: "Prior weights: .safetensors or the authors' .pth (default: the shipped shapes-world prior).")
     var weights: String?
     @Option(help: "Attention heads (not stored in the weights; default: the file's config, else 1).") var heads: Int?
+    @Option(help: "Prompt embeddings: .safetensors with `prompt_embeds` [B, T, D], or .npy.") var embeds: String?
+    @Option(help: "Shapes-world prompts instead of --embeds (repeat for a batch): embedded by the diffusion model's text encoder.")
+    var prompt: [String] = []
+    @Option(help: "With --prompt: the diffusion model (default: $NOISEAR_MODEL or the shipped one).") var model: String?
 
     func validate() throws {
-        if prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected noisear or npnet") }
+        _ = try NoisePriorKind.parse(prior, allowed: [.noiseAR, .npnet])
         if let heads, heads < 1 { throw CLIError("--heads must be at least 1") }
+        if (embeds == nil) == prompt.isEmpty { throw CLIError("pass either --embeds FILE or --prompt TEXT (repeatable)") }
+        for p in prompt { _ = try PromptFacts.parse(p) }
     }
 
-    func load(on device: Device) throws -> NoiseARNet { try loadNoiseAR(weights: weights, heads: heads, on: device) }
-}
+    var kind: NoisePriorKind { (try? NoisePriorKind.parse(prior)) ?? .noiseAR }
 
-/// An NPNet from a file, else the shipped shapes-world one ($NOISEAR_NPNET, the source tree, or
-/// beside the binary).
-func loadNPNet(weights: String?, on device: Device) throws -> NPNet {
-    guard let url = weights.map({ URL(fileURLWithPath: $0) })
-        ?? ShippedModels.locate(NoisePriors.npnetFile, variable: "NOISEAR_NPNET") else {
-        throw NoiseError.io("no NPNet weights: pass --prior-weights FILE or set NOISEAR_NPNET (no shipped \(NoisePriors.npnetFile) was found)")
+    /// The prior: --weights, else the shipped shapes-world prior of the kind.
+    func load(on device: Device) throws -> NoisePrior {
+        if let weights { return try NoisePrior.load(URL(fileURLWithPath: weights), device: device, expected: kind, heads: heads) }
+        return try NoisePrior.shapesWorld(kind, path: nil, device: device)
     }
-    return try NPNet.load(url, device: device)
-}
 
-/// The NoiseAR prior from a file, else the shipped one ($NOISEAR_PRIOR, the source tree, or
-/// beside the binary).
-func loadNoiseAR(weights: String?, heads: Int? = nil, on device: Device) throws -> NoiseARNet {
-    guard let url = weights.map({ URL(fileURLWithPath: $0) })
-        ?? ShippedModels.locate(NoisePriors.noiseARFile, variable: "NOISEAR_PRIOR") else {
-        throw NoiseError.io("no prior weights: pass --weights FILE or set NOISEAR_PRIOR (the shipped \(NoisePriors.noiseARFile) was not found)")
-    }
-    return try NoiseARNet.load(url, device: device) { c in
-        if let heads { c.nHeads = heads }
+    /// The prompt embeddings [B, T, D] (NaN or infinity refused).
+    func promptEmbeds(on device: Device) throws -> Tensor {
+        if let embeds {
+            let h = try readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]")
+            return try Tensor(h.data, shape: h.shape, on: device)
+        }
+        guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
+            throw NoiseError.io("--prompt needs the diffusion model's text encoder: pass --model FILE or set NOISEAR_MODEL")
+        }
+        let m = try TextToImageModel.load(url, device: device)
+        let facts = try prompt.map { try PromptFacts.parse($0).prompt }
+        return try device.noGrad { try m.encode(facts) }
     }
 }
 
@@ -77,8 +81,9 @@ struct NoiseCommand: ParsableCommand {
         commandName: "noise",
         abstract: "Prompt embeddings in, initial latents out: sample a learned noise prior.",
         discussion: """
-            EMBEDS holds `prompt_embeds` [B, T, D] (.safetensors, or a .npy array). OUT gets `noise`
-            [B, C, S, S] (.safetensors, or .npy).
+            --embeds holds `prompt_embeds` [B, T, D] (.safetensors, or a .npy array); or --prompt (repeatable)
+            embeds shapes-world prompts with the diffusion model's text encoder. OUT gets `noise`
+            [B, C, S, S] (.safetensors, or .npy). --weights takes .safetensors or the authors' .pth.
             noisear: image b draws its standard normals from Philox stream seed + b (the same numbers on
             every device), or replays them from --eps (tensor `eps`, the latent's shape) for exact
             comparison with another implementation.
@@ -89,7 +94,6 @@ struct NoiseCommand: ParsableCommand {
 
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions
-    @Option(help: "Prompt embeddings: .safetensors with `prompt_embeds` [B, T, D], or .npy.") var embeds: String
     @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
     @Option(help: "Sampling temperature (scale of the predicted standard deviation).") var temperature: Float = 0.5
     @Option(help: "Blend with the Gaussian noise of the same draws: 0 Gaussian, 1 prior (spherical).") var strength: Float = 1
@@ -113,12 +117,8 @@ struct NoiseCommand: ParsableCommand {
     }
 
     /// NPNet: initial noise in, golden noise (and optionally the intermediates) out.
-    func runNPNet(_ device: Device) throws {
-        guard let w = priorOptions.weights else {
-            throw NoiseError.io("--prior npnet needs --weights FILE (an NPNet checkpoint with the authors' key names)")
-        }
-        let net = try NPNet.load(URL(fileURLWithPath: w), device: device)
-        let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
+    func runNPNet(_ net: NPNet, _ device: Device) throws {
+        let text = try priorOptions.promptEmbeds(on: device)
         let b = text.shape.first ?? 0
         let x: Tensor
         var seedNote = "init-noise"
@@ -127,7 +127,7 @@ struct NoiseCommand: ParsableCommand {
             if h.shape != [b] + net.config.latentShape {
                 throw NoiseError.shapeMismatch("\(initNoise): noise \(h.shape) does not match \([b] + net.config.latentShape) for \(b) prompts")
             }
-            x = try Tensor(h, on: device)
+            x = try Tensor(h.data, shape: h.shape, on: device)
         } else {
             let usedSeed = Seeds.resolve(seed)
             try Seeds.check(usedSeed, count: b)
@@ -149,9 +149,12 @@ struct NoiseCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let device = try options.open()
-            if priorOptions.prior == "npnet" { return try runNPNet(device) }
-            let net = try priorOptions.load(on: device)
-            let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
+            let prior = try priorOptions.load(on: device)
+            guard case .noiseAR(let net) = prior else {
+                guard case .npnet(let npnet) = prior else { return }
+                return try runNPNet(npnet, device)
+            }
+            let text = try priorOptions.promptEmbeds(on: device)
             let b = text.shape.first ?? 0
             var epsTensor: Tensor? = nil
             if let eps {
@@ -159,7 +162,7 @@ struct NoiseCommand: ParsableCommand {
                 if e.shape != [b] + net.config.latentShape {
                     throw NoiseError.shapeMismatch("\(eps): eps \(e.shape) does not match the latent \([b] + net.config.latentShape)")
                 }
-                epsTensor = try Tensor(e, on: device)
+                epsTensor = try Tensor(e.data, shape: e.shape, on: device)
             }
             let usedSeed = Seeds.resolve(seed)
             if eps == nil {
@@ -190,7 +193,6 @@ struct ScoreCommand: ParsableCommand {
 
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions
-    @Option(help: "Prompt embeddings: .safetensors with `prompt_embeds` [B, T, D], or .npy.") var embeds: String
     @Option(help: "Noises: .safetensors with `noise` [B, C, S, S], or .npy.") var noise: String
     @Option(help: "Temperature of the density.") var temperature: Float = 1
     @Option(help: "Output .safetensors (`mu`, `logvar`, `log_prob`).") var out: String
@@ -204,9 +206,12 @@ struct ScoreCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let device = try options.open()
-            let net = try priorOptions.load(on: device)
-            let text = try Tensor(readTensor(embeds, "prompt_embeds", what: "prompt embeddings [B, T, D]"), on: device)
-            let x = try Tensor(readTensor(noise, "noise", what: "noises [B, C, S, S]"), on: device)
+            guard case .noiseAR(let net) = try priorOptions.load(on: device) else {
+                throw NoiseError.unsupported("an NPNet has no likelihood; score takes a NoiseAR prior")
+            }
+            let text = try priorOptions.promptEmbeds(on: device)
+            let noiseHost = try readTensor(noise, "noise", what: "noises [B, C, S, S]")
+            let x = try Tensor(noiseHost.data, shape: noiseHost.shape, on: device)
             let (mu, lv, lp) = try device.noGrad {
                 let (mu, lv) = try net.predict(noise: x, text: text)
                 return (mu, lv, try net.logProb(noise: x, text: text, temperature: temperature))

@@ -30,6 +30,8 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Images to sample.") var batch = 1
     @Option(help: "Model file (a training checkpoint loads its EMA weights).") var model: String?
     @Flag(help: "With a training checkpoint: use the raw weights instead of the EMA.") var rawWeights = false
+    @Option(help: "Sample from this initial noise instead: .safetensors with `noise` [B, 3, 32, 32], or .npy.")
+    var initNoise: String?
     @Option(help: "Output PNG.") var out = "sample.png"
     @Flag(help: "Also write one PNG per image.") var individual = false
     @Option(help: "Upscale factor of the written PNG (nearest).") var scale = 1
@@ -41,7 +43,8 @@ struct SampleCommand: ParsableCommand {
         if !(cfg >= 0) || !cfg.isFinite { throw CLIError("--cfg must be a non-negative number") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
-        if prior != "gaussian" && prior != "noisear" && prior != "npnet" { throw CLIError("--prior \(prior): expected gaussian, noisear or npnet") }
+        _ = try NoisePriorKind.parse(prior)
+        if initNoise != nil && prior != "gaussian" { throw CLIError("--init-noise replaces the prior's noise: leave --prior at gaussian") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
         if seed >= 0 { try Seeds.check(UInt64(seed), count: batch) }
@@ -56,7 +59,7 @@ struct SampleCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let kind = try SamplerKind.parse(sampler)
-            let facts = try PromptFacts.parse(prompt)
+            let priorKind = try NoisePriorKind.parse(prior)
             guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
                 throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL (the shipped \(ShippedModels.diffusionFile) was not found)")
             }
@@ -66,46 +69,49 @@ struct SampleCommand: ParsableCommand {
             }
             let device = try options.open()
             let m = try TextToImageModel.load(url, device: device, prefix: rawWeights ? "" : nil)
+            var request = ShapesSampleRequest(prompt: prompt, seed: 0, batch: batch,
+                                              settings: SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras),
+                                              prior: priorKind, priorPath: priorWeights, temperature: temperature, strength: strength)
+            try request.validate()
             try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "sample --batch \(batch)")
             let source: NoiseSource
-            if prior == "noisear" {
-                let net = try loadNoiseAR(weights: priorWeights, on: device)
-                source = try NoisePriors.noiseAR(net, model: m, temperature: temperature, strength: strength)
-            } else if prior == "npnet" {
-                source = try NoisePriors.npnet(loadNPNet(weights: priorWeights, on: device), model: m)
+            if let initNoise {
+                let given = try readTensor(initNoise, "noise", what: "initial noise [B, 3, 32, 32]")
+                let want = [batch, 3, Scene.size, Scene.size]
+                guard given.shape == want else {
+                    throw NoiseError.shapeMismatch("\(initNoise): noise \(given.shape) does not match \(want) for --batch \(batch)")
+                }
+                let t = try Tensor(given.data, shape: given.shape, on: device)
+                source = { _, _ in t }
             } else {
-                source = Evaluation.gaussian(on: device)
+                source = try ShapesSampling.noiseSource(priorKind, path: priorWeights, model: m,
+                                                        temperature: temperature, strength: strength)
             }
-            let usedSeed = Seeds.resolve(seed)
-            let seeds = try Seeds.consecutive(from: usedSeed, count: batch)
-            note("seed \(usedSeed)")
-            let prompts = [String](repeating: facts.prompt, count: batch)
-            let noise = try source(prompts, seeds)
+            request.seed = Seeds.resolve(seed)
+            try Seeds.check(request.seed, count: batch)
+            note("seed \(request.seed)")
             let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)
-            let settings = SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras)
-            let images = try DiffusionSampler.sample(model: m, prompts: prompts,
-                                                     noise: noise, seed: usedSeed, settings: settings) { done, total in
+            let result = try ShapesSampling.sample(request, model: m, source: source) { done, _ in
                 bar.update(done)
                 return true
             }
-            let rgbs = try DiffusionSampler.rgb(images)
-            let text = ["prompt": facts.prompt, "seed": String(usedSeed), "sampler": kind.rawValue, "steps": String(steps),
-                        "cfg": String(cfg), "karras": String(karras),
-                        "prior": prior == "noisear" ? "noisear (temperature \(temperature), strength \(strength))" : prior, "device": device.info.id,
+            let priorText = initNoise != nil ? "init-noise \(URL(fileURLWithPath: initNoise ?? "").lastPathComponent)"
+                : priorKind == .noiseAR ? "noisear (temperature \(temperature), strength \(strength))" : priorKind.rawValue
+            let text = ["prompt": result.prompt, "seed": String(request.seed), "sampler": kind.rawValue, "steps": String(steps),
+                        "cfg": String(cfg), "karras": String(karras), "prior": priorText, "device": device.info.id,
                         "model": url.lastPathComponent, "software": "noisear-gpu"]
-            let pngs = try rgbs.map { try PNGImage(width: Scene.size, height: Scene.size, pixels: $0).scaled(by: scale) }
+            let pngs = try result.images.map { try PNGImage(width: result.size, height: result.size, pixels: $0).scaled(by: scale) }
             var grid = try PNGImage.grid(pngs, columns: min(batch, 8), spacing: 2 * scale)
             grid.text = text
             try grid.write(to: URL(fileURLWithPath: out))
             if individual {
                 for (i, var p) in pngs.enumerated() {
-                    p.text = text.merging(["seed": String(seeds[i])]) { _, n in n }
+                    p.text = text.merging(["seed": String(result.seeds[i])]) { _, n in n }
                     try p.write(to: URL(fileURLWithPath: individualPath(i)))
                 }
             }
-            var scores: [String] = []
-            for rgb in rgbs { scores.append(String(format: "%.2f", try Reward.evaluate(image: rgb, prompt: facts.prompt).score)) }
-            print("wrote \(out) (\(batch) image\(batch == 1 ? "" : "s"), seed \(usedSeed), prompt fidelity \(scores.joined(separator: " ")))")
+            let scores = result.scores.map { String(format: "%.2f", $0) }.joined(separator: " ")
+            print("wrote \(out) (\(batch) image\(batch == 1 ? "" : "s"), seed \(request.seed), prompt fidelity \(scores))")
         }
     }
 }

@@ -18,6 +18,8 @@ public enum NoiseError: Error, CustomStringConvertible, LocalizedError, Equatabl
     case device(String)
     /// An operation is not supported by any backend.
     case unsupported(String)
+    /// A progress callback asked to stop.
+    case cancelled(String)
 
     public var description: String {
         switch self {
@@ -31,6 +33,7 @@ public enum NoiseError: Error, CustomStringConvertible, LocalizedError, Equatabl
             return "OpenCL program \(program) failed to build (options: \(options)):\n\(trimmed)"
         case .device(let m): return "device error: \(m)"
         case .unsupported(let m): return "unsupported: \(m)"
+        case .cancelled(let m): return "cancelled: \(m)"
         }
     }
 

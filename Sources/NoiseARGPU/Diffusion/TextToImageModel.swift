@@ -156,7 +156,7 @@ public enum DiffusionSampler {
                     stepNoise = b == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
                 }
                 x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: stepNoise)
-                if !progress(i + 1, ts.count) { throw NoiseError.invalidArgument("sampling cancelled at step \(i + 1)") }
+                if !progress(i + 1, ts.count) { throw NoiseError.cancelled("sampling stopped at step \(i + 1) of \(ts.count)") }
             }
             return x
         }

@@ -385,7 +385,7 @@ public final class NoiseARNet {
     /// `cached` keeps every layer's self-attention keys and values and computes the text's
     /// cross-attention keys and values once; uncached re-runs the prefix for every patch.
     public func sample(text: Tensor, temperature: Float = 0.5, seed: UInt64 = 0, eps: Tensor? = nil,
-                       cached: Bool = true, progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
+                       cached: Bool = true, progress: (Int, Int) throws -> Void = { _, _ in }) throws -> Tensor {
         try require(temperature >= 0 && temperature.isFinite, "temperature must be non-negative, got \(temperature)")
         let c = config, b = text.shape.first ?? 0
         if let eps {
@@ -418,7 +418,7 @@ public final class NoiseARNet {
                     try be.samplePatch(d, mu: r[0], logvar: r[1], eps: eps != nil ? r[4] : nil, latent: r[2], token: r[3])
                 }
                 tokens.append(token)
-                progress(i + 1, c.patches)
+                try progress(i + 1, c.patches)
             }
             return latent
         }

@@ -13,7 +13,7 @@ public enum NoisePriors {
     /// (`eps` when given, else seed + b): 0 gives that Gaussian noise, 1 the prior's sample.
     public static func noiseAR(_ net: NoiseARNet, text: Tensor, seed: UInt64, temperature: Float = 0.5,
                                strength: Float = 1, eps: Tensor? = nil, cached: Bool = true,
-                               progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
+                               progress: (Int, Int) throws -> Void = { _, _ in }) throws -> Tensor {
         try require(strength >= 0 && strength <= 1, "strength must be in [0, 1], got \(strength)")
         let b = text.shape.first ?? 0
         let gaussian = strength < 1 ? try eps ?? DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: seed, on: net.device) : nil

@@ -1,0 +1,1 @@
+../../../include/noisear.h
