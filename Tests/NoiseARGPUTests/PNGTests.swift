@@ -102,6 +102,24 @@ import Testing
         }
     }
 
+    /// Headers declaring huge images (up to 2^31 - 1 per side, libpng's own limit) are refused
+    /// with a one-line `io` error naming the file, before any pixel memory is allocated.
+    @Test func hugeDeclaredDimensionsAreRefused() throws {
+        let row: [UInt8] = [1, 2, 3]
+        for (w, h) in [(100_000, 1), (1, 100_000), (40_000, 40_000), (30_000, 30_000), (20_000, 20_000),
+                       (Int(Int32.max), Int(Int32.max)), (Int(Int32.max), 1), (Int(UInt32.max), 1), (0, 5), (5, 0)] {
+            let data = try buildPNG(width: w, height: h, colorType: 2, depth: 8, rows: [row])
+            do {
+                _ = try PNGImage.decode(data, source: "huge-\(w)x\(h).png")
+                Issue.record("a \(w)x\(h) PNG header was accepted")
+            } catch let NoiseError.io(message) {
+                #expect(message.contains("huge-\(w)x\(h).png") && !message.contains("\n"), "\(message)")
+            } catch {
+                Issue.record("\(w)x\(h): unexpected error \(error)")
+            }
+        }
+    }
+
     /// Gray, gray+alpha, palette, 16-bit and RGBA files come back as 8-bit RGB, with tEXt, zTXt
     /// and iTXt chunks.
     @Test func readsOtherKinds() throws {

@@ -143,6 +143,20 @@ private let malformedCases: [MalformedSafeTensorsCase] = {
         t("shape overflow", #"{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,4]}"#,
           "'w'", "too many"),
         t("byte size overflow", #"{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,4]}"#, "'w'"),
+        // Empty tensors whose other dimensions overflow: callers multiply dimensions, so these
+        // are refused too.
+        t("empty, other dims overflow", #"{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}"#,
+          data: [], "'w'", "overflow"),
+        t("empty in the middle, dims overflow", #"{"dtype":"F16","shape":[4294967296,0,4294967296],"data_offsets":[0,0]}"#,
+          data: [], "'w'", "overflow"),
+        t("byte size overflow F32", #"{"dtype":"F32","shape":[2305843009213693952,2],"data_offsets":[0,4]}"#, "'w'"),
+        t("dimension Int.max", #"{"dtype":"BF16","shape":[9223372036854775807],"data_offsets":[0,4]}"#, "'w'"),
+        t("end Int.max", #"{"dtype":"F32","shape":[1],"data_offsets":[0,9223372036854775807]}"#, "'w'", "beyond"),
+        t("begin and end Int.max", #"{"dtype":"F32","shape":[0],"data_offsets":[9223372036854775807,9223372036854775807]}"#,
+          "'w'", "beyond"),
+        t("offset UInt64.max", #"{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}"#, "'w'", "data_offsets"),
+        t("offset beyond UInt64", #"{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551616]}"#, "'w'", "data_offsets"),
+        t("offset in exponent notation", #"{"dtype":"F32","shape":[1],"data_offsets":[0,4e0]}"#, "'w'", "data_offsets"),
         t("missing data_offsets", #"{"dtype":"F32","shape":[1]}"#, "'w'", "data_offsets"),
         t("data_offsets not an array", #"{"dtype":"F32","shape":[1],"data_offsets":4}"#, "'w'", "data_offsets"),
         t("one offset", #"{"dtype":"F32","shape":[1],"data_offsets":[4]}"#, "'w'", "data_offsets"),
@@ -372,6 +386,21 @@ struct SafeTensorsTests {
         _ = safetensorsError { _ = try SafeTensorsFile.parse(badSize, skippingUnsupported: true) }
     }
 
+    /// A tensor skipped for its dtype is reported as such by `tensor(_:)`, not as missing.
+    @Test func skippedTensorIsNamedWithItsDtype() throws {
+        let data = buildFile([
+            RawTensor(name: "prompt_embeds", dtype: "I32", shape: [2], bytes: leBytes([Int32(1), 2])),
+            RawTensor(name: "noise", dtype: "F32", shape: [1], bytes: leBytes([Float(1).bitPattern])),
+        ])
+        let file = try SafeTensorsFile.parse(data, source: "embeds.safetensors", skippingUnsupported: true)
+        #expect(file["prompt_embeds"] == nil)
+        #expect(file.dtypes["prompt_embeds"] == "I32")
+        let message = safetensorsError { _ = try file.tensor("prompt_embeds") }
+        #expect(message == "embeds.safetensors: tensor 'prompt_embeds' exists with unsupported dtype I32 (supported: F32, F16, BF16, F64)",
+                "\(message ?? "")")
+        #expect(try file.tensor("noise").data == [1])
+    }
+
     @Test func missingTensorErrorListsAvailableNames() throws {
         let file = try SafeTensorsFile.parse(try sampleFile().serialized(), source: "model.safetensors")
         let message = safetensorsError { _ = try file.tensor("encoder.0.wieght") }
@@ -411,15 +440,24 @@ struct SafeTensorsTests {
             RawTensor(name: "d", dtype: "F64", shape: [2], bytes: leBytes([Double(1e-3).bitPattern, Double.nan.bitPattern])),
             RawTensor(name: "f", dtype: "F32", shape: [], bytes: leBytes([Float(9).bitPattern])),
         ], metadata: ["config": "{}"])
+        // A third seed file with empty tensors, whose dimensions the number mutation can blow up.
+        let empty = buildFile([
+            RawTensor(name: "e", dtype: "F32", shape: [0, 3, 5], bytes: []),
+            RawTensor(name: "g", dtype: "F16", shape: [7, 0, 2], bytes: []),
+            RawTensor(name: "f", dtype: "F32", shape: [2], bytes: leBytes([Float(1).bitPattern, Float(2).bitPattern])),
+        ])
         let structural = Array(#"{}[]",:0123456789-.eE tfnul"#.utf8)
+        // Numbers that overflow Int (or its products with other dimensions / dtype sizes).
+        let hostile = ["9223372036854775807", "9223372036854775808", "18446744073709551615", "4294967296",
+                       "4611686018427387904", "2305843009213693952", "-1", "1e400", "0", "3037000500"]
 
         var accepted = 0, rejected = 0
         for iteration in 0..<3000 {
-            var bytes = [UInt8](iteration % 4 == 3 ? mixed : base)
+            var bytes = [UInt8](iteration % 4 == 3 ? mixed : iteration % 4 == 2 ? empty : base)
             let headerEnd = 8 + Int(bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
             let mutations = 1 + rng.below(3)
             for _ in 0..<mutations where !bytes.isEmpty {
-                switch rng.below(8) {
+                switch rng.below(10) {
                 case 0:  // flip bits in the header
                     let i = 8 + rng.below(max(1, min(headerEnd, bytes.count) - 8))
                     if i < bytes.count { bytes[i] ^= UInt8(1) << UInt8(rng.below(8)) }
@@ -441,6 +479,29 @@ struct SafeTensorsTests {
                 case 6:  // a JSON-significant character somewhere in the header
                     let i = 8 + rng.below(max(1, min(headerEnd, bytes.count) - 8))
                     if i < bytes.count { bytes[i] = structural[rng.below(structural.count)] }
+                case 8, 9:  // replace a number of the header (a dimension, an offset) with a hostile one
+                    let end = min(headerEnd, bytes.count)
+                    var runs: [Range<Int>] = []
+                    var i = 8
+                    while i < end {
+                        if (48...57).contains(bytes[i]) {
+                            var j = i
+                            while j < end && (48...57).contains(bytes[j]) { j += 1 }
+                            runs.append(i..<j)
+                            i = j
+                        } else {
+                            i += 1
+                        }
+                    }
+                    guard !runs.isEmpty else { break }
+                    let run = runs[rng.below(runs.count)]
+                    let replacement = Array(hostile[rng.below(hostile.count)].utf8)
+                    bytes.replaceSubrange(run, with: replacement)
+                    // Keep the header length field in step so the JSON still parses.
+                    if run.upperBound <= headerEnd {
+                        let newLength = UInt64(headerEnd - 8 + replacement.count - run.count)
+                        withUnsafeBytes(of: newLength.littleEndian) { for k in 0..<8 { bytes[k] = $0[k] } }
+                    }
                 default:  // delete a run of bytes
                     let start = rng.below(bytes.count)
                     bytes.removeSubrange(start..<min(bytes.count, start + 1 + rng.below(8)))
@@ -450,7 +511,16 @@ struct SafeTensorsTests {
                 let file = try SafeTensorsFile.parse(Data(bytes), source: "fuzz#\(iteration)")
                 accepted += 1
                 for (name, t) in file.tensors {
-                    #expect(t.shape.reduce(1, *) == t.data.count, "fuzz#\(iteration) \(name)")
+                    // Every accepted shape multiplies out without overflow, empty or not.
+                    var product = 1, overflow = false, zero = false
+                    for d in t.shape {
+                        if d == 0 { zero = true; continue }
+                        let (r, o) = product.multipliedReportingOverflow(by: d)
+                        if o { overflow = true; break }
+                        product = r
+                    }
+                    #expect(!overflow && t.shape.allSatisfy { $0 >= 0 }, "fuzz#\(iteration) \(name) \(t.shape)")
+                    #expect(overflow || (zero ? 0 : product) == t.data.count, "fuzz#\(iteration) \(name)")
                 }
             } catch let error as NoiseError {
                 rejected += 1

@@ -39,6 +39,32 @@ public struct DiffusionModelConfig: Codable, Sendable, Equatable {
         return c
     }
 
+    /// Throws `invalidArgument` naming the first field out of range (`unet.heads`,
+    /// `text.hiddenSize`, `betaStart`, ...); `source` names the file (or model) in the message.
+    public func validate(source: String = "diffusion model") throws {
+        let c = ConfigCheck(source: source)
+        try unet.validate(c.nested("unet."))
+        try text.validate(c.nested("text."))
+        if unet.crossAttentionDim != text.hiddenSize {
+            throw c.error("unet.crossAttentionDim", "\(unet.crossAttentionDim)",
+                          "must equal text.hiddenSize = \(text.hiddenSize)")
+        }
+        let words = PromptTokenizer.vocabulary.count
+        if text.vocabSize < words {
+            throw c.error("text.vocabSize", "\(text.vocabSize)",
+                          "must be at least \(words) (the prompt tokenizer's vocabulary)")
+        }
+        try c.int("numTrainTimesteps", numTrainTimesteps, min: 2, max: 1_000_000)
+        try c.float("betaStart", betaStart, "must lie in (0, 1)") { $0 > 0 && $0 < 1 }
+        try c.float("betaEnd", betaEnd, "must lie in (0, 1)") { $0 > 0 && $0 < 1 }
+        if BetaSchedule(rawValue: betaSchedule) == nil {
+            throw c.error("betaSchedule", "\"\(betaSchedule)\"", "must be \"linear\" or \"scaled_linear\"")
+        }
+        if PredictionType(rawValue: predictionType) == nil {
+            throw c.error("predictionType", "\"\(predictionType)\"", "must be \"epsilon\" or \"v_prediction\"")
+        }
+    }
+
     public func jsonString() throws -> String {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -65,8 +91,7 @@ public final class TextToImageModel {
 
     /// A freshly initialised model.
     public init(config: DiffusionModelConfig, device: Device, seed: UInt64 = 0) throws {
-        try require(config.unet.crossAttentionDim == config.text.hiddenSize,
-                    "UNet cross-attention dim \(config.unet.crossAttentionDim) != text width \(config.text.hiddenSize)")
+        try config.validate()
         self.config = config
         params = Parameters(device: device, seed: seed)
         textEncoder = try TextEncoder(params, config: config.text)
@@ -76,12 +101,19 @@ public final class TextToImageModel {
     /// Loads a model file (config from its `config` metadata). A training checkpoint loads its
     /// EMA weights unless `prefix` selects another set ("" for the raw weights).
     public static func load(_ url: URL, device: Device, prefix: String? = nil) throws -> TextToImageModel {
-        let file = try SafeTensorsFile.read(url)
+        try load(SafeTensorsFile.read(url), device: device, prefix: prefix)
+    }
+
+    /// Loads a model from a parsed file (`file.source` names it in errors). The config is
+    /// validated before anything is allocated; every loaded weight must be finite.
+    public static func load(_ file: SafeTensorsFile, device: Device, prefix: String? = nil) throws -> TextToImageModel {
         let prefix = prefix ?? (file.metadata["kind"] == "checkpoint" ? "ema." : "")
         guard let json = file.metadata["config"] else {
-            throw NoiseError.invalidArgument("\(url.path): no `config` metadata: not a noisear-gpu diffusion model")
+            throw NoiseError.invalidArgument("\(file.source): no `config` metadata: not a noisear-gpu diffusion model")
         }
-        let model = try TextToImageModel(config: DiffusionModelConfig.parse(json: json, source: url.path), device: device)
+        let config = try DiffusionModelConfig.parse(json: json, source: file.source)
+        try config.validate(source: file.source)
+        let model = try TextToImageModel(config: config, device: device)
         try model.params.load(file, prefix: prefix, allowUnexpected: !prefix.isEmpty || file.metadata["kind"] == "checkpoint")
         return model
     }

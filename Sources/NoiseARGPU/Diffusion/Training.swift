@@ -112,7 +112,10 @@ public final class DiffusionTrainer {
         }
         try model.params.load(file, allowUnexpected: true)
         for name in model.params.names {
-            if let e = file["ema." + name], let t = ema[name] { try t.assign(Tensor(e, on: model.device)) }
+            if let e = file["ema." + name], let t = ema[name] {
+                try e.requireFinite("ema." + name, in: file.source)
+                try t.assign(Tensor(e, on: model.device))
+            }
         }
         try optimizer.restore(step: adamStep, from: file, params: model.params)
         step = s

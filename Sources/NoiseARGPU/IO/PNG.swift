@@ -116,16 +116,21 @@ public struct PNGImage: Sendable, Equatable {
                 throw NoiseError.io("\(source): corrupt PNG: \(message(&image))")
             }
             let w = Int(image.width), h = Int(image.height)
-            guard w > 0, h > 0, w <= maxDimension, h <= maxDimension, w * h <= maxPixels else {
+            // Overflow-checked: the limits keep these small, but a hostile header must never trap.
+            let (count, overflow) = w.multipliedReportingOverflow(by: h)
+            let (bytes, overflow3) = count.multipliedReportingOverflow(by: 3)
+            let (rowBytes, overflowRow) = w.multipliedReportingOverflow(by: 3)
+            guard w > 0, h > 0, w <= maxDimension, h <= maxDimension, !overflow, !overflow3, !overflowRow,
+                  count <= maxPixels, rowBytes <= Int(Int32.max) else {
                 png_image_free(&image)
                 throw NoiseError.io("\(source): PNG size \(w)x\(h) is beyond the supported \(maxDimension) per side / \(maxPixels) pixels")
             }
             image.format = UInt32(PNG_FORMAT_RGB)
             image.flags |= UInt32(PNG_IMAGE_FLAG_16BIT_sRGB)
-            var pixels = [UInt8](repeating: 0, count: w * h * 3)
+            var pixels = [UInt8](repeating: 0, count: bytes)
             var background = png_color(red: 0, green: 0, blue: 0)
             let ok = pixels.withUnsafeMutableBytes { dst in
-                png_image_finish_read(&image, &background, dst.baseAddress, Int32(w * 3), nil)
+                png_image_finish_read(&image, &background, dst.baseAddress, Int32(rowBytes), nil)
             }
             guard ok != 0 else {
                 let m = message(&image)

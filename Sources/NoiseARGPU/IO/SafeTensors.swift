@@ -151,7 +151,7 @@ public struct SafeTensorsFile: Sendable {
         if let t = tensors[name] { return t }
         if let dtype = dtypes[name] {
             throw NoiseError.safetensors(
-                "\(source): tensor '\(name)' has unsupported dtype \(dtype) and was skipped")
+                "\(source): tensor '\(name)' exists with unsupported dtype \(dtype) (supported: \(Self.supportedDtypes))")
         }
         // Suggest the names sharing the longest prefix with the requested one.
         func commonPrefix(_ a: String) -> Int {
@@ -178,6 +178,8 @@ extension SafeTensorsFile {
         "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     ]
     static let convertible: Set<String> = ["F64", "F32", "F16", "BF16"]
+    /// The convertible dtypes as error messages list them.
+    static let supportedDtypes = "F32, F16, BF16, F64"
 
     private struct Entry {
         var name: String
@@ -242,7 +244,7 @@ extension SafeTensorsFile {
                 throw fail("tensor '\(name)': unknown dtype \(dtype)")
             }
             if !convertible.contains(dtype) && !skippingUnsupported {
-                throw fail("tensor '\(name)': unsupported dtype \(dtype) (only F32, F16, BF16, F64)")
+                throw fail("tensor '\(name)': unsupported dtype \(dtype) (supported: \(supportedDtypes))")
             }
             guard let shapeValue = entry["shape"] else {
                 throw fail("tensor '\(name)': missing shape")
@@ -259,7 +261,7 @@ extension SafeTensorsFile {
                 shape.append(v)
             }
             guard let count = elementCount(shape) else {
-                throw fail("tensor '\(name)': shape \(shape) has too many elements")
+                throw fail("tensor '\(name)': shape \(shape) has too many elements (its dimensions' product overflows)")
             }
             guard let offsetsValue = entry["data_offsets"] else {
                 throw fail("tensor '\(name)': missing data_offsets")
@@ -347,16 +349,23 @@ extension SafeTensorsFile {
         return text.count > 80 ? String(text.prefix(80)) + "..." : text
     }
 
-    /// Product of the dimensions, or nil on a negative dimension or overflow.
+    /// Product of the dimensions, or nil on a negative dimension or when the product of the
+    /// non-zero dimensions overflows `Int` (even for an empty tensor: callers multiply the
+    /// dimensions of a shape, and every partial product of an accepted shape fits).
     static func elementCount(_ shape: [Int]) -> Int? {
-        var count = 1
+        var nonZero = 1
+        var empty = false
         for d in shape {
             guard d >= 0 else { return nil }
-            let (p, overflow) = count.multipliedReportingOverflow(by: d)
+            if d == 0 {
+                empty = true
+                continue
+            }
+            let (p, overflow) = nonZero.multipliedReportingOverflow(by: d)
             guard !overflow else { return nil }
-            count = p
+            nonZero = p
         }
-        return count
+        return empty ? 0 : nonZero
     }
 
     /// Converts `count` little-endian values of `dtype` starting at byte `offset` of `raw`.

@@ -59,19 +59,25 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
     /// The latent's shape for one sample: [C, L, L].
     public var latentShape: [Int] { [latentChannels, latentSize, latentSize] }
 
-    public func validate() throws {
-        for (name, v) in [("latent_channels", latentChannels), ("latent_size", latentSize), ("text_tokens", textTokens),
-                          ("text_dim", textDim), ("svd_attention_heads", svdAttentionHeads),
-                          ("adagroupnorm_groups", adaGroupNormGroups)] {
-            try require(v > 0, "NPNet config: \(name) must be positive, got \(v)")
-        }
+    /// Throws `invalidArgument` naming the first field out of range; `source` names the file
+    /// (or model) in the message.
+    public func validate(source: String = "NPNet") throws {
+        let c = ConfigCheck(source: source)
         // The authors tile the channels as "b (a c) h w -> b (a h) (c w)" with a = c = 2.
-        try require(latentChannels == 4, "NPNet config: latent_channels must be 4 (2x2 tiling), got \(latentChannels)")
-        try require(matrixSize % svdAttentionHeads == 0,
-                    "NPNet config: 2 * latent_size \(matrixSize) is not divisible by svd_attention_heads \(svdAttentionHeads)")
-        try require(latentChannels % adaGroupNormGroups == 0,
-                    "NPNet config: latent_channels \(latentChannels) is not divisible by adagroupnorm_groups \(adaGroupNormGroups)")
-        try swin.validate()
+        if latentChannels != 4 {
+            throw c.error("latent_channels", "\(latentChannels)", "must be 4 (the 2x2 channel tiling)")
+        }
+        try c.int("latent_size", latentSize, max: 4096)
+        try c.int("text_tokens", textTokens, max: 1 << 16)
+        try c.int("text_dim", textDim, max: 1 << 20)
+        try c.product("text_tokens x text_dim x 2 x latent_channels (embeeding.linear.weight)",
+                      [textTokens, textDim, 2, latentChannels])
+        try c.int("svd_attention_heads", svdAttentionHeads, max: matrixSize)
+        try c.divides("svd_attention_heads", svdAttentionHeads, "2 x latent_size", matrixSize)
+        try c.epsilon("adagroupnorm_eps", Double(adaGroupNormEps))
+        try c.int("adagroupnorm_groups", adaGroupNormGroups, max: latentChannels)
+        try c.divides("adagroupnorm_groups", adaGroupNormGroups, "latent_channels", latentChannels)
+        try swin.validate(c.nested("swin."))
     }
 
     public func jsonString() throws -> String {
@@ -98,7 +104,8 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
             guard let t = file[prefix + key] else {
                 throw NoiseError.shapeMismatch("\(file.source): missing \(prefix + key): not an NPNet checkpoint")
             }
-            try requireShape(t.shape.count == rank, "\(file.source): \(prefix + key) has shape \(t.shape), expected rank \(rank)")
+            try requireShape(t.shape.count == rank && t.shape.allSatisfy { $0 > 0 },
+                             "\(file.source): \(prefix + key) has shape \(t.shape), expected \(rank) positive dimensions")
             return t.shape
         }
         var c = NPNetConfig()
@@ -125,10 +132,11 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
             depths.append(n)
             heads.append(table[1])
             if i == 0 {
-                let w = (Int(Double(table[0]).squareRoot().rounded()) + 1) / 2
-                try requireShape((2 * w - 1) * (2 * w - 1) == table[0],
-                                 "\(file.source): relative_position_bias_table \(table) is not [(2w-1)^2, heads]")
-                c.swin.windowSize = w
+                guard let side = exactSquareRoot(table[0]), side % 2 == 1 else {
+                    throw NoiseError.shapeMismatch(
+                        "\(file.source): \(prefix + sw)layers.0.blocks.0.attn.relative_position_bias_table \(table) is not [(2w-1)^2, heads]")
+                }
+                c.swin.windowSize = (side + 1) / 2
             }
         }
         try requireShape(!depths.isEmpty, "\(file.source): missing \(prefix + sw)layers.0.blocks.0.*: not an NPNet checkpoint")
@@ -137,7 +145,11 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
         let fc1 = try shape(sw + "layers.0.blocks.0.mlp.fc1.weight", rank: 2)
         c.swin.mlpRatio = max(fc1[0] / max(patch[0], 1), 1)
         // The final map is upconv's input channels wide (the authors' quirky resize).
-        c.swin.imgSize = (up[1] * c.swin.patchSize) << (depths.count - 1)
+        guard depths.count <= 32, let size = checkedProduct([up[1], c.swin.patchSize, 1 << (depths.count - 1)]) else {
+            throw NoiseError.shapeMismatch(
+                "\(file.source): image size \(up[1]) x \(c.swin.patchSize) x 2^\(depths.count - 1) from \(prefix)unet_embedding.upconv.weight \(up), \(prefix + sw)patch_embed.proj.weight \(patch) and \(depths.count) stages overflows")
+        }
+        c.swin.imgSize = size
         return c
     }
 }
@@ -242,6 +254,8 @@ public final class NPNet {
         let file = movingDownsamplesToTheNextStage(file, prefix: prefix)
         var config = try NPNetConfig.fromMetadata(file) ?? NPNetConfig.inferred(from: file, prefix: prefix)
         adjust(&config)
+        try config.validate(source: file.metadata["config"] != nil ? file.source
+                                : "\(file.source) (config inferred from the weight shapes)")
         let net = try NPNet(config: config, device: device)
         try net.params.load(file, prefix: prefix, ignoring: isIgnored)
         return net
@@ -259,7 +273,7 @@ public final class NPNet {
             var name = key
             if key.hasPrefix(layers) {
                 let rest = key.dropFirst(layers.count)
-                if let dot = rest.firstIndex(of: "."), let stage = Int(rest[..<dot]),
+                if let dot = rest.firstIndex(of: "."), let stage = Int(rest[..<dot]), stage >= 0, stage < Int.max,
                    rest[rest.index(after: dot)...].hasPrefix("downsample.") {
                     name = layers + "\(stage + 1)" + rest[dot...]
                 }

@@ -55,15 +55,33 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
     /// The latent's shape for one sample: [C, S, S].
     public var latentShape: [Int] { [latentChannels, latentSize, latentSize] }
 
-    public func validate() throws {
-        for (name, v) in [("latent_channels", latentChannels), ("latent_size", latentSize), ("patch_size", patchSize),
-                          ("d_model", dModel), ("d_ff", dFF), ("n_heads", nHeads), ("n_layers", nLayers)] {
-            try require(v > 0, "NoiseAR config: \(name) must be positive, got \(v)")
-        }
-        try require(latentSize % patchSize == 0,
-                    "NoiseAR config: latent_size \(latentSize) is not a multiple of patch_size \(patchSize)")
-        try require(dModel % nHeads == 0, "NoiseAR config: d_model \(dModel) is not divisible by n_heads \(nHeads)")
-        try require(dropout >= 0 && dropout < 1, "NoiseAR config: dropout must be in [0, 1), got \(dropout)")
+    /// Throws `invalidArgument` naming the first field out of range; `source` names the file
+    /// (or model) in the message.
+    public func validate(source: String = "NoiseAR") throws {
+        let c = ConfigCheck(source: source)
+        let w = ConfigCheck.maxWidth
+        try c.int("latent_channels", latentChannels, max: 1024)
+        try c.int("latent_size", latentSize, max: 1 << 14)
+        try c.int("patch_size", patchSize, max: latentSize)
+        try c.multiple("latent_size", latentSize, of: "patch_size", patchSize)
+        try c.int("n_heads", nHeads, max: 1024)
+        try c.int("d_model", dModel, max: w)
+        try c.multiple("d_model", dModel, of: "n_heads", nHeads)
+        try c.int("d_ff", dFF, max: 1 << 18)
+        try c.int("n_layers", nLayers, max: 256)
+        if let headHidden { try c.int("head_hidden", headHidden, max: 1 << 18) }
+        if let textDim { try c.int("text_dim", textDim, max: 1 << 20) }
+        try c.float("dropout", dropout, "must lie in [0, 1)") { $0 >= 0 && $0 < 1 }
+        // The weights and constants these sizes make.
+        let p = patchSize, g = latentSize / patchSize
+        try c.product("latent_channels x patch_size^4 x 2 (latent_patch_encoder.0.weight)", [latentChannels, p, p, p, p, 2])
+        try c.product("patch_size^2 x 2 x d_model (latent_patch_encoder.2.weight)", [p, p, 2, dModel])
+        try c.product("((latent_size / patch_size)^2 + 1) x d_model (pos_encoding)", [g * g + 1, dModel])
+        try c.product("d_model^2 x 3 (in_proj_weight)", [dModel, dModel, 3])
+        try c.product("d_model x d_ff (ffn_layers)", [dModel, dFF])
+        try c.product("head_hidden x latent_channels x patch_size^2 (prediction heads)",
+                      [headHidden ?? 2 * dModel, latentChannels, p, p])
+        try c.product("text_dim x d_model (dim_adapter.weight)", [contextDim, dModel])
     }
 
     public func jsonString() throws -> String {
@@ -85,28 +103,32 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
     /// The config implied by the weight shapes (heads are not stored in weights: `nHeads`
     /// stays at the authors' 1). `prefix` is prepended to the authors' key names.
     public static func inferred(from file: SafeTensorsFile, prefix: String = "") throws -> NoiseARConfig {
-        func shape(_ key: String) throws -> [Int] {
+        func shape(_ key: String, rank: Int) throws -> [Int] {
             guard let t = file[prefix + key] else {
                 throw NoiseError.shapeMismatch("\(file.source): missing \(prefix + key): not a NoiseAR checkpoint")
             }
+            try requireShape(t.shape.count == rank && t.shape.allSatisfy { $0 > 0 },
+                             "\(file.source): \(prefix + key) has shape \(t.shape), expected \(rank) positive dimensions")
             return t.shape
         }
         var c = NoiseARConfig()
-        let enc0 = try shape("latent_patch_encoder.0.weight")  // [2 P P, C P P]
-        let enc2 = try shape("latent_patch_encoder.2.weight")  // [d, 2 P P]
-        let pos = try shape("pos_encoding")                    // [1, N + 1, d]
-        try requireShape(enc0.count == 2 && enc2.count == 2 && pos.count == 3,
-                         "\(file.source): unexpected NoiseAR weight ranks \(enc0), \(enc2), \(pos)")
-        let pp = enc0[0] / 2, p = Int(Double(pp).squareRoot().rounded())
-        let n = pos[1] - 1, g = Int(Double(n).squareRoot().rounded())
-        try requireShape(p * p * 2 == enc0[0] && enc0[1] % pp == 0 && g * g == n && n > 0,
-                         "\(file.source): cannot infer patch size / latent size from \(prefix)latent_patch_encoder.0.weight \(enc0) and \(prefix)pos_encoding \(pos)")
+        let enc0 = try shape("latent_patch_encoder.0.weight", rank: 2)  // [2 P P, C P P]
+        let enc2 = try shape("latent_patch_encoder.2.weight", rank: 2)  // [d, 2 P P]
+        let pos = try shape("pos_encoding", rank: 3)                    // [1, N + 1, d]
+        let pp = enc0[0] / 2, n = pos[1] - 1
+        guard enc0[0] % 2 == 0, let p = exactSquareRoot(pp), p > 0, enc0[1] % pp == 0,
+              let g = exactSquareRoot(n), g > 0 else {
+            throw NoiseError.shapeMismatch(
+                "\(file.source): cannot infer patch size / latent size from \(prefix)latent_patch_encoder.0.weight \(enc0) and \(prefix)pos_encoding \(pos)")
+        }
+        let (size, overflow) = g.multipliedReportingOverflow(by: p)
+        try requireShape(!overflow, "\(file.source): latent size \(g) x \(p) from \(prefix)pos_encoding \(pos) overflows")
         c.patchSize = p
         c.latentChannels = enc0[1] / pp
-        c.latentSize = g * p
+        c.latentSize = size
         c.dModel = enc2[0]
-        c.dFF = try shape("ffn_layers.0.0.weight")[0]
-        c.headHidden = try shape("prediction_head_mu.0.weight")[0]
+        c.dFF = try shape("ffn_layers.0.0.weight", rank: 2)[0]
+        c.headHidden = try shape("prediction_head_mu.0.weight", rank: 2)[0]
         c.nLayers = 0
         while file[prefix + "self_attn_layers.\(c.nLayers).in_proj_weight"] != nil { c.nLayers += 1 }
         if let a = file[prefix + "dim_adapter.weight"], a.shape.count == 2 { c.textDim = a.shape[1] }
@@ -265,6 +287,8 @@ public final class NoiseARNet {
         }
         if let a = file[prefix + "dim_adapter.weight"], a.shape.count == 2 { config.textDim = a.shape[1] }
         adjust(&config)
+        try config.validate(source: file.metadata["config"] != nil ? file.source
+                                : "\(file.source) (config inferred from the weight shapes)")
         let net = try NoiseARNet(config: config, device: device)
         // Our training checkpoints carry optimiser state under `adam.`; older timm-style extras
         // are not expected here.

@@ -18,6 +18,12 @@ public final class Parameters {
     public private(set) var tensors: [String: Tensor] = [:]
     private var seed: UInt64
     private var counter: UInt64 = 0
+    /// Scalars allocated so far.
+    private var allocated = 0
+
+    /// The most scalars one store may hold (4 GiB of float32): a config asking for more is
+    /// refused before its memory is allocated.
+    public static let maxScalars = 1 << 30
 
     /// A store whose new parameters are initialised from the Philox stream `seed`.
     public init(device: Device, seed: UInt64 = 0) {
@@ -28,7 +34,14 @@ public final class Parameters {
     /// Creates (and registers) a trainable parameter.
     public func make(_ name: String, _ shape: [Int], _ initializer: ParamInit) throws -> Tensor {
         try require(tensors[name] == nil, "parameter \(name) registered twice")
-        let n = Shape.count(shape)
+        guard shape.allSatisfy({ $0 > 0 }), let n = checkedProduct(shape) else {
+            throw NoiseError.invalidArgument("parameter \(name): shape \(shape) has a non-positive dimension or overflows")
+        }
+        let (total, overflow) = allocated.addingReportingOverflow(n)
+        guard !overflow, total <= Self.maxScalars else {
+            throw NoiseError.invalidArgument(
+                "parameter \(name) \(shape) would bring the model to more than \(Self.maxScalars) scalars")
+        }
         let values: [Float]
         switch initializer {
         case .zeros: values = [Float](repeating: 0, count: n)
@@ -44,6 +57,7 @@ public final class Parameters {
         }
         counter += 1
         let t = try Tensor(values, shape: shape, on: device, requiresGrad: true)
+        allocated = total
         names.append(name)
         tensors[name] = t
         return t
@@ -80,6 +94,9 @@ public final class Parameters {
             throw NoiseError.shapeMismatch("\(file.source): " + parts.joined(separator: "; "))
         }
         for name in names {
+            if let host = file[prefix + name] { try host.requireFinite(prefix + name, in: file.source) }
+        }
+        for name in names {
             guard let host = file[prefix + name], let t = tensors[name] else { continue }
             try t.assign(Tensor(host, on: device))
         }
@@ -97,6 +114,36 @@ public final class Parameters {
             if let t = tensors[name] { out[prefix + name] = try t.toHost() }
         }
         return out
+    }
+}
+
+extension HostTensor {
+    /// The flat index of the first NaN or infinity, or nil when every value is finite.
+    public var firstNonFinite: Int? {
+        data.withUnsafeBufferPointer { buf -> Int? in
+            // Exponent bits all ones <=> NaN or infinity; one branch-free pass per chunk, then the
+            // exact index only when a chunk has one.
+            let chunk = 4096
+            var start = 0
+            while start < buf.count {
+                let end = min(start + chunk, buf.count)
+                var any: UInt32 = 0
+                for i in start..<end {
+                    any |= (buf[i].bitPattern & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
+                }
+                if any != 0 { return (start..<end).first { !buf[$0].isFinite } }
+                start = end
+            }
+            return nil
+        }
+    }
+
+    /// Throws `invalidArgument` naming the source, the tensor, the first non-finite value and
+    /// its flat index (weights must be finite: one NaN makes every output NaN).
+    public func requireFinite(_ name: String, in source: String) throws {
+        guard let i = firstNonFinite else { return }
+        throw NoiseError.invalidArgument(
+            "\(source): tensor '\(name)' holds \(data[i]) at flat index \(i) of \(shape): weights must be finite")
     }
 }
 

@@ -51,23 +51,42 @@ public struct SwinConfig: Codable, Sendable, Equatable {
         return r <= windowSize ? (r, 0) : (windowSize, windowSize / 2)
     }
 
-    public func validate() throws {
-        for (name, v) in [("img_size", imgSize), ("patch_size", patchSize), ("in_chans", inChans),
-                          ("window_size", windowSize), ("embed_dim", embedDim), ("mlp_ratio", mlpRatio)] {
-            try require(v > 0, "Swin config: \(name) must be positive, got \(v)")
-        }
-        try require(!depths.isEmpty && depths.count == numHeads.count && depths.allSatisfy({ $0 > 0 })
-                        && numHeads.allSatisfy({ $0 > 0 }),
-                    "Swin config: depths \(depths) and num_heads \(numHeads) must be non-empty, positive and of equal length")
-        try require(imgSize % patchSize == 0, "Swin config: img_size \(imgSize) is not a multiple of patch_size \(patchSize)")
+    /// Throws `invalidArgument` naming the first field out of range; `source` names the file
+    /// (or model) in the message.
+    public func validate(source: String = "Swin") throws { try validate(ConfigCheck(source: source)) }
+
+    func validate(_ c: ConfigCheck) throws {
+        try c.int("img_size", imgSize, max: 4096)
+        try c.int("patch_size", patchSize, max: imgSize)
+        try c.multiple("img_size", imgSize, of: "patch_size", patchSize)
+        try c.int("in_chans", inChans, max: 1024)
+        try c.int("window_size", windowSize, max: 64)
+        try c.int("embed_dim", embedDim, max: ConfigCheck.maxWidth)
+        try c.int("mlp_ratio", mlpRatio, max: 64)
+        try c.epsilon("layer_norm_eps", Double(layerNormEps))
+        try c.count("depths", depths.count, max: 16)
+        try c.sameCount("num_heads", numHeads.count, as: "depths", depths.count)
         for i in 0..<stages {
+            try c.int("depths[\(i)]", depths[i], max: 256)
+            try c.int("num_heads[\(i)]", numHeads[i], max: 1024)
             let r = resolution(stage: i)
-            try require(r > 0 && (i == stages - 1 || r % 2 == 0),
-                        "Swin config: stage \(i) resolution \(r) cannot be merged 2x2 (img_size \(imgSize))")
-            try require(r % window(stage: i).size == 0,
-                        "Swin config: stage \(i) resolution \(r) is not a multiple of window_size \(windowSize) (padding is not supported)")
-            try require(dim(stage: i) % numHeads[i] == 0,
-                        "Swin config: stage \(i) dim \(dim(stage: i)) is not divisible by \(numHeads[i]) heads")
+            if r < 1 || (i < stages - 1 && r % 2 != 0) {
+                throw c.error("depths", "a list of \(stages)",
+                              "stage \(i) would see a \(r)x\(r) map (img_size \(imgSize) / patch_size \(patchSize) halved \(i) times), which cannot be merged 2x2")
+            }
+            let e = c.name("embed_dim")
+            let dim = try c.product("\(e) x 2^\(i) (stage \(i) width)", [embedDim, 1 << i], max: 1 << 20)
+            try c.product("\(c.name("mlp_ratio")) x (\(e) x 2^\(i))^2 (stage \(i) mlp.fc1.weight)", [mlpRatio, dim, dim])
+            if dim % numHeads[i] != 0 {
+                throw c.error("num_heads[\(i)]", "\(numHeads[i])", "must divide the stage \(i) width embed_dim x 2^\(i) = \(dim)")
+            }
+            let w = window(stage: i).size
+            if r % w != 0 {
+                throw c.error("window_size", "\(windowSize)",
+                              "must divide the stage \(i) map size \(r) (padding is not supported)")
+            }
+            // The shifted-window mask [nW, 1, N, N] is r^2 w^2 values.
+            try c.product("(stage \(i) map size x \(c.name("window_size")))^2 (attention mask)", [r, r, w, w], max: 1 << 28)
         }
     }
 }

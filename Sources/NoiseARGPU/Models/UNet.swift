@@ -19,13 +19,37 @@ public struct UNetConfig: Codable, Sendable, Equatable {
 
     public var timeEmbedDim: Int { 4 * blockOutChannels[0] }
 
-    public func validate() throws {
-        try require(!blockOutChannels.isEmpty && blockOutChannels.count == attentionLevels.count,
-                    "UNet: block_out_channels and attention levels must have the same non-zero length")
-        try require(blockOutChannels.allSatisfy { $0 > 0 && $0 % heads == 0 && $0 % min(normGroups, $0) == 0 },
-                    "UNet: channels \(blockOutChannels) must divide into \(heads) heads and \(normGroups) groups")
-        try require(layersPerBlock >= 1 && sampleSize % (1 << (blockOutChannels.count - 1)) == 0,
-                    "UNet: sample size \(sampleSize) must halve \(blockOutChannels.count - 1) times")
+    /// Throws `invalidArgument` naming the first field out of range; `source` names the file
+    /// (or model) in the message.
+    public func validate(source: String = "UNet") throws { try validate(ConfigCheck(source: source)) }
+
+    func validate(_ c: ConfigCheck) throws {
+        try c.count("blockOutChannels", blockOutChannels.count, max: 8)
+        try c.sameCount("attentionLevels", attentionLevels.count, as: "blockOutChannels", blockOutChannels.count)
+        try c.int("heads", heads, max: 1024)
+        try c.int("normGroups", normGroups, max: 1024)
+        for (i, ch) in blockOutChannels.enumerated() {
+            try c.int("blockOutChannels[\(i)]", ch, max: ConfigCheck.maxWidth)
+            try c.multiple("blockOutChannels[\(i)]", ch, of: "heads", heads)
+            try c.multiple("blockOutChannels[\(i)]", ch, of: "normGroups", normGroups)
+            // The largest weight of a level: the GEGLU projection [8 C, C].
+            try c.product("\(c.name("blockOutChannels[\(i)]"))^2 x 8", [ch, ch, 8])
+        }
+        if blockOutChannels[0] % 2 != 0 {
+            throw c.error("blockOutChannels[0]", "\(blockOutChannels[0])",
+                          "must be even (the timestep embedding has as many sin and cos features)")
+        }
+        try c.int("sampleSize", sampleSize, max: 4096)
+        let halvings = blockOutChannels.count - 1
+        if sampleSize % (1 << halvings) != 0 {
+            throw c.error("sampleSize", "\(sampleSize)",
+                          "must be a multiple of \(1 << halvings) (halved \(halvings) times by \(blockOutChannels.count) levels)")
+        }
+        try c.int("inChannels", inChannels, max: ConfigCheck.maxWidth)
+        try c.int("outChannels", outChannels, max: ConfigCheck.maxWidth)
+        try c.int("layersPerBlock", layersPerBlock, max: 16)
+        try c.int("crossAttentionDim", crossAttentionDim, max: ConfigCheck.maxWidth)
+        try c.product("\(c.name("crossAttentionDim")) x \(c.name("blockOutChannels"))", [crossAttentionDim, blockOutChannels.max() ?? 0])
     }
 }
 
@@ -137,6 +161,21 @@ public struct TextEncoderConfig: Codable, Sendable, Equatable {
     public var layers = 2
     public var heads = 4
     public init() {}
+
+    /// Throws `invalidArgument` naming the first field out of range; `source` names the file
+    /// (or model) in the message.
+    public func validate(source: String = "text encoder") throws { try validate(ConfigCheck(source: source)) }
+
+    func validate(_ c: ConfigCheck) throws {
+        try c.int("vocabSize", vocabSize, max: (1 << 24) - 1)
+        try c.int("maxLength", maxLength, max: 4096)
+        try c.int("hiddenSize", hiddenSize, max: ConfigCheck.maxWidth)
+        try c.int("layers", layers, max: 256)
+        try c.int("heads", heads, max: 1024)
+        try c.multiple("hiddenSize", hiddenSize, of: "heads", heads)
+        try c.product("\(c.name("vocabSize")) x \(c.name("hiddenSize"))", [vocabSize, hiddenSize])
+        try c.product("\(c.name("hiddenSize"))^2 x 4", [hiddenSize, hiddenSize, 4])
+    }
 }
 
 /// A small text encoder laid out as Hugging Face's CLIPTextModel (`text_model.*` names):
@@ -149,7 +188,7 @@ public struct TextEncoder {
     let finalNorm: LayerNorm
 
     public init(_ p: Parameters, config: TextEncoderConfig, prefix: String = "text_model.") throws {
-        try require(config.hiddenSize % config.heads == 0, "text encoder width \(config.hiddenSize) not divisible by \(config.heads) heads")
+        try config.validate()
         self.config = config
         let d = config.hiddenSize
         tokenEmbedding = try p.make(prefix + "embeddings.token_embedding.weight", [config.vocabSize, d], .normal(0.02))

@@ -60,7 +60,7 @@ public struct CrossAttention {
     let toQ: Linear, toK: Linear, toV: Linear, toOut: Linear
     let heads: Int
     public init(_ p: Parameters, _ prefix: String, queryDim: Int, contextDim: Int?, heads: Int) throws {
-        try require(queryDim % heads == 0, "attention dim \(queryDim) not divisible by \(heads) heads")
+        try require(heads > 0 && queryDim % heads == 0, "attention dim \(queryDim) not divisible by \(heads) heads")
         toQ = try Linear(p, prefix + ".to_q", queryDim, queryDim, bias: false)
         toK = try Linear(p, prefix + ".to_k", contextDim ?? queryDim, queryDim, bias: false)
         toV = try Linear(p, prefix + ".to_v", contextDim ?? queryDim, queryDim, bias: false)

@@ -138,6 +138,8 @@ extension AdamW {
         var moments: [(param: Tensor, m: Tensor, v: Tensor)] = []
         for name in params.names {
             guard let p = params.tensors[name], let m = file["adam.m." + name], let v = file["adam.v." + name] else { continue }
+            try m.requireFinite("adam.m." + name, in: file.source)
+            try v.requireFinite("adam.v." + name, in: file.source)
             moments.append((p, try Tensor(m, on: params.device), try Tensor(v, on: params.device)))
         }
         try restore(step: step, moments: moments)
