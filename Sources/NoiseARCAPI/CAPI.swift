@@ -468,10 +468,10 @@ public func noisear_shapes_sample(_ ctx: OpaquePointer?, _ params: UnsafePointer
             model = try TextToImageModel.load(url, device: c.device)
             c.models[url.path] = model
         }
-        let result = try ShapesSampling.sample(request, model: model) { done, total in
+        let result = try ShapesSampling.sample(request, model: model, progress: { done, total in
             guard let cb = sp.progress else { return true }
             return cb(Int32(done), Int32(total), sp.progress_user_data)
-        }
+        })
         var offset = 0
         for image in result.images {
             image.withUnsafeBufferPointer { (rgb + offset).update(from: $0.baseAddress!, count: image.count) }

@@ -91,10 +91,10 @@ struct SampleCommand: ParsableCommand {
             try Seeds.check(request.seed, count: batch)
             note("seed \(request.seed)")
             let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)
-            let result = try ShapesSampling.sample(request, model: m, source: source) { done, _ in
+            let result = try ShapesSampling.sample(request, model: m, source: source, progress: { done, _ in
                 bar.update(done)
                 return true
-            }
+            })
             let priorText = initNoise != nil ? "init-noise \(URL(fileURLWithPath: initNoise ?? "").lastPathComponent)"
                 : priorKind == .noiseAR ? "noisear (temperature \(temperature), strength \(strength))" : priorKind.rawValue
             let text = ["prompt": result.prompt, "seed": String(request.seed), "sampler": kind.rawValue, "steps": String(steps),

@@ -181,7 +181,7 @@ import Testing
         let out = dir.appendingPathComponent("n.npy").path
         guard let r = try runCLI(["noise", "--weights", weights.path, "--embeds", embedsFile.path, "--out", out,
                                   "--device", "cpu", "--seed", "1"]) else { return }
-        Self.expectOneLineFailure(r, containing: "NaN at flat index 5")
+        Self.expectOneLineFailure(r, containing: "nan at flat index 5")
         #expect(!FileManager.default.fileExists(atPath: out))
         embeds.data[5] = 1
         embeds.data[7] = -.infinity

@@ -202,7 +202,7 @@ int main(int argc, char **argv) {
     float saved = embeds[3];
     embeds[3] = NAN;
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NaN embeds");
-    CHECK(strstr(noisear_context_last_error(ctx), "NaN") != NULL, "%s", noisear_context_last_error(ctx));
+    CHECK(strstr(noisear_context_last_error(ctx), "nan") != NULL, "%s", noisear_context_last_error(ctx));
     embeds[3] = saved;
     int calls = 0;
     sp.progress = stop_after_two;

@@ -117,36 +117,6 @@ public final class Parameters {
     }
 }
 
-extension HostTensor {
-    /// The flat index of the first NaN or infinity, or nil when every value is finite.
-    public var firstNonFinite: Int? {
-        data.withUnsafeBufferPointer { buf -> Int? in
-            // Exponent bits all ones <=> NaN or infinity; one branch-free pass per chunk, then the
-            // exact index only when a chunk has one.
-            let chunk = 4096
-            var start = 0
-            while start < buf.count {
-                let end = min(start + chunk, buf.count)
-                var any: UInt32 = 0
-                for i in start..<end {
-                    any |= (buf[i].bitPattern & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
-                }
-                if any != 0 { return (start..<end).first { !buf[$0].isFinite } }
-                start = end
-            }
-            return nil
-        }
-    }
-
-    /// Throws `invalidArgument` naming the source, the tensor, the first non-finite value and
-    /// its flat index (weights must be finite: one NaN makes every output NaN).
-    public func requireFinite(_ name: String, in source: String) throws {
-        guard let i = firstNonFinite else { return }
-        throw NoiseError.invalidArgument(
-            "\(source): tensor '\(name)' holds \(data[i]) at flat index \(i) of \(shape): weights must be finite")
-    }
-}
-
 // MARK: - layers (PyTorch / diffusers layouts)
 
 /// y = x W^T + b with W [out, in] (`weight`, `bias`).
