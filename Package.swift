@@ -54,7 +54,7 @@ let package = Package(
             ],
             path: "Sources/noisear-gpu"),
         .testTarget(
-            name: "NoiseARGPUTests", dependencies: ["NoiseARGPU"],
+            name: "NoiseARGPUTests", dependencies: ["NoiseARGPU", "CCrypto"],
             path: "Tests/NoiseARGPUTests"),
     ],
     swiftLanguageModes: [.v6]

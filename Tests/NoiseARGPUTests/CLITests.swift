@@ -17,6 +17,8 @@ struct CLIResult {
     var status: Int32
     var stdout: String
     var stderr: String
+    /// True when the process was killed by a signal (`status` is then the signal number).
+    var signaled = false
 }
 
 func runCLI(_ args: [String], environment extra: [String: String] = [:]) throws -> CLIResult? {
@@ -33,7 +35,8 @@ func runCLI(_ args: [String], environment extra: [String: String] = [:]) throws 
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return CLIResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                     stderr: String(decoding: e, as: UTF8.self))
+                     stderr: String(decoding: e, as: UTF8.self),
+                     signaled: p.terminationReason == .uncaughtSignal)
 }
 
 @Suite(.serialized) struct CLITests {

@@ -146,6 +146,22 @@ enum CL {
             fp16: ext.contains("cl_khr_fp16"), fp64: ext.contains("cl_khr_fp64"))
     }
 
+    /// The limits that bound kernel parameters: work-group and work-item sizes, local memory.
+    static func limits(_ d: cl_device_id, fp64: Bool) -> KernelLimits {
+        let wg = deviceValue(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, Int.self)
+        let dims = min(Int(deviceValue(d, CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS, cl_uint.self)), 16)
+        var sizes = [Int](repeating: 0, count: max(dims, 0))
+        if !sizes.isEmpty,
+            clGetDeviceInfo(d, cl_device_info(CL_DEVICE_MAX_WORK_ITEM_SIZES),
+                            sizes.count * MemoryLayout<Int>.size, &sizes, nil) != CL_SUCCESS
+        {
+            sizes = []
+        }
+        let local = deviceValue(d, CL_DEVICE_LOCAL_MEM_SIZE, cl_ulong.self)
+        return KernelLimits(maxWorkGroupSize: wg, maxWorkItemSizes: sizes,
+                            localMemoryBytes: Int(clamping: local), fp64: fp64)
+    }
+
     /// Every OpenCL device of every platform, numbered in enumeration order.
     /// Serialises platform and device enumeration: the ICD loader's first clGetPlatformIDs
     /// initialises global state, and two threads doing it at once can see no platform or crash

@@ -38,10 +38,23 @@ func sha256Hex(_ data: Data) -> String {
 }
 
 /// On-disk program binaries, keyed by SHA-256 of (source, options, device, driver, platform).
-/// Entries are written atomically (temp file + rename) and carry a checksum, so a torn or
-/// corrupt entry is detected and rebuilt.
+///
+/// An entry is `<key>.bin`:
+///
+///     "NOISEAR-CLBIN-2\n"   16 bytes, format version
+///     key                   64 hex digits, the entry's own key
+///     size                  16 hex digits, the binary's length in bytes
+///     checksum              64 hex digits, SHA-256 of the three fields above and the binary
+///     binary
+///
+/// `load` accepts an entry only when all of it checks out (version, key, exact length,
+/// checksum), so a torn, truncated, corrupt, old-format or misfiled entry never reaches the
+/// driver: it is ignored, rebuilt from source and overwritten. Writes are atomic (temp file +
+/// rename).
 struct KernelDiskCache {
-    static let magic = Data("NOISEAR-CLBIN-1\n".utf8)
+    static let magic = Data("NOISEAR-CLBIN-2\n".utf8)
+    static let keyLength = 64, sizeLength = 16, sumLength = 64
+    static var headerLength: Int { magic.count + keyLength + sizeLength + sumLength }
     let directory: URL?
 
     /// From `NOISEAR_KERNEL_CACHE` (off | DIR), else `$XDG_CACHE_HOME/noisear-gpu/kernels`
@@ -67,16 +80,40 @@ struct KernelDiskCache {
 
     func url(_ key: String) -> URL? { directory?.appendingPathComponent(key + ".bin") }
 
-    /// The stored binary, or nil when absent or failing its checksum.
+    /// The stored binary, or nil when absent or failing any check.
     func load(_ key: String) -> Data? {
-        guard let url = url(key), let data = try? Data(contentsOf: url),
-            data.count > Self.magic.count + 64, data.prefix(Self.magic.count) == Self.magic
+        guard let url = url(key), let data = try? Data(contentsOf: url) else { return nil }
+        return Self.decode(data, key: key)
+    }
+
+    /// An entry's bytes for `binary` under `key`.
+    static func encode(key: String, binary: Data) -> Data {
+        var head = magic
+        head.append(Data(key.utf8))
+        head.append(Data(String(format: "%016llx", UInt64(binary.count)).utf8))
+        var summed = head
+        summed.append(binary)
+        var blob = head
+        blob.append(Data(sha256Hex(summed).utf8))
+        blob.append(binary)
+        return blob
+    }
+
+    /// The binary of an entry when it is a well-formed entry for `key`, else nil.
+    static func decode(_ stored: Data, key: String) -> Data? {
+        let data = Data(stored)  // zero-based indices
+        let keyStart = magic.count, sizeStart = keyStart + keyLength
+        let sumStart = sizeStart + sizeLength, binStart = sumStart + sumLength
+        guard data.count >= binStart, data.prefix(magic.count) == magic,
+            key.utf8.count == keyLength,
+            data[keyStart..<sizeStart].elementsEqual(key.utf8),
+            let size = UInt64(String(decoding: data[sizeStart..<sumStart], as: UTF8.self), radix: 16),
+            size > 0, size == UInt64(data.count - binStart)
         else { return nil }
-        let sumStart = Self.magic.count
-        let sum = String(decoding: data[sumStart..<(sumStart + 64)], as: UTF8.self)
-        let binary = data.suffix(from: sumStart + 64)
-        guard sha256Hex(Data(binary)) == sum else { return nil }
-        return Data(binary)
+        var summed = Data(data[0..<sumStart])
+        summed.append(data[binStart...])
+        guard data[sumStart..<binStart].elementsEqual(sha256Hex(summed).utf8) else { return nil }
+        return Data(data[binStart...])
     }
 
     /// Stores a binary; failures are ignored (the cache is an optimisation).
@@ -84,10 +121,7 @@ struct KernelDiskCache {
         guard let directory, let url = url(key) else { return }
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            var blob = Self.magic
-            blob.append(Data(sha256Hex(binary).utf8))
-            blob.append(binary)
-            try blob.write(to: url, options: .atomic)
+            try Self.encode(key: key, binary: binary).write(to: url, options: .atomic)
         } catch {
             return
         }

@@ -1,5 +1,31 @@
 import Foundation
 
+/// The limits of an OpenCL device that bound the kernel parameters (queried when an
+/// `OpenCLBackend` opens the device).
+public struct KernelLimits: Sendable, Equatable {
+    /// CL_DEVICE_MAX_WORK_GROUP_SIZE.
+    public var maxWorkGroupSize: Int
+    /// CL_DEVICE_MAX_WORK_ITEM_SIZES (one entry per dimension).
+    public var maxWorkItemSizes: [Int]
+    /// CL_DEVICE_LOCAL_MEM_SIZE in bytes.
+    public var localMemoryBytes: Int
+    /// Whether the device has cl_khr_fp64 (the SVD kernels then reduce in double).
+    public var fp64: Bool
+
+    public init(maxWorkGroupSize: Int, maxWorkItemSizes: [Int], localMemoryBytes: Int, fp64: Bool) {
+        self.maxWorkGroupSize = maxWorkGroupSize
+        self.maxWorkItemSizes = maxWorkItemSizes
+        self.localMemoryBytes = localMemoryBytes
+        self.fp64 = fp64
+    }
+
+    /// The largest local size along dimension `dim` (work-group and work-item limits).
+    func maxLocal(_ dim: Int) -> Int {
+        let item = dim < maxWorkItemSizes.count ? maxWorkItemSizes[dim] : maxWorkGroupSize
+        return max(1, min(maxWorkGroupSize, item))
+    }
+}
+
 /// Kernel tuning parameters, passed to the OpenCL compiler as `-D NAME=VALUE` defines.
 ///
 /// Two sets are kept as data, chosen by device type (never by vendor name):
@@ -8,7 +34,8 @@ import Foundation
 /// - `gpu`: for GPUs and accelerators: local-memory GEMM tiles with coalesced loads and a 4x4
 ///   block per item, work-group reductions, K/V staged in local memory for attention.
 /// `NOISEAR_KERNEL_PROFILE=cpu|gpu` forces a set; `NOISEAR_KERNEL_DEFINES="A=1,B=2"` overrides
-/// single values (for tuning).
+/// single values (for tuning). `validate(for:)` checks every value against what the kernels
+/// and the device allow; `OpenCLBackend` calls it before building any program.
 public struct KernelParams: Sendable, Equatable {
     public enum Profile: String, Sendable, CaseIterable { case cpu, gpu }
     public var profile: Profile
@@ -25,6 +52,27 @@ public struct KernelParams: Sendable, Equatable {
         "ROW_WG": 64,
         "ATT_QB": 1, "ATT_KB": 32, "ATT_WG": 64, "ATT_LOCAL": 1,
     ]
+
+    /// The values the kernels fall back to (`#ifndef` in Kernels/*.cl) when a set lacks a name;
+    /// the host reads the same through the subscript, so launch geometry and kernel agree.
+    static let kernelDefaults: [String: Int] = [
+        "GEMM_MR": 8, "GEMM_NV": 2, "GEMM_TSM": 64, "GEMM_TSN": 64, "GEMM_TSK": 16,
+        "GEMM_WPTM": 4, "GEMM_WPTN": 4, "ROW_WG": 64,
+        "ATT_QB": 1, "ATT_KB": 16, "ATT_WG": 1, "ATT_LOCAL": 0,
+    ]
+
+    /// Every parameter a set may hold (the kernels' defines and the host-side GEMM_VARIANT,
+    /// GEMM_LWG and SVD_WG).
+    public static let names: [String] = [
+        "ATT_KB", "ATT_LOCAL", "ATT_QB", "ATT_WG",
+        "GEMM_LWG", "GEMM_MR", "GEMM_NV", "GEMM_TSK", "GEMM_TSM", "GEMM_TSN", "GEMM_UNROLL",
+        "GEMM_VARIANT", "GEMM_WPTM", "GEMM_WPTN",
+        "ROW_WG", "SVD_WG",
+    ]
+
+    /// Upper bounds of the register-blocked sizes (private arrays in the kernels).
+    static let maxGemmMR = 32, maxUnroll = 32, maxTile = 1024, maxTileK = 256, maxWorkPerItem = 16
+    static let maxAttQB = 16, maxAttKB = 128
 
     public init(profile: Profile, overrides: [String: Int] = [:]) {
         self.profile = profile
@@ -55,18 +103,101 @@ public struct KernelParams: Sendable, Equatable {
                     throw NoiseError.invalidArgument(
                         "NOISEAR_KERNEL_DEFINES entry '\(item)': expected NAME=INTEGER")
                 }
+                guard names.contains(kv[0]) else {
+                    throw NoiseError.invalidArgument(
+                        "NOISEAR_KERNEL_DEFINES: unknown parameter \(kv[0]); valid names: \(names.joined(separator: ", "))")
+                }
                 overrides[kv[0]] = v
             }
         }
         return KernelParams(profile: profile, overrides: overrides)
     }
 
-    public subscript(_ name: String) -> Int { values[name] ?? 0 }
+    /// A parameter's value: the set's, else the kernels' default, else 0.
+    public subscript(_ name: String) -> Int { values[name] ?? Self.kernelDefaults[name] ?? 0 }
 
     /// Compiler options for these parameters plus extra defines, in a stable order.
     public func options(extra: [String: Int] = [:]) -> String {
         let all = values.merging(extra) { _, new in new }
         return (["-cl-std=CL1.2"] + all.keys.sorted().map { "-D \($0)=\(all[$0] ?? 0)" })
             .joined(separator: " ")
+    }
+
+    // MARK: validation
+
+    /// Checks every parameter against the kernels' constraints and the device's limits; throws
+    /// `NoiseError.invalidArgument` naming the first parameter at fault, its value and the
+    /// legal range. Unknown names are rejected with the list of valid ones.
+    public func validate(for limits: KernelLimits) throws {
+        if let name = values.keys.filter({ !Self.names.contains($0) }).sorted().first {
+            throw NoiseError.invalidArgument(
+                "unknown kernel parameter \(name)=\(values[name] ?? 0); valid names: \(Self.names.joined(separator: ", "))")
+        }
+        let local0 = limits.maxLocal(0), local1 = limits.maxLocal(1)
+        let localBytes = max(limits.localMemoryBytes, 0)
+
+        try inRange("GEMM_VARIANT", 0...1, "0 (packed, register-blocked) or 1 (local-memory tiles)")
+        try inRange("GEMM_MR", 1...Self.maxGemmMR, "1...\(Self.maxGemmMR) (rows per register block)")
+        try inRange("GEMM_NV", 1...2, "1 or 2 (float16 accumulators per row)")
+        if values["GEMM_UNROLL"] != nil {
+            try inRange("GEMM_UNROLL", 1...Self.maxUnroll, "1...\(Self.maxUnroll)")
+        }
+        try inRange("GEMM_LWG", 0...local0,
+                    "0 (default) to \(local0) (the device's work-group size limit)")
+
+        // Row-wise kernels (softmax, norms, skinny GEMM): tree reductions over ROW_WG items,
+        // the skinny GEMM holding SKINNY_M (4) floats per item in local memory.
+        let rowMax = min(local0, localBytes / 16)
+        try powerOfTwo("ROW_WG", 1, rowMax, "the device's work-group size and local memory limits")
+
+        // SVD: tree reductions of three accumulators (double on fp64 devices) per item.
+        let svdMax = min(local0, localBytes / (3 * (limits.fp64 ? 8 : 4)))
+        if self["SVD_WG"] != 0 {
+            try powerOfTwo("SVD_WG", 1, svdMax, "0 for automatic, else the device's work-group size and local memory limits")
+        }
+
+        try inRange("ATT_QB", 1...Self.maxAttQB, "1...\(Self.maxAttQB) (queries per work item)")
+        try inRange("ATT_KB", 1...Self.maxAttKB, "1...\(Self.maxAttKB) (keys per block)")
+        try inRange("ATT_WG", 1...local0, "1...\(local0) (the device's work-group size limit)")
+        try inRange("ATT_LOCAL", 0...1, "0 (K/V read from global memory) or 1 (staged in local memory)")
+
+        // Tiled GEMM: compiled into every gemm program, so its static shape is always checked;
+        // the device limits only when it runs (GEMM_VARIANT 1) or its sizes were given.
+        try inRange("GEMM_TSM", 1...Self.maxTile, "1...\(Self.maxTile)")
+        try inRange("GEMM_TSN", 1...Self.maxTile, "1...\(Self.maxTile)")
+        try inRange("GEMM_TSK", 1...Self.maxTileK, "1...\(Self.maxTileK)")
+        try inRange("GEMM_WPTM", 1...Self.maxWorkPerItem, "1...\(Self.maxWorkPerItem)")
+        try inRange("GEMM_WPTN", 1...Self.maxWorkPerItem, "1...\(Self.maxWorkPerItem)")
+        let tsm = self["GEMM_TSM"], tsn = self["GEMM_TSN"], tsk = self["GEMM_TSK"]
+        let wptm = self["GEMM_WPTM"], wptn = self["GEMM_WPTN"]
+        try require(tsm % wptm == 0,
+                    "kernel parameter GEMM_TSM=\(tsm): expected a multiple of GEMM_WPTM=\(wptm)")
+        try require(tsn % wptn == 0,
+                    "kernel parameter GEMM_TSN=\(tsn): expected a multiple of GEMM_WPTN=\(wptn)")
+        let tiledNames = ["GEMM_TSM", "GEMM_TSN", "GEMM_TSK", "GEMM_WPTM", "GEMM_WPTN"]
+        if self["GEMM_VARIANT"] == 1 || tiledNames.contains(where: { values[$0] != nil }) {
+            let rtsm = tsm / wptm, rtsn = tsn / wptn
+            try require(
+                rtsm <= local0 && rtsn <= local1 && rtsm * rtsn <= limits.maxWorkGroupSize,
+                "kernel parameters GEMM_TSM=\(tsm), GEMM_WPTM=\(wptm), GEMM_TSN=\(tsn), GEMM_WPTN=\(wptn): "
+                    + "a tile needs (TSM/WPTM)x(TSN/WPTN) = \(rtsm)x\(rtsn) work items, expected at most "
+                    + "\(limits.maxWorkGroupSize) in all (\(local0)x\(local1) per dimension) on this device")
+            let bytes = 4 * tsk * (tsm + tsn + 1)
+            try require(
+                bytes <= localBytes,
+                "kernel parameters GEMM_TSK=\(tsk), GEMM_TSM=\(tsm), GEMM_TSN=\(tsn): the tiles need "
+                    + "4*TSK*(TSM+TSN+1) = \(bytes) bytes of local memory, expected at most \(localBytes) on this device")
+        }
+    }
+
+    private func inRange(_ name: String, _ range: ClosedRange<Int>, _ expected: String) throws {
+        let v = self[name]
+        try require(range.contains(v), "kernel parameter \(name)=\(v): expected \(expected)")
+    }
+
+    private func powerOfTwo(_ name: String, _ lo: Int, _ hi: Int, _ why: String) throws {
+        let v = self[name]
+        try require(v >= lo && v <= hi && v & (v - 1) == 0,
+                    "kernel parameter \(name)=\(v): expected a power of two in \(lo)...\(hi) (\(why))")
     }
 }

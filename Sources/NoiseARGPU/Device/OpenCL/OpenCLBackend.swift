@@ -27,6 +27,8 @@ enum KArg {
 public final class OpenCLBackend: Backend {
     public let info: DeviceInfo
     public let params: KernelParams
+    /// The device's work-group, work-item and local-memory limits (checked against `params`).
+    public let limits: KernelLimits
     let device: cl_device_id
     let context: cl_context
     let queue: cl_command_queue
@@ -34,6 +36,8 @@ public final class OpenCLBackend: Backend {
     let environment: [String: String]
     private var programs: [String: cl_program] = [:]
     private var kernels: [String: cl_kernel] = [:]
+    /// Memo keys of programs loaded from the disk cache (rebuilt from source if they fail).
+    private var cachedPrograms: Set<String> = []
     private var scratch: [String: OpenCLBuffer] = [:]
     private let disabled: Set<OpKind>
     private lazy var dummy: OpenCLBuffer? = try? allocate(1) as? OpenCLBuffer
@@ -41,8 +45,15 @@ public final class OpenCLBackend: Backend {
     public private(set) var sourceBuilds = 0
 
     /// Opens OpenCL device number `index` (enumeration order over all platforms).
+    ///
+    /// The kernel parameters (`params`, else the device type's set with the environment's
+    /// overrides) are validated against the kernels and the device's limits first. `warn`
+    /// receives notices about ignored settings (default: standard error), each once per process.
     public init(index: Int, params: KernelParams? = nil,
-                environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+                environment: [String: String] = ProcessInfo.processInfo.environment,
+                warn: (String) -> Void = { FileHandle.standardError.write(Data(("warning: " + $0 + "\n").utf8)) })
+        throws
+    {
         let all = try CL.allDevices()
         guard !all.isEmpty else {
             throw NoiseError.device("no OpenCL platform or device found (is an ICD such as pocl-opencl-icd installed?)")
@@ -53,7 +64,24 @@ public final class OpenCLBackend: Backend {
         let (platform, dev) = all[index]
         device = dev
         info = CL.info(dev, platform: platform, index: index)
-        self.params = try params ?? KernelParams.forDevice(info.kind, environment: environment)
+        limits = CL.limits(dev, fp64: info.fp64)
+        let chosen = try params ?? KernelParams.forDevice(info.kind, environment: environment)
+        try chosen.validate(for: limits)
+        self.params = chosen
+        var off = Set<OpKind>()
+        var unknown: [String] = []
+        for item in (environment["NOISEAR_DISABLE_OPS"] ?? "").split(separator: ",") {
+            let name = item.trimmingCharacters(in: .whitespaces)
+            if name.isEmpty { continue }
+            if let op = OpKind(rawValue: name) { off.insert(op) } else { unknown.append(name) }
+        }
+        disabled = off
+        if !unknown.isEmpty {
+            let message = "NOISEAR_DISABLE_OPS: ignoring unknown op name\(unknown.count > 1 ? "s" : "") "
+                + unknown.joined(separator: ", ") + "; valid names: "
+                + OpKind.allCases.map(\.rawValue).joined(separator: ", ")
+            if WarnOnce.shared.first(message) { warn(message) }
+        }
         var err: cl_int = 0
         var d: cl_device_id? = dev
         guard let ctx = clCreateContext(nil, 1, &d, nil, nil, &err), err == CL_SUCCESS else {
@@ -67,10 +95,6 @@ public final class OpenCLBackend: Backend {
         queue = q
         diskCache = KernelDiskCache(environment: environment)
         self.environment = environment
-        disabled = Set(
-            (environment["NOISEAR_DISABLE_OPS"] ?? "").split(separator: ",").compactMap {
-                OpKind(rawValue: $0.trimmingCharacters(in: .whitespaces))
-            })
     }
 
     deinit {
@@ -133,7 +157,10 @@ public final class OpenCLBackend: Backend {
     // MARK: programs and launches
 
     /// Builds (or loads from the caches) program `file` with the parameter set plus `extra`.
-    func program(_ file: String, extra: [String: Int] = [:]) throws -> (cl_program, String) {
+    /// `fromSource` skips the disk cache (used when a cached program turned out unusable).
+    func program(_ file: String, extra: [String: Int] = [:], fromSource: Bool = false) throws
+        -> (cl_program, String)
+    {
         let options = params.options(extra: extra)
         let memoKey = file + "|" + options
         if let p = programs[memoKey] { return (p, memoKey) }
@@ -141,7 +168,7 @@ public final class OpenCLBackend: Backend {
         let key = KernelDiskCache.key(source: source, options: options, device: info)
         var err: cl_int = 0
         var dev: cl_device_id? = device
-        if let binary = diskCache.load(key) {
+        if !fromSource, let binary = diskCache.load(key) {
             var status: cl_int = 0
             let prog: cl_program? = binary.withUnsafeBytes { raw -> cl_program? in
                 var ptr: UnsafePointer<UInt8>? = raw.bindMemory(to: UInt8.self).baseAddress
@@ -152,6 +179,7 @@ public final class OpenCLBackend: Backend {
                 clBuildProgram(prog, 1, &dev, options, nil, nil) == CL_SUCCESS
             {
                 programs[memoKey] = prog
+                cachedPrograms.insert(memoKey)
                 return (prog, memoKey)
             }
             if let prog { clReleaseProgram(prog) }
@@ -202,16 +230,44 @@ public final class OpenCLBackend: Backend {
         return ok ? Data(bytes) : nil
     }
 
+    /// Kernel `name` of program `file`. When the program came from the disk cache and the
+    /// kernel cannot be created from it (e.g. CL_INVALID_KERNEL_NAME from a stale or misfiled
+    /// entry), the program is discarded, rebuilt from source (rewriting the entry) and retried.
     func kernel(_ file: String, _ name: String, extra: [String: Int] = [:]) throws -> cl_kernel {
         let (prog, memoKey) = try program(file, extra: extra)
         let key = memoKey + "|" + name
         if let k = kernels[key] { return k }
         var err: cl_int = 0
-        guard let k = clCreateKernel(prog, name, &err), err == CL_SUCCESS else {
-            throw NoiseError.openCL(call: "clCreateKernel(\(name))", code: err, name: CL.name(err))
+        if let k = clCreateKernel(prog, name, &err) {
+            if err == CL_SUCCESS {
+                kernels[key] = k
+                return k
+            }
+            clReleaseKernel(k)
         }
-        kernels[key] = k
-        return k
+        if cachedPrograms.contains(memoKey) {
+            discardProgram(memoKey)
+            let (fresh, _) = try program(file, extra: extra, fromSource: true)
+            if let k = clCreateKernel(fresh, name, &err) {
+                if err == CL_SUCCESS {
+                    kernels[key] = k
+                    return k
+                }
+                clReleaseKernel(k)
+            }
+        }
+        throw NoiseError.openCL(call: "clCreateKernel(\(name))", code: err, name: CL.name(err))
+    }
+
+    /// Forgets a program and the kernels created from it (the runtime keeps them alive for
+    /// commands already enqueued).
+    private func discardProgram(_ memoKey: String) {
+        for (key, k) in kernels where key.hasPrefix(memoKey + "|") {
+            clReleaseKernel(k)
+            kernels[key] = nil
+        }
+        if let p = programs.removeValue(forKey: memoKey) { clReleaseProgram(p) }
+        cachedPrograms.remove(memoKey)
     }
 
     /// Sets the arguments and enqueues; `global` is rounded up to a multiple of `local`.
@@ -323,7 +379,8 @@ public final class OpenCLBackend: Backend {
         let batch = d.batch0 * d.batch1
         if d.m <= 4 {
             let wg = params["ROW_WG"]
-            try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch], local: [wg > 1 ? wg : 16, 1],
+            try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
+                       local: [wg > 1 ? wg : min(16, limits.maxLocal(0)), 1],
                        ref(a) + ref(b) + ref(c)
                            + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
                               d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
@@ -430,15 +487,28 @@ public final class OpenCLBackend: Backend {
         while vw > 1 && (d.headDim % vw != 0 || d.valueDim % vw != 0) { vw /= 2 }
         let qb = params["ATT_QB"], wg = params["ATT_WG"]
         let items = (d.tq + qb - 1) / qb
+        var extra = ["ATT_D": d.headDim, "ATT_DV": d.valueDim, "ATT_VW": vw]
+        // ATT_LOCAL stages ATT_KB rows of K and V (head dims known only now) in local memory;
+        // where they do not fit, the keys are read from global memory instead.
+        if params["ATT_LOCAL"] != 0 && !attentionFitsLocal(headDim: d.headDim, valueDim: d.valueDim) {
+            extra["ATT_LOCAL"] = 0
+        }
         try launch(
             "attention.cl", "attention_fwd",
-            extra: ["ATT_D": d.headDim, "ATT_DV": d.valueDim, "ATT_VW": vw],
+            extra: extra,
             global: [(items + wg - 1) / wg * wg, d.heads, d.batch], local: [wg, 1, 1],
             ref(q) + d.qStrides.map { KArg.i32($0) } + ref(k) + d.kStrides.map { KArg.i32($0) }
                 + ref(v) + d.vStrides.map { KArg.i32($0) } + (try optRef(bias))
                 + [.i32(bias != nil ? d.biasBatch : 0), .i32(max(d.biasHeads, 1))]
                 + ref(o) + d.oStrides.map { KArg.i32($0) }
                 + [.i32(d.tq), .i32(d.tk), .f32(d.scale), .i32(d.causal ? 1 : 0)])
+    }
+
+    /// Whether ATT_KB keys and values of these dims fit in the device's local memory.
+    func attentionFitsLocal(headDim: Int, valueDim: Int) -> Bool {
+        let (dims, o1) = headDim.addingReportingOverflow(valueDim)
+        let (bytes, o2) = dims.multipliedReportingOverflow(by: 4 * params["ATT_KB"])
+        return !o1 && !o2 && bytes <= limits.localMemoryBytes
     }
 
     func convArgs(_ g: ConvGeometry, _ batch: Int) -> [KArg] {
@@ -526,5 +596,19 @@ public final class OpenCLBackend: Backend {
                    ref(param) + ref(grad) + ref(m) + ref(v)
                        + [.i32(count), .f32(step.lr), .f32(step.beta1), .f32(step.beta2), .f32(step.eps),
                           .f32(step.weightDecay), .f32(step.biasCorrection1), .f32(step.biasCorrection2)])
+    }
+}
+
+/// Messages given once per process (a setting read by every backend warns once).
+final class WarnOnce: @unchecked Sendable {
+    static let shared = WarnOnce()
+    private let lock = NSLock()
+    private var given: Set<String> = []
+
+    /// True the first time `message` is seen.
+    func first(_ message: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return given.insert(message).inserted
     }
 }

@@ -2,11 +2,16 @@ import Foundation
 
 extension OpenCLBackend {
     /// Work-group size of the SVD kernels: 1 on CPU devices (one item walks a row pair),
-    /// 64 on GPUs; `NOISEAR_KERNEL_DEFINES=SVD_WG=N` (a power of two) overrides it.
+    /// 64 on GPUs (less where the device's work-group limit is lower);
+    /// `NOISEAR_KERNEL_DEFINES=SVD_WG=N` (a power of two, checked when the backend opens)
+    /// overrides it.
     var svdWorkGroup: Int {
         let v = params["SVD_WG"]
         if v > 0 { return v }
-        return params.profile == .cpu ? 1 : 64
+        if params.profile == .cpu { return 1 }
+        var wg = 64
+        while wg > 1 && (wg > limits.maxLocal(0) || 3 * 8 * wg > limits.localMemoryBytes) { wg /= 2 }
+        return wg
     }
 
     /// One-sided Jacobi SVD (`Kernels/svd.cl`): sweeps of block round-robin launches with a
