@@ -39,7 +39,9 @@ let package = Package(
             name: "NoiseARGPU",
             dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG"],
             path: "Sources/NoiseARGPU",
-            exclude: ["Models/weights"],
+            // The shipped shapes-world weights, copied beside the products at build time
+            // (ShippedModels finds them there without the source tree).
+            resources: [.copy("Models/weights")],
             plugins: ["EmbedKernels"]),
         // The C header's types for the Swift implementation of the C API.
         .target(name: "CNoiseAR", path: "Sources/CNoiseAR"),

@@ -119,11 +119,10 @@ void noisear_prior_free(noisear_prior *prior);
 noisear_prior_kind noisear_prior_get_kind(const noisear_prior *prior);
 /* The latent of one image: channels, height, width. */
 void noisear_prior_latent_shape(const noisear_prior *prior, int64_t shape[3]);
-/* The width D of the prompt embeddings [B, T, D] the prior takes. */
-int64_t noisear_prior_embed_dim(const noisear_prior *prior);
-/* The number of prompt tokens T the prior needs (NPNet projects a fixed T x D), or 0 when any
- * T works (NoiseAR). */
-int64_t noisear_prior_embed_tokens(const noisear_prior *prior);
+/* What the prior needs of prompt embeddings [B, T, D]: for NoiseAR the width D (any T); for
+ * NPNet, which projects the flattened T x D, the product T * D (any T and D with that product;
+ * the authors' SDXL checkpoints take 77 x 2048). */
+int64_t noisear_prior_embed_size(const noisear_prior *prior);
 
 typedef struct noisear_sample_params {
     uint64_t seed;          /* image b draws from stream seed + b */

@@ -312,14 +312,9 @@ public func noisear_prior_latent_shape(_ prior: OpaquePointer?, _ shape: UnsafeM
     for i in 0..<3 { shape[i] = Int64(i < s.count ? s[i] : 0) }
 }
 
-@_cdecl("noisear_prior_embed_dim")
-public func noisear_prior_embed_dim(_ prior: OpaquePointer?) -> Int64 {
-    Int64(handle(prior, as: Prior.self)?.prior.embedDim ?? 0)
-}
-
-@_cdecl("noisear_prior_embed_tokens")
-public func noisear_prior_embed_tokens(_ prior: OpaquePointer?) -> Int64 {
-    Int64(handle(prior, as: Prior.self)?.prior.embedTokens ?? 0)
+@_cdecl("noisear_prior_embed_size")
+public func noisear_prior_embed_size(_ prior: OpaquePointer?) -> Int64 {
+    Int64(handle(prior, as: Prior.self)?.prior.embedSize ?? 0)
 }
 
 @_cdecl("noisear_sample_default_params")
@@ -339,12 +334,7 @@ func withPrior(_ prior: OpaquePointer?, _ name: String, _ body: (Prior) throws -
 /// Prompt embeddings [B, T, D] from a caller's buffer, checked against the prior.
 func embeddings(_ p: Prior, _ data: UnsafePointer<Float>?, _ b: Int64, _ t: Int64, _ d: Int64) throws -> Tensor {
     let n = try elements([b, t, d], "prompt_embeds")
-    guard d == p.prior.embedDim else {
-        throw NoiseError.shapeMismatch("prompt_embeds [\(b), \(t), \(d)]: the prior takes D = \(p.prior.embedDim)")
-    }
-    if let need = p.prior.embedTokens, t != need {
-        throw NoiseError.shapeMismatch("prompt_embeds [\(b), \(t), \(d)]: this NPNet takes T = \(need) tokens")
-    }
+    try p.prior.checkEmbeddings(batch: Int(b), tokens: Int(t), dim: Int(d))
     let host = HostTensor(shape: [Int(b), Int(t), Int(d)], data: try floats(data, n, "prompt_embeds"))
     try host.requireFinite("prompt_embeds")
     return try Tensor(host.data, shape: host.shape, on: p.context.device)

@@ -155,7 +155,7 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_get_kind(prior) == NOISEAR_PRIOR_NOISEAR, "kind");
     int64_t shape[3];
     noisear_prior_latent_shape(prior, shape);
-    CHECK(noisear_prior_embed_dim(prior) == nd && noisear_prior_embed_tokens(prior) == 0, "embed dim %lld", (long long)noisear_prior_embed_dim(prior));
+    CHECK(noisear_prior_embed_size(prior) == nd, "embed size %lld", (long long)noisear_prior_embed_size(prior));
     size_t latent = (size_t)(nb * shape[0] * shape[1] * shape[2]);
     float *embeds = read_floats("noisear_embeds.f32", (size_t)(nb * nt * nd));
     float *eps = read_floats("noisear_eps.f32", latent);
@@ -187,7 +187,7 @@ int main(int argc, char **argv) {
     /* sampling errors */
     CHECK(noisear_prior_sample(prior, NULL, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL embeds");
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd + 1, &sp, out, latent) == NOISEAR_ERR_SHAPE, "wrong D");
-    CHECK(strstr(noisear_context_last_error(ctx), "D =") != NULL, "%s", noisear_context_last_error(ctx));
+    CHECK(strstr(noisear_context_last_error(ctx), "D = ") != NULL, "%s", noisear_context_last_error(ctx));
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, latent - 1) == NOISEAR_ERR_SHAPE, "short out");
     CHECK(noisear_prior_sample(prior, embeds, 0, nt, nd, &sp, out, latent) == NOISEAR_ERR_SHAPE, "batch 0");
     CHECK(noisear_prior_sample(prior, embeds, -1, nt, nd, &sp, out, latent) == NOISEAR_ERR_SHAPE, "batch -1");
@@ -241,8 +241,7 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_get_kind(np) == NOISEAR_PRIOR_NPNET, "npnet kind");
     int64_t nshape[3];
     noisear_prior_latent_shape(np, nshape);
-    CHECK(noisear_prior_embed_tokens(np) == pt && noisear_prior_embed_dim(np) == pd, "npnet embeds %lld x %lld",
-          (long long)noisear_prior_embed_tokens(np), (long long)noisear_prior_embed_dim(np));
+    CHECK(noisear_prior_embed_size(np) == pt * pd, "npnet embeds %lld", (long long)noisear_prior_embed_size(np));
     size_t nlatent = (size_t)(pb * nshape[0] * nshape[1] * nshape[2]);
     float *pnoise = read_floats("npnet_noise.f32", nlatent);
     float *pembeds = read_floats("npnet_embeds.f32", (size_t)(pb * pt * pd));
@@ -255,6 +254,7 @@ int main(int argc, char **argv) {
     write_floats("c_golden_oldtimm.f32", golden, nlatent);
     noisear_prior_free(old);
     CHECK(noisear_prior_golden(np, pnoise, nlatent, pembeds, pb, pt + 1, pd, golden, nlatent) == NOISEAR_ERR_SHAPE, "npnet tokens");
+    CHECK(noisear_prior_golden(np, pnoise, nlatent, pembeds, pb, pt * pd, 1, golden, nlatent) == NOISEAR_OK, "npnet [B, T*D, 1]");
     CHECK(noisear_prior_score(np, pembeds, pb, pt, pd, pnoise, nlatent, 1.0f, NULL, NULL, log_prob) == NOISEAR_ERR_UNSUPPORTED, "score npnet");
     CHECK(noisear_prior_sample(np, pembeds, pb, pt, pd, &sp, golden, nlatent) == NOISEAR_ERR_UNSUPPORTED, "sample npnet");
     noisear_prior_free(np);

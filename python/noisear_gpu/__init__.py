@@ -121,8 +121,7 @@ def _load():
             "noisear_prior_free": (None, [vp]),
             "noisear_prior_get_kind": (c_int, [vp]),
             "noisear_prior_latent_shape": (None, [vp, ctypes.POINTER(c_i64)]),
-            "noisear_prior_embed_dim": (c_i64, [vp]),
-            "noisear_prior_embed_tokens": (c_i64, [vp]),
+            "noisear_prior_embed_size": (c_i64, [vp]),
             "noisear_sample_default_params": (_SampleParams, []),
             "noisear_prior_sample": (c_int, [vp, _FP, c_i64, c_i64, c_i64, ctypes.POINTER(_SampleParams), _FP, c_sz]),
             "noisear_prior_score": (c_int, [vp, _FP, c_i64, c_i64, c_i64, _FP, c_sz, ctypes.c_float, _FP, _FP, _FP]),
@@ -267,13 +266,9 @@ class Prior:
         return (int(s[0]), int(s[1]), int(s[2]))
 
     @property
-    def embed_dim(self) -> int:
-        return int(self._lib.noisear_prior_embed_dim(self._handle))
-
-    @property
-    def embed_tokens(self) -> Optional[int]:
-        t = int(self._lib.noisear_prior_embed_tokens(self._handle))
-        return t or None
+    def embed_size(self) -> int:
+        """NoiseAR: the width D of prompt embeddings [B, T, D] (any T); NPNet: T * D."""
+        return int(self._lib.noisear_prior_embed_size(self._handle))
 
     def sample(self, prompt_embeds, seed: int = 0, temperature: float = 0.5, strength: float = 1.0,
                eps=None, cached: bool = True, progress: Optional[Callable[[int, int], bool]] = None) -> np.ndarray:

@@ -225,19 +225,54 @@ public enum DiffusionSampler {
     }
 }
 
-/// Where the shipped shapes-world model is found: `NOISEAR_MODEL`, else the copy in this
-/// source tree (`Sources/NoiseARGPU/Models/weights/`), else next to the executable.
+/// Where the shipped shapes-world weights are found: the environment variable (`NOISEAR_MODEL`,
+/// `NOISEAR_PRIOR`, `NOISEAR_NPNET`), else beside the running executable or beside the loaded
+/// library (libnoisear.so): the file itself or the package's resource folder
+/// `noisear-gpu_NoiseARGPU.resources/weights/` that the build puts there (copy it along with a
+/// binary), else this source tree (`Sources/NoiseARGPU/Models/weights/`).
 public enum ShippedModels {
     public static let diffusionFile = "shapes-diffusion.safetensors"
+    /// The resource folder SwiftPM builds beside the products (`resources: [.copy("Models/weights")]`).
+    public static let resourceFolder = "noisear-gpu_NoiseARGPU.resources/weights"
+
+    /// Folders of the running executable and of the image holding this library (they differ
+    /// when a host program loads libnoisear.so).
+    static var productFolders: [URL] {
+        var out: [URL] = []
+        if let exe = Bundle.main.executableURL { out.append(exe.resolvingSymlinksInPath().deletingLastPathComponent()) }
+        if let arg0 = CommandLine.arguments.first, !arg0.isEmpty {
+            out.append(URL(fileURLWithPath: arg0).resolvingSymlinksInPath().deletingLastPathComponent())
+        }
+        if let image = imagePath(containing: UInt(bitPattern: #dsohandle)) {
+            out.append(URL(fileURLWithPath: image).resolvingSymlinksInPath().deletingLastPathComponent())
+        }
+        return out
+    }
+
+    /// The file mapped at `address` in this process (/proc/self/maps), e.g. libnoisear.so.
+    static func imagePath(containing address: UInt) -> String? {
+        guard let maps = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return nil }
+        for line in maps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 6, fields[5].hasPrefix("/") else { continue }
+            let range = fields[0].split(separator: "-")
+            guard range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { continue }
+            if address >= lo && address < hi { return fields[5...].joined(separator: " ") }
+        }
+        return nil
+    }
 
     public static func locate(_ file: String, environment: [String: String] = ProcessInfo.processInfo.environment,
                               variable: String = "NOISEAR_MODEL") -> URL? {
         if let p = environment[variable], !p.isEmpty { return URL(fileURLWithPath: p) }
-        let inTree = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Models/weights/\(file)")
-        let besideBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent(file)
-        return [inTree, besideBinary].first { FileManager.default.fileExists(atPath: $0.path) }
+        var candidates: [URL] = []
+        for dir in productFolders {
+            candidates.append(dir.appendingPathComponent(file))
+            candidates.append(dir.appendingPathComponent(resourceFolder).appendingPathComponent(file))
+        }
+        candidates.append(URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Models/weights/\(file)"))
+        return candidates.first { FileManager.default.fileExists(atPath: $0.path) }
     }
 }
 

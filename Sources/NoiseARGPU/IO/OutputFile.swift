@@ -177,8 +177,8 @@ public enum OutputFile {
     }
 }
 
-/// Reading a user's input file with errors in words (missing, a folder, unreadable) instead of
-/// Foundation's error domains and numbers.
+/// Reading a user's input file (memory-mapped where safe) with errors in words (missing, a
+/// folder, unreadable) instead of Foundation's error domains and numbers.
 public enum InputFile {
     public static func contents(of url: URL) throws -> Data {
         let path = url.relativePath
@@ -189,7 +189,7 @@ public enum InputFile {
         if (st.st_mode & S_IFMT) == S_IFDIR { throw NoiseError.io("cannot read \(path): it is a folder, not a file") }
         guard access(path, R_OK) == 0 else { throw NoiseError.io("cannot read \(path): \(OutputFile.errnoText())") }
         do {
-            return try Data(contentsOf: url)
+            return try Data(contentsOf: url, options: .mappedIfSafe)
         } catch {
             throw NoiseError.io("cannot read \(path): \(error.localizedDescription)")
         }

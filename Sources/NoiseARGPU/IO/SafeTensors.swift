@@ -49,13 +49,7 @@ public struct SafeTensorsFile: Sendable {
     ///   (integers, BOOL, F8) are validated, then left out of `tensors` (their dtype stays in
     ///   `dtypes`) instead of failing the whole file.
     public static func read(_ url: URL, skippingUnsupported: Bool = false) throws -> SafeTensorsFile {
-        let data: Data
-        do {
-            data = try Data(contentsOf: url, options: .mappedIfSafe)
-        } catch {
-            throw NoiseError.io("cannot read \(url.path): \(error.localizedDescription)")
-        }
-        return try parse(data, source: url.path, skippingUnsupported: skippingUnsupported)
+        try parse(InputFile.contents(of: url), source: url.path, skippingUnsupported: skippingUnsupported)
     }
 
     /// Parses the bytes of a safetensors file. `source` names the file in error messages.

@@ -40,20 +40,24 @@ public enum NoisePrior {
         }
     }
 
-    /// The width D of the prompt embeddings [B, T, D] the prior takes.
-    public var embedDim: Int {
+    /// What the prior needs of prompt embeddings [B, T, D]: NoiseAR's cross-attention takes any
+    /// T with this D; NPNet projects the flattened T x D, so any T and D with T * D equal to this.
+    public var embedSize: Int {
         switch self {
         case .noiseAR(let n): return n.config.contextDim
-        case .npnet(let n): return n.config.textDim
+        case .npnet(let n): return n.config.textFeatures
         }
     }
 
-    /// The number of prompt tokens T the prior needs (NPNet's text projection is over a fixed
-    /// T x D), or nil when any T works (NoiseAR's cross-attention).
-    public var embedTokens: Int? {
+    /// Checks prompt embeddings of shape [b, t, d] against `embedSize`.
+    public func checkEmbeddings(batch b: Int, tokens t: Int, dim d: Int) throws {
         switch self {
-        case .noiseAR: return nil
-        case .npnet(let n): return n.config.textTokens
+        case .noiseAR:
+            try requireShape(d == embedSize, "prompt_embeds [\(b), \(t), \(d)]: this NoiseAR prior takes D = \(embedSize)")
+        case .npnet(let n):
+            let (f, o) = t.multipliedReportingOverflow(by: d)
+            try requireShape(!o && f == embedSize,
+                             "prompt_embeds [\(b), \(t), \(d)]: this NPNet takes T x D = \(embedSize) features (e.g. [\(b), \(n.config.textTokens), \(n.config.textDim)])")
         }
     }
 
