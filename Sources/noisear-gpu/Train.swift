@@ -59,23 +59,13 @@ struct TrainDiffusion: ParsableCommand {
                 note("resumed from \(checkpoint) at step \(trainer.step)")
             }
             note("model: \(model.params.count) parameters on \(device.info.id) (\(device.info.name)); batch \(batch), \(steps) steps")
-            let bar = ProgressBar(total: steps, label: "train", quiet: quiet)
-            var recent: [Float] = []
             let t0 = Date()
             let startStep = trainer.step
-            while trainer.step < steps {
-                let loss = try trainer.trainStep()
-                recent.append(loss)
-                if recent.count > 50 { recent.removeFirst() }
-                let avg = recent.reduce(0, +) / Float(recent.count)
-                let sps = Double((trainer.step - startStep) * batch) / Date().timeIntervalSince(t0)
-                bar.update(trainer.step, String(format: "loss %.4f  %.1f samples/s", avg, sps))
-                if !bar.enabled && (trainer.step % 50 == 0 || trainer.step == steps) {
-                    note(String(format: "step %d/%d loss %.4f %.1f samples/s", trainer.step, steps, avg, sps))
-                }
-                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
-                    try trainer.saveCheckpoint(ckpt, extraMetadata: ["loss_avg50": String(avg)])
-                }
+            try runTrainingLoop(steps: steps, label: "train", quiet: quiet, lossName: "loss", digits: 4, start: trainer.step,
+                                every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
+                try trainer.saveCheckpoint(ckpt, extraMetadata: ["loss_avg50": String(avg)])
+                let sps = Double((trainer.step - startStep) * batch) / max(Date().timeIntervalSince(t0), 1e-9)
+                return String(format: "%.1f samples/s", sps)
             }
             if let export {
                 try trainer.exportEMA(URL(fileURLWithPath: export),
@@ -137,13 +127,8 @@ struct TrainPrior: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            var all = try NoiseDataset.load(URL(fileURLWithPath: data))
-            let isValidation = PromptMirror.isValidation
-            let valIdx = (0..<all.count).filter { isValidation(all.prompts[$0]) }
-            let trainIdx = (0..<all.count).filter { !isValidation(all.prompts[$0]) }
-            var train = all.subset(trainIdx)
-            let validation = all.subset(valIdx)
-            all = train
+            let (all, validation) = try NoiseDataset.load(URL(fileURLWithPath: data)).splitByPrompt()
+            var train = all
             if mirror {
                 guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
                     throw NoiseError.io("--mirror needs the diffusion model's text encoder: pass --model FILE or --no-mirror")
@@ -167,25 +152,23 @@ struct TrainPrior: ParsableCommand {
                 note("resumed from \(checkpoint) at step \(trainer.step)")
             }
             note("prior: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs\(mirror ? " (with mirrors)" : ""), \(validation.count) validation pairs")
-            var best: (nll: Double, step: Int, weights: [String: HostTensor])? = nil
+            var best = BestWeights()
             try runTrainingLoop(steps: steps, label: "train prior", quiet: quiet, lossName: "NLL", digits: 4,
                                 start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
                 let (v, g) = try trainer.evaluate(validation)
-                if validation.count > 0 && v < (best?.nll ?? .infinity) {
-                    best = (v, trainer.step, try net.params.hostTensors())
-                }
+                if validation.count > 0 { try best.offer(loss: v, step: trainer.step) { try net.params.hostTensors() } }
                 try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
                 return String(format: "val %.4f (gaussian %.4f)", v, g)
             }
             var (v, g) = try trainer.evaluate(validation)
             let (t, tg) = try trainer.evaluate(all)
             print(String(format: "validation NLL %.4f nats/element (standard Gaussian %.4f); train %.4f (Gaussian %.4f)", v, g, t, tg))
-            if let b = best, b.step != trainer.step {
-                v = b.nll
-                print(String(format: "best validation NLL %.4f at step %d (exported)", b.nll, b.step))
+            if best.weights != nil, best.step != trainer.step {
+                v = best.loss
+                print(String(format: "best validation NLL %.4f at step %d (exported)", best.loss, best.step))
             }
             if let export {
-                try trainer.export(URL(fileURLWithPath: export), weights: best?.weights, step: best?.step, metadata: [
+                try trainer.export(URL(fileURLWithPath: export), weights: best.weights, step: best.weights == nil ? nil : best.step, metadata: [
                     "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
                     "pairs": "\(train.count) training (with mirrors), \(validation.count) validation",
                     "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
@@ -235,10 +218,8 @@ struct TrainNPNet: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            let all = try NoiseDataset.load(URL(fileURLWithPath: data))
-            let train = all.subset((0..<all.count).filter { !PromptMirror.isValidation(all.prompts[$0]) })
-            let validation = all.subset((0..<all.count).filter { PromptMirror.isValidation(all.prompts[$0]) })
-            let e = all.promptEmbeds.shape
+            let (train, validation) = try NoiseDataset.load(URL(fileURLWithPath: data)).splitByPrompt()
+            let e = train.promptEmbeds.shape
             let net = try NPNet(config: ShapesNPNet.config(textTokens: e.count > 1 ? e[1] : 1, textDim: e.last ?? 1,
                                                            embedDim: embed), device: device, seed: seed)
             var settings = PriorTrainingSettings()
@@ -290,27 +271,14 @@ func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String
     return url
 }
 
-/// The loop shared by the prior trainers, from step `start` (a resumed run) to `steps`: `step` runs one optimisation step and returns (the
-/// step count after it, its loss); every `every` steps and at the end `checkpoint` gets the mean
-/// loss of the last 50 steps and returns a validation summary for the progress line (printed as a
-/// line of its own when standard error is not a terminal).
+/// The library's training loop with a progress bar (a line per checkpoint when standard error is
+/// not a terminal).
 func runTrainingLoop(steps: Int, label: String, quiet: Bool, lossName: String, digits: Int, start: Int, every: Int,
                      step: () throws -> (Int, Float), checkpoint: (Float) throws -> String) throws {
     let bar = ProgressBar(total: steps, label: label, quiet: quiet)
-    var recent: [Float] = []
-    var lastVal = ""
-    var done = start
-    while done < steps {
-        let (n, loss) = try step()
-        done = n
-        recent.append(loss)
-        if recent.count > 50 { recent.removeFirst() }
-        let avg = recent.reduce(0, +) / Float(recent.count)
+    try TrainingLoop.run(steps: steps, start: start, every: every, step: step, checkpoint: checkpoint) { done, avg, summary, checkpointed in
         let lossText = String(format: "%@ %.\(digits)f ", lossName, avg)
-        if done % every == 0 || done == steps {
-            lastVal = try checkpoint(avg)
-            if !bar.enabled { note("step \(done)/\(steps) train " + lossText + lastVal) }
-        }
-        bar.update(done, lossText + lastVal)
+        if checkpointed && !bar.enabled && !quiet { note("step \(done)/\(steps) train " + lossText + summary) }
+        bar.update(done, lossText + summary)
     }
 }
