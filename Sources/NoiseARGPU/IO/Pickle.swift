@@ -203,6 +203,9 @@ struct Unpickler {
     private var marks: [Int] = []
     private var memo: [Int: PickleValue] = [:]
     private var opcodeOffset = 0
+    /// Elements copied out of existing containers (OrderedDict(pairs), torch.Size(seq)): each
+    /// such call costs a few bytes of pickle but may copy a large list, so the total is bounded.
+    private var copied = 0
 
     init(_ raw: UnsafeRawBufferPointer, from start: Int = 0, context: String,
          persistentLoad: PersistentLoad? = nil) {
@@ -553,7 +556,14 @@ struct Unpickler {
 
     // MARK: The allowed callables
 
-    private func reduce(_ callable: PickleValue, _ argsValue: PickleValue) throws -> PickleValue {
+    private mutating func charge(_ n: Int) throws {
+        copied += n
+        guard copied <= 4 * bytes.count + 100_000 else {
+            throw fail("the pickle copies more than \(4 * bytes.count + 100_000) elements (shared lists rebuilt over and over)")
+        }
+    }
+
+    private mutating func reduce(_ callable: PickleValue, _ argsValue: PickleValue) throws -> PickleValue {
         guard case .global(let g) = callable else { throw fail("REDUCE calls \(callable.kind)") }
         guard case .tuple(let args, _) = argsValue else { throw fail("REDUCE arguments are \(argsValue.kind), not a tuple") }
         switch g {
@@ -563,6 +573,7 @@ struct Unpickler {
             guard args.count == 1, let pairs = args[0].sequence else {
                 throw fail("OrderedDict() takes a list of pairs")
             }
+            try charge(pairs.count)
             var items: [PickleValue] = []
             items.reserveCapacity(2 * pairs.count)
             for pair in pairs {
@@ -573,6 +584,7 @@ struct Unpickler {
             return dict
         case .torchSize:
             guard args.count == 1, let dims = args[0].sequence else { throw fail("torch.Size() takes one tuple") }
+            try charge(dims.count)
             return try makeTuple(dims)
         case .rebuildTensorV2:
             // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])

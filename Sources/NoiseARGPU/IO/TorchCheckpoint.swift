@@ -51,7 +51,7 @@ public enum TorchCheckpoint {
             }
             if let magic = b.slice(257, 5), Array(magic) == Array("ustar".utf8) {
                 throw NoiseError.unsupported(
-                    "\(source): a tar-format PyTorch checkpoint (PyTorch before 0.4) is not supported; re-save it with a newer torch.save")
+                    "\(source): a tar-format PyTorch checkpoint (the oldest torch.save format) is not supported; re-save it with a newer PyTorch")
             }
             throw NoiseError.io("\(source): not a PyTorch checkpoint (neither a zip archive nor a pickle)")
         }

@@ -77,9 +77,9 @@ struct ZipArchive {
     }
 
     /// Converts a 64-bit size or offset to Int when it can lie inside the file.
-    private func fileOffset(_ value: UInt64, _ what: String) throws -> Int {
+    private func fileOffset(_ value: UInt64, _ what: @autoclosure () -> String) throws -> Int {
         guard value <= UInt64(bytes.count) else {
-            throw fail("\(what) \(value) is beyond the end of the file (\(bytes.count) bytes)")
+            throw fail("\(what()) \(value) is beyond the end of the file (\(bytes.count) bytes)")
         }
         return Int(value)
     }
@@ -215,7 +215,7 @@ struct ZipArchive {
     /// The stored bytes of an entry, bounds-checked against the file and checked against the
     /// entry's CRC-32.
     func contents(of entry: Entry) throws -> UnsafeRawBufferPointer {
-        let name = Text.quoted(entry.name)
+        var name: String { Text.quoted(entry.name) }
         if entry.flags & 1 != 0 {
             throw NoiseError.unsupported("\(source): zip entry \(name) is encrypted")
         }
