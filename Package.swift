@@ -35,14 +35,28 @@ let package = Package(
         .plugin(
             name: "EmbedKernels", capability: .buildTool(),
             dependencies: ["embed-kernels"], path: "Sources/EmbedKernels"),
+        // The compute layer: devices and backends (CPU, OpenCL), tensors and ops with their
+        // tape, Philox randomness, file formats.
         .target(
-            name: "NoiseARGPU",
+            name: "NoiseARCore",
             dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG"],
-            path: "Sources/NoiseARGPU",
-            // The shipped shapes-world weights, copied beside the products at build time
-            // (ShippedModels finds them there without the source tree).
-            resources: [.copy("Models/weights")],
+            path: "Sources/NoiseARCore",
             plugins: ["EmbedKernels"]),
+        // The models as their papers name them (NoiseAR, NPNet, Swin, UNet), the schedulers and
+        // the sampler loop over any denoiser, the priors' loaders.
+        .target(
+            name: "NoiseARModels", dependencies: ["NoiseARCore"],
+            path: "Sources/NoiseARModels"),
+        // The shapes world: scenes, prompts, the exact reward, the shipped models (package
+        // resources, copied beside the products), collection, evaluation, training, benchmarks.
+        .target(
+            name: "NoiseARShapes", dependencies: ["NoiseARCore", "NoiseARModels"],
+            path: "Sources/NoiseARShapes",
+            resources: [.copy("weights")]),
+        // Everything above as one import.
+        .target(
+            name: "NoiseARGPU", dependencies: ["NoiseARCore", "NoiseARModels", "NoiseARShapes"],
+            path: "Sources/NoiseARGPU"),
         // The C header's types for the Swift implementation of the C API.
         .target(name: "CNoiseAR", path: "Sources/CNoiseAR"),
         .target(

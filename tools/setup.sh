@@ -15,3 +15,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 ${AS_ROOT[@]+"${AS_ROOT[@]}"} apt-get update
 ${AS_ROOT[@]+"${AS_ROOT[@]}"} apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+# The Python package's tests need numpy and pytest (no PyTorch).
+if ! python3 -c "import numpy, pytest" 2>/dev/null; then
+    python3 -m pip install --quiet numpy pytest
+fi

@@ -64,6 +64,9 @@ struct CollectCommand: ParsableCommand {
         if candidates < 1 || steps < 1 || batch < 1 || block < 1 || limit < 0 {
             throw CLIError("--candidates, --steps, --batch and --block must be at least 1")
         }
+        // Checked whatever the method, so a mistyped option never passes silently.
+        if !(highCfg > lowCfg) { throw CLIError("--high-cfg must be above --low-cfg") }
+        if inversionSteps < 2 { throw CLIError("--inversion-steps must be at least 2") }
         try job().validate()
     }
 

@@ -1,0 +1,150 @@
+/// Multi-head scaled dot-product attention.
+extension Tensor {
+    /// softmax(scale * q k^T + bias + causal mask) v per (batch, head).
+    ///
+    /// - q: [B, H, Tq, D] (or [B, Tq, H, D] with `layout: .bthd`); k: [B, H, Tk, D];
+    ///   v: [B, H, Tk, Dv]; the output has q's layout with Dv features.
+    /// - bias: optional additive [Bb, Hb, Tq, Tk] with B divisible by Bb (batch b reads bias
+    ///   b % Bb) and Hb 1 or H: a relative-position bias, or Swin's per-window mask.
+    /// - causal: query i sees keys j <= i + (Tk - Tq) (bottom-right aligned, so a cached
+    ///   decoding step with Tq = 1 sees every key).
+    /// The forward pass is one fused OpenCL kernel with an online softmax; the backward pass
+    /// recomputes the probabilities with GEMM and softmax kernels.
+    public static func attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor? = nil,
+                                 causal: Bool = false, scale: Float? = nil,
+                                 layout: AttentionLayout = .bhtd) throws -> Tensor {
+        try q.sameDevice(k, "attention")
+        try q.sameDevice(v, "attention")
+        try requireShape(q.rank == 4 && k.rank == 4 && v.rank == 4,
+                         "attention expects rank-4 q, k, v; got \(q.shape), \(k.shape), \(v.shape)")
+        let tAxis = layout == .bhtd ? 2 : 1, hAxis = layout == .bhtd ? 1 : 2
+        let b = q.shape[0], h = q.shape[hAxis], tq = q.shape[tAxis], dim = q.shape[3]
+        let tk = k.shape[tAxis], dv = v.shape[3]
+        try requireShape(k.shape == layout.shape(batch: b, heads: h, tokens: tk, dim: dim),
+                         "attention key shape \(k.shape) does not fit query \(q.shape)")
+        try requireShape(v.shape == layout.shape(batch: b, heads: h, tokens: tk, dim: dv),
+                         "attention value shape \(v.shape) does not fit key \(k.shape)")
+        var d = AttentionDesc(batch: b, heads: h, tq: tq, tk: tk, headDim: dim, valueDim: dv,
+                              scale: scale, causal: causal)
+        d.qStrides = layout.strides(heads: h, tokens: tq, dim: dim)
+        d.kStrides = layout.strides(heads: h, tokens: tk, dim: dim)
+        d.vStrides = layout.strides(heads: h, tokens: tk, dim: dv)
+        d.oStrides = layout.strides(heads: h, tokens: tq, dim: dv)
+        if let bias {
+            try requireShape(bias.rank == 4 && bias.shape[2] == tq && bias.shape[3] == tk
+                                && b % bias.shape[0] == 0 && (bias.shape[1] == 1 || bias.shape[1] == h),
+                             "attention bias \(bias.shape) does not fit [B|Bb, 1|\(h), \(tq), \(tk)]")
+            try q.sameDevice(bias, "attention")
+            d.biasBatch = bias.shape[0]
+            d.biasHeads = bias.shape[1]
+        }
+        let out = try Tensor.empty(layout.shape(batch: b, heads: h, tokens: tq, dim: dv), on: q.device)
+        try attentionForward(d, q, k, v, bias, into: out)
+        let inputs = [q, k, v] + (bias.map { [$0] } ?? [])
+        return record(out, inputs, "attention") { g in
+            let p = try attentionProbs(d, q, k, bias)
+            // dV = P^T dO ; dP = dO V^T ; dS = softmax'(P, dP) ; dQ = s dS K ; dK = s dS^T Q
+            let dv_ = try Tensor.empty(v.shape, on: v.device)
+            try attentionGemm(d, p, true, g, d.oStrides, false, into: dv_, d.vStrides, m: tk, n: dv, kdim: tq, scale: 1)
+            let dp = try Tensor.empty([b, h, tq, tk], on: q.device)
+            try attentionGemm(d, g, false, v, d.vStrides, true, into: dp, [h * tq * tk, tq * tk, tk],
+                              m: tq, n: tk, kdim: dv, scale: 1, aStrides: d.oStrides)
+            let ds = try Tensor.empty([b, h, tq, tk], on: q.device)
+            try q.device.run(.softmaxBackward, [p.ref, dp.ref, ds.ref], outputs: [2]) { be, r in
+                try be.softmaxBackward(rows: b * h * tq, cols: tk, log: false, y: r[0], dy: r[1], dx: r[2])
+            }
+            let dq = try Tensor.empty(q.shape, on: q.device)
+            try attentionGemm(d, ds, false, k, d.kStrides, false, into: dq, d.qStrides, m: tq, n: dim, kdim: tk, scale: d.scale)
+            let dk = try Tensor.empty(k.shape, on: k.device)
+            try attentionGemm(d, ds, true, q, d.qStrides, false, into: dk, d.kStrides, m: tk, n: dim, kdim: tq, scale: d.scale)
+            var grads: [Tensor?] = [dq, dk, dv_]
+            if let bias {
+                let bb = bias.shape[0], bh = bias.shape[1]
+                var db = try ds.reshaped([b / bb, bb, h, tq, tk]).sum(axes: [0])
+                if bh == 1 { db = try db.sum(axes: [1], keepDims: true) }
+                grads.append(try db.reshaped(bias.shape))
+            }
+            return grads
+        }
+    }
+
+    /// The forward pass for a descriptor whose strides address q, k, v and out (unrecorded).
+    /// The fused kernel keeps a query row and its accumulator in registers: it is used for
+    /// head sizes up to 256, and the GEMM + softmax + GEMM form beyond.
+    static func attentionForward(_ d: AttentionDesc, _ q: Tensor, _ k: Tensor, _ v: Tensor, _ bias: Tensor?,
+                                 into out: Tensor) throws {
+        if d.headDim <= 256 && d.valueDim <= 256 {
+            let refs = [q.ref, k.ref, v.ref, out.ref] + (bias.map { [$0.ref] } ?? [])
+            try q.device.run(.attention, refs, outputs: [3]) { be, r in
+                try be.attention(d, q: r[0], k: r[1], v: r[2], bias: bias != nil ? r[4] : nil, o: r[3])
+            }
+        } else {
+            let p = try attentionProbs(d, q, k, bias)
+            try attentionGemm(d, p, false, v, d.vStrides, false, into: out, d.oStrides, m: d.tq, n: d.valueDim,
+                              kdim: d.tk, scale: 1)
+        }
+    }
+
+    /// Attention of q [B, Tq, H, D] over the first `tokens` positions of key/value caches
+    /// [B, capacity, H, D] (a decoding step reads its prefix in place; unrecorded, no causal mask
+    /// inside the prefix). Returns [B, Tq, H, D].
+    package static func cachedAttention(q: Tensor, keys: Tensor, values: Tensor, tokens: Int) throws -> Tensor {
+        let b = q.shape[0], tq = q.shape[1], h = q.shape[2], dim = q.shape[3], cap = keys.shape[1]
+        try requireShape(keys.shape == [b, cap, h, dim] && values.shape == keys.shape && tokens <= cap && tokens > 0,
+                         "cached attention: q \(q.shape), caches \(keys.shape), \(tokens) tokens")
+        var d = AttentionDesc(batch: b, heads: h, tq: tq, tk: tokens, headDim: dim, valueDim: dim,
+                              scale: nil, causal: false)
+        d.qStrides = AttentionLayout.bthd.strides(heads: h, tokens: tq, dim: dim)
+        d.oStrides = d.qStrides
+        d.kStrides = AttentionLayout.bthd.strides(heads: h, tokens: cap, dim: dim)
+        d.vStrides = d.kStrides
+        let out = try Tensor.empty(q.shape, on: q.device)
+        try attentionForward(d, q, keys, values, nil, into: out)
+        return out
+    }
+
+    /// P = softmax(scale q k^T + bias + causal) as a contiguous [B, H, Tq, Tk] tensor.
+    package static func attentionProbs(_ d: AttentionDesc, _ q: Tensor, _ k: Tensor, _ bias: Tensor?) throws -> Tensor {
+        let dev = q.device
+        var s = try Tensor.empty([d.batch, d.heads, d.tq, d.tk], on: dev)
+        try attentionGemm(d, q, false, k, d.kStrides, true, into: s, [d.heads * d.tq * d.tk, d.tq * d.tk, d.tk],
+                          m: d.tq, n: d.tk, kdim: d.headDim, scale: d.scale, aStrides: d.qStrides)
+        try dev.noGrad {
+            if let bias {
+                let bb = bias.shape[0]
+                s = try (s.reshaped([d.batch / bb, bb, d.heads, d.tq, d.tk]) + bias.reshaped([1] + bias.shape))
+                    .reshaped([d.batch, d.heads, d.tq, d.tk])
+            }
+            if d.causal {
+                var mask = [Float](repeating: 0, count: d.tq * d.tk)
+                for i in 0..<d.tq {
+                    for j in 0..<d.tk where j > i + d.tk - d.tq { mask[i * d.tk + j] = -Float.infinity }
+                }
+                s = try s + Tensor(mask, shape: [d.tq, d.tk], on: dev)
+            }
+        }
+        let p = try Tensor.empty(s.shape, on: dev)
+        try dev.run(.softmax, [s.ref, p.ref], outputs: [1]) { be, r in
+            try be.softmax(rows: d.batch * d.heads * d.tq, cols: d.tk, log: false, x: r[0], y: r[1])
+        }
+        return p
+    }
+
+    /// out[b,h] = scale * op(A[b,h]) op(B[b,h]) with (batch, head, row) strides for each side;
+    /// A defaults to a contiguous [B, H, rows, cols] tensor.
+    package static func attentionGemm(_ d: AttentionDesc, _ a: Tensor, _ transA: Bool, _ bT: Tensor, _ bStrides: [Int],
+                              _ transB: Bool, into out: Tensor, _ oStrides: [Int], m: Int, n: Int,
+                              kdim: Int, scale: Float, aStrides: [Int]? = nil) throws {
+        let aRows = transA ? kdim : m, aCols = transA ? m : kdim
+        let aS = aStrides ?? [d.heads * aRows * aCols, aRows * aCols, aCols]
+        var g = GemmDesc(m: m, n: n, k: kdim, transA: transA, transB: transB, alpha: scale)
+        g.lda = aS[2]; g.ldb = bStrides[2]; g.ldc = oStrides[2]
+        g.batch0 = d.batch; g.batch1 = d.heads
+        g.strideA0 = aS[0]; g.strideA1 = aS[1]
+        g.strideB0 = bStrides[0]; g.strideB1 = bStrides[1]
+        g.strideC0 = oStrides[0]; g.strideC1 = oStrides[1]
+        try a.device.run(.gemm, [a.ref, bT.ref, out.ref], outputs: [2]) { be, r in
+            try be.gemm(g, a: r[0], b: r[1], c: r[2])
+        }
+    }
+}

@@ -1,0 +1,238 @@
+import NoiseARCore
+import NoiseARModels
+import CBLAS
+import Foundation
+
+/// One benchmark measurement.
+public struct BenchResult: Codable, Sendable {
+    public var op: String
+    /// Which implementation: "openblas" (direct reference call), a device id, or a variant.
+    public var backend: String
+    public var variant: String
+    public var shape: String
+    public var medianMs: Double
+    public var minMs: Double
+    public var repeats: Int
+    /// GFLOP/s for compute-bound ops, else nil.
+    public var gflops: Double?
+    /// GB/s of compulsory traffic for memory-bound ops, else nil.
+    public var gbps: Double?
+}
+
+/// Benchmarks of single ops: warm-up runs, then `repeats` timed runs (each waits for the
+/// device), reporting the median.
+public struct Bench {
+    public var warmup: Int
+    public var repeats: Int
+    public init(warmup: Int = 2, repeats: Int = 10) {
+        self.warmup = warmup
+        self.repeats = repeats
+    }
+
+    /// Times `body` (which must leave the device idle when it returns); returns (median, min) in ms.
+    public func time(_ body: () throws -> Void) throws -> (Double, Double) {
+        for _ in 0..<warmup { try body() }
+        var ms: [Double] = []
+        for _ in 0..<max(repeats, 1) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try body()
+            ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+        }
+        ms.sort()
+        return (ms[ms.count / 2], ms[0])
+    }
+
+    func result(_ op: String, _ backend: String, _ variant: String, _ shape: String, _ t: (Double, Double),
+                flops: Double? = nil, bytes: Double? = nil) -> BenchResult {
+        BenchResult(op: op, backend: backend, variant: variant, shape: shape, medianMs: t.0, minMs: t.1,
+                    repeats: repeats, gflops: flops.map { $0 / (t.0 * 1e6) },
+                    gbps: bytes.map { $0 / (t.0 * 1e6) })
+    }
+
+    static func random(_ shape: [Int], _ seed: UInt64, on device: Device) throws -> Tensor {
+        try Tensor.randn(shape, seed: seed, on: device)
+    }
+
+    /// C = A B for M x K by K x N, through the device layer; on the CPU backend also a direct
+    /// cblas_sgemm call on preallocated buffers as the reference.
+    public func gemm(m: Int, n: Int, k: Int, device: Device) throws -> [BenchResult] {
+        let shape = "\(m)x\(n)x\(k)"
+        let flops = 2.0 * Double(m) * Double(n) * Double(k)
+        var out: [BenchResult] = []
+        if device.isCPU {
+            let a = Philox.normal(count: m * k, seed: 1), b = Philox.normal(count: k * n, seed: 2)
+            var c = [Float](repeating: 0, count: m * n)
+            let t = try time {
+                a.withUnsafeBufferPointer { pa in
+                    b.withUnsafeBufferPointer { pb in
+                        c.withUnsafeMutableBufferPointer { pc in
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
+                                        pa.baseAddress, Int32(k), pb.baseAddress, Int32(n), 0, pc.baseAddress, Int32(n))
+                        }
+                    }
+                }
+            }
+            out.append(result("gemm", "openblas", "cblas_sgemm", shape, t, flops: flops))
+        }
+        let a = try Self.random([m, k], 1, on: device), b = try Self.random([k, n], 2, on: device)
+        let t = try time {
+            _ = try Tensor.matmul(a, b)
+            try device.backend.synchronize()
+        }
+        out.append(result("gemm", device.info.id, variantName(device, "gemm"), shape, t, flops: flops))
+        return out
+    }
+
+    func variantName(_ device: Device, _ op: String) -> String {
+        guard let cl = device.backend as? OpenCLBackend else { return "cpu" }
+        switch op {
+        case "gemm": return cl.params["GEMM_VARIANT"] == 1 ? "tiled(\(cl.params.profile))" : "packed(\(cl.params.profile))"
+        default: return "\(cl.params.profile)-params"
+        }
+    }
+
+    /// Fused attention against the same computation as separate GEMM + softmax + GEMM kernels.
+    public func attention(batch: Int, heads: Int, tq: Int, tk: Int, dim: Int, device: Device) throws -> [BenchResult] {
+        let q = try Self.random([batch, heads, tq, dim], 1, on: device)
+        let k = try Self.random([batch, heads, tk, dim], 2, on: device)
+        let v = try Self.random([batch, heads, tk, dim], 3, on: device)
+        let shape = "B\(batch) H\(heads) Tq\(tq) Tk\(tk) D\(dim)"
+        let flops = 4.0 * Double(batch * heads) * Double(tq) * Double(tk) * Double(dim)
+        let fused = try time {
+            _ = try Tensor.attention(q: q, k: k, v: v)
+            try device.backend.synchronize()
+        }
+        let separate = try time {
+            _ = try Tensor.attentionSeparate(q: q, k: k, v: v)
+            try device.backend.synchronize()
+        }
+        return [result("attention", device.info.id, "fused", shape, fused, flops: flops),
+                result("attention", device.info.id, "gemm+softmax+gemm", shape, separate, flops: flops)]
+    }
+
+    public func conv2d(batch: Int, channels: Int, outChannels: Int, size: Int, kernel: Int, device: Device) throws -> [BenchResult] {
+        let x = try Self.random([batch, channels, size, size], 1, on: device)
+        let w = try Self.random([outChannels, channels, kernel, kernel], 2, on: device)
+        let t = try time {
+            _ = try Tensor.conv2d(x, weight: w, padding: kernel / 2)
+            try device.backend.synchronize()
+        }
+        let flops = 2.0 * Double(batch * outChannels * size * size) * Double(channels * kernel * kernel)
+        return [result("conv2d", device.info.id, variantName(device, "gemm"),
+                       "N\(batch) C\(channels)->\(outChannels) \(size)x\(size) k\(kernel)", t, flops: flops)]
+    }
+
+    public func layerNorm(rows: Int, cols: Int, device: Device) throws -> [BenchResult] {
+        let x = try Self.random([rows, cols], 1, on: device)
+        let g = try Self.random([cols], 2, on: device), b = try Self.random([cols], 3, on: device)
+        let t = try time {
+            _ = try x.layerNorm(gamma: g, beta: b)
+            try device.backend.synchronize()
+        }
+        return [result("layernorm", device.info.id, variantName(device, "layernorm"), "\(rows)x\(cols)", t,
+                       bytes: 2.0 * Double(rows * cols) * 4)]
+    }
+
+    public func softmax(rows: Int, cols: Int, device: Device) throws -> [BenchResult] {
+        let x = try Self.random([rows, cols], 1, on: device)
+        let t = try time {
+            _ = try x.softmax()
+            try device.backend.synchronize()
+        }
+        return [result("softmax", device.info.id, variantName(device, "softmax"), "\(rows)x\(cols)", t,
+                       bytes: 2.0 * Double(rows * cols) * 4)]
+    }
+}
+
+extension Tensor {
+    /// Attention as three separate kernels (GEMM, softmax, GEMM): the unfused reference the
+    /// benchmarks compare the fused kernel with. Not recorded on the tape.
+    public static func attentionSeparate(q: Tensor, k: Tensor, v: Tensor) throws -> Tensor {
+        try requireShape(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects [B,H,T,D] tensors")
+        let d = AttentionDesc(batch: q.shape[0], heads: q.shape[1], tq: q.shape[2], tk: k.shape[2],
+                              headDim: q.shape[3], valueDim: v.shape[3])
+        let p = try attentionProbs(d, q, k, nil)
+        let out = try Tensor.empty([d.batch, d.heads, d.tq, d.valueDim], on: q.device)
+        try attentionGemm(d, p, false, v, d.vStrides, false, into: out, d.oStrides, m: d.tq, n: d.valueDim,
+                          kdim: d.tk, scale: 1)
+        return out
+    }
+}
+
+extension Bench {
+    /// One sampler step of the shapes-world model with classifier-free guidance (the UNet on
+    /// 2 x batch inputs, the guidance combination and a DPM-Solver++ update), with random
+    /// weights of the shipped configuration. Also returns each op family's share of a step,
+    /// measured in a separate profiled run (each kernel waited for).
+    public func samplerStep(batch: Int, device: Device) throws -> (BenchResult, [(String, Double)]) {
+        let model = try TextToImageModel(config: DiffusionModelConfig(), device: device, seed: 1)
+        let prompts = [String](repeating: "a red circle to the left of a blue square", count: batch)
+        let noise = try DiffusionSampler.gaussianNoise(count: batch, shape: [3, Scene.size, Scene.size], seed: 1, on: device)
+        let settings = SamplingSettings(sampler: .dpmpp2m, steps: 1, cfg: 5)
+        let run = {
+            _ = try DiffusionSampler.sample(model: model, prompts: prompts, noise: noise, seed: 1, settings: settings)
+            try device.backend.synchronize()
+        }
+        let t = try time(run)
+        device.resetProfile()
+        device.profiling = true
+        defer { device.profiling = false }
+        try run()
+        let total = device.profile.values.reduce(0) { $0 + $1.seconds }
+        let families: [String: [OpKind]] = [
+            "im2col/col2im (convs)": [.im2col, .col2im],
+            "gemm (convs, linears)": [.gemm],
+            "attention": [.attention],
+            "norm": [.groupNorm, .layerNorm],
+            "softmax": [.softmax],
+            "elementwise/copy/reduce": [.binary, .unary, .copy, .reduce, .fill, .resize],
+            "embedding/rng": [.gather, .randn],
+        ]
+        var shares: [(String, Double)] = []
+        for (name, kinds) in families {
+            let s = kinds.reduce(0.0) { $0 + (device.profile[$1]?.seconds ?? 0) }
+            if s > 0 { shares.append((name, s / max(total, 1e-12))) }
+        }
+        shares.sort { $0.1 > $1.1 }
+        return (result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t), shares)
+    }
+
+    /// The authors' SDXL-size NoiseAR (4x128x128 latent, P 32, d_model 2048, d_ff 4096, 1 layer,
+    /// 1 head, 77x2048 prompt embeddings; random weights) unless `config` says otherwise: one
+    /// batch-`batch` sample with the key/value cache and without it.
+    public func noiseAR(config: NoiseARConfig = NoiseARConfig(), textTokens: Int = 77, batch: Int = 1,
+                        device: Device) throws -> [BenchResult] {
+        let net = try NoiseARNet(config: config, device: device, seed: 1)
+        let text = try Tensor.randn([batch, textTokens, config.contextDim], seed: 2, on: device)
+        let c = config
+        let shape = "b\(batch) \(c.latentChannels)x\(c.latentSize)^2 P\(c.patchSize) d\(c.dModel) L\(c.nLayers)"
+        let weightBytes = Double(net.params.count) * 4
+        var out: [BenchResult] = []
+        for cached in [true, false] {
+            let t = try time {
+                _ = try net.sample(text: text, temperature: 0.5, seed: 3, cached: cached)
+                try device.backend.synchronize()
+            }
+            // Compulsory traffic: every weight once per patch (the prefix re-runs read them
+            // once per patch too), so GB/s is weights x patches / time.
+            out.append(result("noisear", device.info.id, cached ? "kv-cached" : "uncached", shape, t,
+                              bytes: weightBytes * Double(c.patches)))
+        }
+        return out
+    }
+
+    /// NPNet at the authors' SDXL size unless `config` says otherwise (4x128x128 latent,
+    /// swin_tiny: embed 96, depths 2,2,6,2, heads 3,6,12,24; 77x2048 prompt embeddings; random
+    /// weights): one batch-`batch` forward (SVD branch with our SVD, text injection, Swin branch).
+    public func npnet(config: NPNetConfig = NPNetConfig(), batch: Int = 1, device: Device) throws -> [BenchResult] {
+        let net = try NPNet(config: config, device: device, seed: 1)
+        let x = try Tensor.randn([batch] + config.latentShape, seed: 2, on: device)
+        let text = try Tensor.randn([batch, config.textTokens, config.textDim], seed: 3, on: device)
+        let shape = "b\(batch) \(config.latentChannels)x\(config.latentSize)^2 swin\(config.swin.embedDim)"
+        let t = try time {
+            _ = try device.noGrad { try net(noise: x, promptEmbeds: text).golden }
+            try device.backend.synchronize()
+        }
+        return [result("npnet", device.info.id, "forward", shape, t)]
+    }
+}

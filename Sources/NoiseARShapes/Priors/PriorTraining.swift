@@ -1,0 +1,188 @@
+import Foundation
+import NoiseARCore
+import NoiseARModels
+
+/// Settings of teacher-forced NLL training of a NoiseAR prior.
+public struct PriorTrainingSettings: Sendable, Equatable {
+    public var steps = 3000
+    public var batch = 32
+    public var lr: Float = 3e-4
+    public var warmup = 100
+    public var weightDecay: Float = 0.01
+    public var seed: UInt64 = 0
+    public init() {}
+}
+
+/// Teacher-forced Gaussian NLL training of a NoiseAR prior on (noise, prompt embeddings) pairs:
+/// loss = -log pi(noise | text) / elements (nats per element, temperature 1), AdamW with linear
+/// warm-up then cosine decay, dropout from the network's config.
+public final class PriorTrainer {
+    public let net: NoiseARNet
+    public let settings: PriorTrainingSettings
+    public let optimizer: AdamW
+    public let train: NoiseDataset
+    public let validation: NoiseDataset
+    public private(set) var step = 0
+
+    public init(net: NoiseARNet, train: NoiseDataset, validation: NoiseDataset, settings: PriorTrainingSettings) throws {
+        try require(settings.batch >= 1 && settings.steps >= 1, "batch and steps must be at least 1")
+        try require(train.count > 0, "no training pairs")
+        try requireShape(Array(train.noise.shape.dropFirst()) == net.config.latentShape,
+                         "dataset noise \(train.noise.shape) does not match the prior's latent \(net.config.latentShape)")
+        try requireShape(train.promptEmbeds.shape.last == net.config.contextDim,
+                         "dataset prompt embeddings \(train.promptEmbeds.shape) do not match the prior's width \(net.config.contextDim)")
+        self.net = net
+        self.train = train
+        self.validation = validation
+        self.settings = settings
+        optimizer = AdamW(lr: settings.lr, weightDecay: settings.weightDecay)
+    }
+
+    /// The learning rate of step `s`: linear warm-up, then cosine decay to 10%.
+    func learningRate(_ s: Int) -> Float {
+        if s < settings.warmup { return settings.lr * Float(s + 1) / Float(settings.warmup) }
+        let t = Double(s - settings.warmup) / Double(max(settings.steps - settings.warmup, 1))
+        return settings.lr * Float(0.1 + 0.9 * 0.5 * (1 + Foundation.cos(Double.pi * min(t, 1))))
+    }
+
+    func tensors(_ d: NoiseDataset, _ idx: [Int]) throws -> (Tensor, Tensor) {
+        let s = d.subset(idx)
+        return (try Tensor(s.noise, on: net.device), try Tensor(s.promptEmbeds, on: net.device))
+    }
+
+    /// One optimisation step; returns the training NLL (nats per element).
+    @discardableResult
+    public func trainStep() throws -> Float {
+        var rng = ShapesRNG(seed: settings.seed &+ UInt64(step) &* 0x9E37_79B9 &+ 0x51)
+        let idx = (0..<settings.batch).map { _ in rng.below(train.count) }
+        let (x, text) = try tensors(train, idx)
+        net.training = true
+        net.beginDropout(stream: UInt64(step) &* 0x9E37_79B9_7F4A_7C15)
+        defer { net.training = false }
+        let per = Float(net.config.latentShape.reduce(1, *))
+        let loss = try net.logProb(noise: x, text: text, temperature: 1).mean().scaled(-1 / per)
+        try optimizer.minimize(loss, params: net.params, lr: learningRate(step))
+        step += 1
+        return try loss.item()
+    }
+
+    /// Mean NLL per element of the prior and of a standard Gaussian on a dataset.
+    public func evaluate(_ d: NoiseDataset, batch: Int = 64) throws -> (prior: Double, gaussian: Double) {
+        guard d.count > 0 else { return (.nan, .nan) }
+        let per = Double(net.config.latentShape.reduce(1, *))
+        var total = 0.0, sumSq = 0.0
+        try net.device.noGrad {
+            var start = 0
+            while start < d.count {
+                let idx = Array(start..<min(start + batch, d.count))
+                let (x, text) = try tensors(d, idx)
+                total -= try net.logProb(noise: x, text: text, temperature: 1).toArray().reduce(0.0) { $0 + Double($1) }
+                start += idx.count
+            }
+        }
+        for v in d.noise.data { sumSq += Double(v) * Double(v) }
+        let gaussian = 0.5 * Foundation.log(2 * Double.pi) + 0.5 * sumSq / Double(d.noise.data.count)
+        return (total / (Double(d.count) * per), gaussian)
+    }
+
+    /// Weights, optimizer moments and the step, atomically.
+    public func saveCheckpoint(_ url: URL, extraMetadata: [String: String] = [:]) throws {
+        try TrainingCheckpoint.save(url, params: net.params, optimizer: optimizer, step: step, seed: settings.seed,
+                                    config: net.config.jsonString(), metadata: extraMetadata)
+    }
+
+    /// Restores weights, optimizer moments and the step.
+    public func resume(from url: URL) throws {
+        step = try TrainingCheckpoint.restore(url, params: net.params, optimizer: optimizer) { json in
+            try JSONDecoder().decode(NoiseARConfig.self, from: Data(json.utf8)) == net.config
+        }
+    }
+
+    /// The weights as a standalone prior file (what `noise` and `sample --prior noisear` load).
+    /// `weights` (e.g. the best-validation snapshot) default to the current ones.
+    public func export(_ url: URL, weights: [String: HostTensor]? = nil, step exportedStep: Int? = nil,
+                       metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
+        var meta = metadata
+        var config = net.config
+        config.dropout = 0
+        meta["config"] = try config.jsonString()
+        meta["kind"] = "noisear-prior"
+        meta["step"] = String(exportedStep ?? step)
+        try SafeTensorsFile(tensors: weights ?? net.params.hostTensors(), metadata: meta).write(to: url, as: storage)
+    }
+}
+
+extension AdamW {
+    /// One step on `loss`: backward, update every trainable parameter of the store at `lr`,
+    /// clear the gradients.
+    public func minimize(_ loss: Tensor, params store: Parameters, lr: Float) throws {
+        try loss.backward()
+        self.lr = lr
+        let params = store.all.filter(\.requiresGrad)
+        try update(params)
+        for p in params { p.zeroGrad() }
+    }
+
+    /// The moments of every parameter of a store that has them, as `adam.m.NAME`/`adam.v.NAME`.
+    public func hostTensors(for params: Parameters) throws -> [String: HostTensor] {
+        var out: [String: HostTensor] = [:]
+        for name in params.names {
+            if let p = params.tensors[name], let (m, v) = moments(of: p) {
+                out["adam.m." + name] = try m.toHost()
+                out["adam.v." + name] = try v.toHost()
+            }
+        }
+        return out
+    }
+
+    /// Restores the moments saved by `hostTensors(for:)` and the step count.
+    public func restore(step: Int, from file: SafeTensorsFile, params: Parameters) throws {
+        var moments: [(param: Tensor, m: Tensor, v: Tensor)] = []
+        for name in params.names {
+            guard let p = params.tensors[name], let m = file["adam.m." + name], let v = file["adam.v." + name] else { continue }
+            try m.requireFinite("adam.m." + name, in: file.source)
+            try v.requireFinite("adam.v." + name, in: file.source)
+            moments.append((p, try Tensor(m, on: params.device), try Tensor(v, on: params.device)))
+        }
+        try restore(step: step, moments: moments)
+    }
+}
+
+/// Mirrored training pairs: a noise flipped left-right with its prompt's left/right swapped
+/// (the shapes world is mirror-symmetric), so the prior sees every relation both ways.
+public enum PromptMirror {
+    public static func mirrored(_ prompt: String) -> String {
+        prompt.split(separator: " ").map { w -> String in
+            w == "left" ? "right" : w == "right" ? "left" : String(w)
+        }.joined(separator: " ")
+    }
+
+    /// Whether a prompt belongs to the training commands' validation prompts: a stable 10% by
+    /// hash of the canonical wording (mirrored pairs stay together).
+    public static func isValidation(_ prompt: String) -> Bool {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in canonical(prompt).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h % 10 == 0
+    }
+
+    /// The prompt with left/right put in a fixed order (both wordings of a mirrored pair map to
+    /// the same string, so a validation split by it keeps mirrors on one side).
+    public static func canonical(_ prompt: String) -> String {
+        min(prompt, mirrored(prompt))
+    }
+
+    /// The dataset plus its mirror images (prompt embeddings re-encoded by `encode`).
+    public static func augmented(_ d: NoiseDataset, encode: ([String]) throws -> HostTensor) throws -> NoiseDataset {
+        guard d.count > 0 else { return d }
+        let s = d.noise.shape, w = s[s.count - 1], rowCount = d.noise.data.count / w
+        var flipped = d.noise.data
+        for r in 0..<rowCount {
+            for x in 0..<w { flipped[r * w + x] = d.noise.data[r * w + (w - 1 - x)] }
+        }
+        let prompts = d.prompts.map(mirrored)
+        var out = d
+        try out.append(NoiseDataset(noise: HostTensor(shape: s, data: flipped), promptEmbeds: encode(prompts),
+                                    scores: d.scores, prompts: prompts, seeds: d.seeds))
+        return out
+    }
+}
