@@ -63,9 +63,7 @@ import Testing
     @Test func cProgramAgainstTheFixtures() throws {
         guard let lib = try Self.library() else { return }
         let fixtures = try #require(fixturesDirectory(), "reference fixtures are missing")
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-capi-\(getpid())")
-        try? FileManager.default.removeItem(at: work)
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        let work = try scratchDirectory("capi")
         defer { try? FileManager.default.removeItem(at: work) }
 
         let nf = try SafeTensorsFile.read(fixtures.appendingPathComponent("noisear/noisear_tiny.safetensors"))

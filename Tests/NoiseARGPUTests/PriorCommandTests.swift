@@ -4,12 +4,7 @@ import Testing
 
 /// The host-pipeline commands (`noise`, `score`), `collect` and `train prior`, run as a user would.
 @Suite(.serialized) struct PriorCommandTests {
-    static func scratch(_ name: String) throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-\(name)-\(getpid())")
-        try? FileManager.default.removeItem(at: dir)
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
-    }
+    static func scratch(_ name: String) throws -> URL { try scratchDirectory(name) }
 
     @Test func noiseAndScoreOnTheFixtureWeights() throws {
         guard let fx = fixturesDirectory() else { return }

@@ -5,12 +5,7 @@ import Testing
 /// Careless and hostile inputs: outputs are never lost or replaced by the wrong kind of file,
 /// and every bad input is one line on standard error with a non-zero exit, never a signal.
 @Suite(.serialized) struct RobustnessTests {
-    static func scratch(_ name: String) throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-robust-\(name)-\(getpid())")
-        try? FileManager.default.removeItem(at: dir)
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
-    }
+    static func scratch(_ name: String) throws -> URL { try scratchDirectory("robust-" + name) }
 
     /// A failed command: non-zero exit (not a signal), exactly one line on standard error.
     static func expectOneLineFailure(_ r: CLIResult, containing text: String? = nil,

@@ -102,3 +102,11 @@ func withCL(_ body: ([OpenCLBackend]) throws -> Void) throws {
     if sharedCL == nil { sharedCL = try openCLBackends() }
     try body(sharedCL ?? [])
 }
+
+/// A fresh temporary folder for one test (removed first if a killed run left it).
+func scratchDirectory(_ name: String) throws -> URL {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-\(name)-\(getpid())")
+    try? FileManager.default.removeItem(at: dir)
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir
+}

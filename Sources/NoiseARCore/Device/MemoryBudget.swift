@@ -18,16 +18,7 @@ public enum MemoryBudget {
     }
 
     /// Product of sizes, nil on overflow or a negative size.
-    public static func product(_ sizes: [Int]) -> Int? {
-        var p = 1
-        for s in sizes {
-            guard s >= 0 else { return nil }
-            let (r, o) = p.multipliedReportingOverflow(by: s)
-            if o { return nil }
-            p = r
-        }
-        return p
-    }
+    public static func product(_ sizes: [Int]) -> Int? { checkedProduct(sizes) }
 
     /// "1.5 GiB" style.
     public static func describe(_ bytes: Double) -> String {
