@@ -58,8 +58,9 @@ const char *noisear_status_name(noisear_status status);
  * (device queries, context creation); "" when none. */
 const char *noisear_last_error(void);
 
-/* Log messages (warnings such as an op falling back to the CPU backend, notices).
- * level: 0 debug, 1 info, 2 warning, 3 error. NULL restores the default (standard error). */
+/* Log messages: 1 info (notices), 2 warning (e.g. an op falling back to the CPU backend),
+ * 3 error (each failure's message, also returned through the last-error calls). NULL restores
+ * the default: warnings to standard error, nothing else. */
 typedef void (*noisear_log_callback)(int level, const char *message, void *user_data);
 void noisear_set_log_callback(noisear_log_callback callback, void *user_data);
 

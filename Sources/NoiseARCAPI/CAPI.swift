@@ -142,7 +142,9 @@ func store(_ values: [Float], _ out: UnsafeMutablePointer<Float>?, capacity: Int
     guard capacity == values.count else {
         throw NoiseError.shapeMismatch("\(what) holds \(capacity) floats; the result has \(values.count)")
     }
-    values.withUnsafeBufferPointer { out.update(from: $0.baseAddress!, count: values.count) }
+    values.withUnsafeBufferPointer { src in
+        if let base = src.baseAddress { out.update(from: base, count: src.count) }
+    }
 }
 
 // MARK: - logging
@@ -166,8 +168,10 @@ final class Log: @unchecked Sendable {
         shared.lock.unlock()
         if let cb {
             message.withCString { cb(level, $0, ud) }
-        } else if level >= 2 {
-            FileHandle.standardError.write(Data("noisear: \(level >= 3 ? "error" : "warning"): \(message)\n".utf8))
+        } else if level == 2 {
+            // Without a callback only warnings go to standard error: errors are returned as
+            // statuses with their message, and notices are quiet.
+            FileHandle.standardError.write(Data("noisear: warning: \(message)\n".utf8))
         }
     }
 }
@@ -464,7 +468,9 @@ public func noisear_shapes_sample(_ ctx: OpaquePointer?, _ params: UnsafePointer
         })
         var offset = 0
         for image in result.images {
-            image.withUnsafeBufferPointer { (rgb + offset).update(from: $0.baseAddress!, count: image.count) }
+            image.withUnsafeBufferPointer { src in
+                if let base = src.baseAddress { (rgb + offset).update(from: base, count: src.count) }
+            }
             offset += image.count
         }
         width?.pointee = Int32(size)

@@ -320,3 +320,49 @@ final class BlockingReader: @unchecked Sendable {
         return data
     }
 }
+
+/// Host hand-offs of the CLI: a noise made elsewhere into `sample`, shapes-world prompts into `noise`.
+@Suite(.serialized) struct HostHandOffTests {
+    @Test func sampleFromAGivenInitialNoise() throws {
+        let dir = try scratchDirectory("init-noise")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The Gaussian start of seed 5, written as a host would write it.
+        let start = try DiffusionSampler.gaussianNoise(count: 2, shape: [3, 32, 32], seed: 5, on: Device.cpuDevice()).toHost()
+        let npy = dir.appendingPathComponent("start.npy")
+        try NPY.write(start, to: npy)
+        let base = ["sample", "--prompt", "a red circle above a blue square", "--steps", "3", "--batch", "2", "--device", "cpu"]
+        guard let given = try runCLI(base + ["--init-noise", npy.path, "--out", dir.path + "/given.png"]),
+              let seeded = try runCLI(base + ["--seed", "5", "--out", dir.path + "/seeded.png"]) else { return }
+        #expect(given.status == 0 && seeded.status == 0, "\(given.stderr) \(seeded.stderr)")
+        let a = try PNGImage.read(from: dir.appendingPathComponent("given.png"))
+        let b = try PNGImage.read(from: dir.appendingPathComponent("seeded.png"))
+        #expect(a.pixels == b.pixels)
+        // Wrong shape, and a prior at the same time, are one-line errors.
+        guard let wrong = try runCLI(base.map { $0 == "2" ? "3" : $0 } + ["--init-noise", npy.path, "--out", dir.path + "/x.png"]),
+              let both = try runCLI(base + ["--init-noise", npy.path, "--prior", "noisear", "--out", dir.path + "/x.png"]) else { return }
+        RobustnessTests.expectOneLineFailure(wrong, containing: "does not match")
+        RobustnessTests.expectOneLineFailure(both)
+    }
+
+    @Test func noiseFromShapesWorldPrompts() throws {
+        let dir = try scratchDirectory("noise-prompt")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let args = ["noise", "--prompt", "a red circle", "--prompt", "a blue square to the left of a green triangle",
+                    "--seed", "3", "--device", "cpu", "--quiet"]
+        guard let r1 = try runCLI(args + ["--out", dir.path + "/a.npy"]),
+              let r2 = try runCLI(args + ["--out", dir.path + "/b.npy"]) else { return }
+        #expect(r1.status == 0 && r2.status == 0, "\(r1.stderr)")
+        let a = try NPY.read(dir.appendingPathComponent("a.npy")), b = try NPY.read(dir.appendingPathComponent("b.npy"))
+        #expect(a.shape == [2, 3, 32, 32] && a == b)
+        // The same as the library's shapes-world source for these prompts and seeds.
+        let dev = Device.cpuDevice()
+        let model = try TextToImageModel.load(try #require(ShippedModels.locate(ShippedModels.diffusionFile)), device: dev)
+        let source = try ShapesSampling.noiseSource(.noiseAR, path: nil, model: model)
+        let mine = try source(["a red circle", "a blue square to the left of a green triangle"], [3, 4]).toArray()
+        #expect(nmse(a.data, mine) < 1e-10)
+        guard let both = try runCLI(args + ["--embeds", "x.npy", "--out", dir.path + "/c.npy"]),
+              let bad = try runCLI(["noise", "--prompt", "a purple circle", "--out", dir.path + "/c.npy"]) else { return }
+        RobustnessTests.expectOneLineFailure(both, containing: "either --embeds")
+        RobustnessTests.expectOneLineFailure(bad, containing: "purple")
+    }
+}

@@ -76,6 +76,7 @@ static bool count_progress(int done, int total, void *user_data) {
 
 /* Two threads, two contexts, the same request: both must equal the single-thread result. */
 struct job {
+    const char *prior_path; /* own copy: path() is not thread-safe */
     int64_t b, t, d;
     const float *embeds;
     float *out;
@@ -90,7 +91,7 @@ static void *sample_on_own_context(void *arg) {
     noisear_context *ctx = NULL;
     noisear_prior *prior = NULL;
     j->status = noisear_context_create(&cp, &ctx);
-    if (j->status == NOISEAR_OK) j->status = noisear_prior_load(ctx, path(pth, "noisear_tiny.pth"), &prior);
+    if (j->status == NOISEAR_OK) j->status = noisear_prior_load(ctx, j->prior_path, &prior);
     noisear_sample_params sp = noisear_sample_default_params();
     sp.seed = 42;
     for (int rep = 0; rep < 3 && j->status == NOISEAR_OK; rep++)
@@ -263,8 +264,10 @@ int main(int argc, char **argv) {
     sp.seed = 42;
     struct job jobs[2];
     pthread_t threads[2];
+    char prior_path[4200];
+    snprintf(prior_path, sizeof prior_path, "%s", path(pth, "noisear_tiny.pth"));
     for (int i = 0; i < 2; i++) {
-        jobs[i] = (struct job){nb, nt, nd, embeds, calloc(latent, sizeof(float)), latent, NOISEAR_ERR_INTERNAL};
+        jobs[i] = (struct job){prior_path, nb, nt, nd, embeds, calloc(latent, sizeof(float)), latent, NOISEAR_ERR_INTERNAL};
         pthread_create(&threads[i], NULL, sample_on_own_context, &jobs[i]);
     }
     float *single = read_floats("c_sample_seed42.f32", latent);
