@@ -6,7 +6,15 @@ struct EvaluateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "evaluate",
         abstract: "Measure prompt fidelity of the model on the held-out (or train) prompts with the exact reward.",
-        discussion: "Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.")
+        discussion: """
+            Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
+            --compare gaussian,noisear,npnet[,FILE...] runs every listed prior on the same prompts and seeds
+            (FILE: a NoiseAR or NPNet weights file) and prints per prior the mean fidelity, the all-facts
+            rate, each fact's rate and the prior's share of the time, and per pair the paired difference
+            with a 95% bootstrap interval over prompts and wins/losses/ties (--json: the whole table).
+            --grid FILE.png draws the first --grid-prompts prompts with every prior from --seed, side by side.
+            Shard with --shard i/n --save FILE.json on several machines; --merge FILE.json,... prints the table.
+            """)
 
     enum Split: String, ExpressibleByArgument { case heldout, train }
 
@@ -25,10 +33,32 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
     @Option(help: "NoiseAR strength (0 Gaussian ... 1 prior).") var strength: Float = 1
     @Flag(help: "Also run Gaussian noise on the same prompts and seeds and report the paired difference.") var paired = false
+    @Option(help: "Compare priors: gaussian, noisear, npnet or weights files, comma-separated.") var compare: String?
+    @Option(help: "With --compare: also write a side-by-side image grid (PNG).") var grid: String?
+    @Option(help: "Prompts in the grid.") var gridPrompts = 8
+    @Option(help: "This machine's share of the prompts, i/n (every n-th prompt).") var shard = "0/1"
+    @Option(help: "With --compare: save the per-sample results here (JSON) for --merge.") var save: String?
+    @Option(help: "Print the table of saved shards (comma-separated JSON files) instead of sampling.") var merge: String?
+    @Option(help: "Bootstrap resamples of the confidence intervals.") var resamples = 2000
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "No progress bar.") var quiet = false
 
+    func parsedShard() throws -> (Int, Int) {
+        let parts = shard.split(separator: "/").map { Int($0) }
+        guard parts.count == 2, let i = parts[0], let n = parts[1], n >= 1, i >= 0, i < n else {
+            throw CLIError("--shard must be i/n with 0 <= i < n, got '\(shard)'")
+        }
+        return (i, n)
+    }
+
     func validate() throws {
+        _ = try parsedShard()
+        if gridPrompts < 1 || resamples < 1 { throw CLIError("--grid-prompts and --resamples must be at least 1") }
+        if compare == nil && (grid != nil || save != nil) { throw CLIError("--grid and --save need --compare") }
+        if compare != nil && paired { throw CLIError("--paired is for --prior; --compare pairs every prior") }
+        if shard != "0/1" && compare != nil && save == nil { throw CLIError("--shard needs --save FILE.json (then --merge)") }
+        if let grid { try OutputFile.checkWritable(URL(fileURLWithPath: grid), extensions: ["png"], option: "--grid") }
+        if let save { try OutputFile.checkWritable(URL(fileURLWithPath: save), extensions: ["json"], option: "--save") }
         if seeds < 1 || steps < 1 || batch < 1 || limit < 0 { throw CLIError("--seeds, --steps and --batch must be at least 1") }
         _ = try NoisePriorKind.parse(prior)
         if paired && prior == "gaussian" { throw CLIError("--paired compares a learned prior with Gaussian noise: pass --prior noisear") }
@@ -37,8 +67,87 @@ struct EvaluateCommand: ParsableCommand {
         if try SamplerKind.parse(sampler) == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts images to noise; it does not sample") }
     }
 
+    /// The compared sources: names of kinds, or weights files (kind from their keys).
+    func sources(_ model: TextToImageModel) throws -> [(label: String, source: NoiseSource)] {
+        guard let compare else { return [] }
+        return try compare.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            .map { item in
+                if let kind = NoisePriorKind(rawValue: item.lowercased()) {
+                    return (kind.rawValue, try ShapesSampling.noiseSource(kind, path: nil, model: model,
+                                                                           temperature: temperature, strength: strength))
+                }
+                let url = URL(fileURLWithPath: item)
+                let prior = try NoisePrior.load(url, device: model.device)
+                return (url.deletingPathExtension().lastPathComponent,
+                        try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: temperature, strength: strength))
+            }
+    }
+
+    func printTable(_ t: PriorComparison.Table) throws {
+        if json { return try printJSON(t) }
+        print("\(t.prompts) prompts x \(t.seedsPerPrompt) seeds, the same for every prior")
+        let kinds = ["color", "shape", "count", "relation"]
+        print("prior".padding(toLength: 16, withPad: " ", startingAt: 0) + "  mean   all-facts  " + kinds.map { $0.padding(toLength: 9, withPad: " ", startingAt: 0) }.joined() + "time share")
+        for p in t.priors {
+            let facts = kinds.map { String(format: "%-9.3f", p.report.perKind[$0] ?? .nan) }.joined()
+            print(p.label.padding(toLength: 16, withPad: " ", startingAt: 0) + String(format: "  %.3f  %.3f      ", p.report.meanScore, p.report.fullFidelity)
+                  + facts + String(format: "%.1f%%", 100 * p.noiseTimeShare))
+        }
+        for d in t.pairs {
+            print(String(format: "%@ - %@: %+.3f, 95%% CI [%+.3f, %+.3f] (paired bootstrap over prompts); better %d, worse %d, tied %d",
+                         d.a, d.b, d.meanDifference, d.ci95Low, d.ci95High, d.wins, d.losses, d.ties))
+        }
+    }
+
+    func runMerge(_ list: String) throws {
+        let files = list.split(separator: ",").map { URL(fileURLWithPath: String($0)) }
+        let shards = try files.map { url -> [PriorComparison.Run] in
+            do {
+                return try JSONDecoder().decode([PriorComparison.Run].self, from: InputFile.contents(of: url))
+            } catch let e as NoiseError {
+                throw e
+            } catch {
+                throw NoiseError.io("\(url.relativePath): not a saved evaluation (\(error.localizedDescription))")
+            }
+        }
+        try printTable(PriorComparison.table(PriorComparison.merge(shards), resamples: resamples, seed: seed))
+    }
+
+    func runCompare() throws {
+        guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
+            throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL")
+        }
+        let device = try options.open()
+        let m = try TextToImageModel.load(url, device: device)
+        try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "evaluate --batch \(batch)")
+        let (si, sn) = try parsedShard()
+        var prompts = (split == .heldout ? PromptSplit.heldOut : PromptSplit.train).enumerated().filter { $0.offset % sn == si }.map(\.element)
+        if limit > 0 { prompts = Array(prompts.prefix(limit)) }
+        let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
+        let seedList = try Seeds.consecutive(from: seed, count: seeds)
+        let sources = try sources(m)
+        let bar = ProgressBar(total: prompts.count * seeds * sources.count, label: "evaluate", quiet: quiet)
+        let runs = try PriorComparison.run(model: m, prompts: prompts, seeds: seedList, settings: settings, batch: batch,
+                                           sources: sources) { done, _ in bar.update(done) }
+        if let save {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys]
+            try OutputFile.write(try enc.encode(runs), to: URL(fileURLWithPath: save))
+            note("wrote \(save)")
+        }
+        try printTable(PriorComparison.table(runs, resamples: resamples, seed: seed))
+        if let grid {
+            let png = try PriorComparison.grid(model: m, prompts: Array(prompts.prefix(gridPrompts)), seed: seed,
+                                               settings: settings, sources: sources)
+            try png.write(to: URL(fileURLWithPath: grid))
+            note("wrote \(grid) (\(min(gridPrompts, prompts.count)) prompts x \(sources.count) priors, seed \(seed))")
+        }
+    }
+
     func run() throws {
         try runReportingErrors {
+            if let merge { return try runMerge(merge) }
+            if compare != nil { return try runCompare() }
             guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
                 throw NoiseError.io("no model: pass --model FILE or set NOISEAR_MODEL")
             }

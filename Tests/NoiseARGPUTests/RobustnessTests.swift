@@ -366,3 +366,75 @@ final class BlockingReader: @unchecked Sendable {
         RobustnessTests.expectOneLineFailure(bad, containing: "purple")
     }
 }
+
+/// The evaluation harness: paired statistics, shards and merge, the grid.
+@Suite(.serialized) struct PriorComparisonTests {
+    @Test func bootstrapIntervals() {
+        let (lo, hi) = PriorComparison.bootstrapInterval([0.25, 0.25, 0.25], resamples: 500, seed: 1)
+        #expect(lo == 0.25 && hi == 0.25)
+        // Mean 0.5 with spread: the interval holds the mean, is reproducible and narrows with n.
+        let values = (0..<40).map { Double($0 % 2) }
+        let a = PriorComparison.bootstrapInterval(values, resamples: 2000, seed: 7)
+        let b = PriorComparison.bootstrapInterval(values, resamples: 2000, seed: 7)
+        #expect(a == b && a.0 < 0.5 && a.1 > 0.5 && a.1 - a.0 < 0.4)
+        let wide = PriorComparison.bootstrapInterval(Array(values.prefix(6)), resamples: 2000, seed: 7)
+        #expect(wide.1 - wide.0 > a.1 - a.0)
+    }
+
+    /// Runs built from known rewards: a renders every prompt right, b gets one prompt wrong.
+    @Test func tableAndMerge() throws {
+        let prompts = ["a red circle", "a blue square", "a green triangle above a red circle"]
+        let seeds: [UInt64] = [1, 2]
+        func results(_ wrong: Set<String>) throws -> [RewardResult] {
+            try prompts.flatMap { p in
+                try seeds.map { s in
+                    let scene = try Scene.sample(prompt: wrong.contains(p) ? "a yellow square" : p, seed: s)
+                    return try Reward.evaluate(image: scene.render(), prompt: p)
+                }
+            }
+        }
+        let a = PriorComparison.Run(label: "a", prompts: prompts, seeds: seeds, results: try results([]), timing: .init())
+        let b = PriorComparison.Run(label: "b", prompts: prompts, seeds: seeds, results: try results(["a blue square"]), timing: .init())
+        let t = try PriorComparison.table([a, b], resamples: 400)
+        #expect(t.priors.map(\.label) == ["a", "b"] && t.priors[0].report.meanScore == 1)
+        let pair = try #require(t.pairs.first)
+        let lost = 1 - (b.results[2].score + b.results[3].score) / 2
+        #expect(abs(pair.meanDifference - lost / 3) < 1e-12)
+        #expect(pair.wins == 2 && pair.losses == 0 && pair.ties == 4)
+        #expect(pair.ci95Low >= 0 && pair.ci95High <= lost + 1e-12)
+        // Two shards of the prompts merge into the same statistics.
+        func part(_ r: PriorComparison.Run, _ idx: [Int]) -> PriorComparison.Run {
+            PriorComparison.Run(label: r.label, prompts: idx.map { prompts[$0] }, seeds: seeds,
+                                results: idx.flatMap { Array(r.results[($0 * 2)..<($0 * 2 + 2)]) }, timing: r.timing)
+        }
+        let merged = try PriorComparison.merge([[part(a, [0, 2]), part(b, [0, 2])], [part(a, [1]), part(b, [1])]])
+        let m = try PriorComparison.table(merged, resamples: 400)
+        #expect(abs(m.pairs[0].meanDifference - pair.meanDifference) < 1e-12 && m.pairs[0].wins == 2)
+        #expect(throws: NoiseError.self) { try PriorComparison.merge([[a, b], [a, b]]) }  // the same prompts twice
+        #expect(throws: NoiseError.self) { try PriorComparison.table([a, part(b, [0])]) }
+    }
+
+    @Test func compareCommandShardsAndGrid() throws {
+        let dir = try scratchDirectory("compare")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let base = ["evaluate", "--compare", "gaussian,noisear", "--limit", "2", "--seeds", "1", "--steps", "2",
+                    "--device", "cpu", "--quiet", "--resamples", "200"]
+        guard let whole = try runCLI(base + ["--json", "--grid", dir.path + "/g.png", "--grid-prompts", "2"]) else { return }
+        #expect(whole.status == 0, "\(whole.stderr)")
+        let table = try JSONDecoder().decode(PriorComparison.Table.self, from: Data(whole.stdout.utf8))
+        #expect(table.priors.map(\.label) == ["gaussian", "noisear"] && table.pairs.count == 1 && table.prompts == 2)
+        let grid = try PNGImage.read(from: dir.appendingPathComponent("g.png"))
+        #expect(grid.width > 2 * 96 && grid.height > 2 * 96 && grid.text["columns"] == "gaussian, noisear")
+        // Shards 0/2 and 1/2 (two prompts each), merged.
+        for i in 0..<2 {
+            guard let r = try runCLI(base + ["--shard", "\(i)/2", "--save", dir.path + "/s\(i).json"]) else { return }
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        guard let merged = try runCLI(["evaluate", "--merge", dir.path + "/s0.json," + dir.path + "/s1.json", "--json"]) else { return }
+        #expect(merged.status == 0, "\(merged.stderr)")
+        let mt = try JSONDecoder().decode(PriorComparison.Table.self, from: Data(merged.stdout.utf8))
+        #expect(mt.prompts == 4 && mt.priors.count == 2)
+        guard let bad = try runCLI(["evaluate", "--compare", "gaussian", "--shard", "0/2"]) else { return }
+        RobustnessTests.expectOneLineFailure(bad, containing: "--save")
+    }
+}

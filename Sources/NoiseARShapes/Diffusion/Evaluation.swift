@@ -66,9 +66,8 @@ public struct PairedComparison: Codable, Sendable {
     }
 }
 
-/// Where the initial noise of an evaluation comes from: standard-normal noise [B, 3, 32, 32]
-/// for the given prompts and seeds (Gaussian by default; the learned priors plug in here).
-
+/// Sampling and scoring the held-out (or train) prompts from a noise source: Gaussian noise by
+/// default; the learned priors plug in as `NoiseSource`s.
 public enum Evaluation {
     /// Gaussian noise: image i from Philox stream seeds[i].
     public static func gaussian(on device: Device) -> NoiseSource {
@@ -82,6 +81,24 @@ public enum Evaluation {
     public static func run(model: TextToImageModel, prompts: [String], seeds: [UInt64], settings: SamplingSettings,
                            batch: Int, noise: NoiseSource? = nil,
                            progress: (Int, Int) -> Void = { _, _ in }) throws -> [RewardResult] {
+        var timing = Timing()
+        return try run(model: model, prompts: prompts, seeds: seeds, settings: settings, batch: batch, noise: noise,
+                       timing: &timing, progress: progress)
+    }
+
+    /// Seconds spent drawing initial noise (the prior) and sampling images from it.
+    public struct Timing: Codable, Sendable, Equatable {
+        public var noiseSeconds = 0.0
+        public var samplingSeconds = 0.0
+        public init() {}
+        /// The prior's share of the whole time.
+        public var noiseShare: Double { noiseSeconds / max(noiseSeconds + samplingSeconds, 1e-12) }
+    }
+
+    /// `run`, adding the time spent in the noise source and in the sampler to `timing`.
+    public static func run(model: TextToImageModel, prompts: [String], seeds: [UInt64], settings: SamplingSettings,
+                           batch: Int, noise: NoiseSource? = nil, timing: inout Timing,
+                           progress: (Int, Int) -> Void = { _, _ in }) throws -> [RewardResult] {
         try require(batch >= 1, "batch must be at least 1")
         let source = noise ?? gaussian(on: model.device)
         let jobs = prompts.flatMap { p in seeds.map { (p, $0) } }
@@ -90,7 +107,11 @@ public enum Evaluation {
         while start < jobs.count {
             let chunk = Array(jobs[start..<min(start + batch, jobs.count)])
             let ps = chunk.map(\.0), ss = chunk.map(\.1)
+            var t0 = DispatchTime.now().uptimeNanoseconds
             let x = try source(ps, ss)
+            try x.device.backend.synchronize()  // the prior's work is finished before the clock stops
+            timing.noiseSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            t0 = DispatchTime.now().uptimeNanoseconds
             // Per-image step noise continues each image's own stream (as `sample` does).
             var images: [Tensor] = []
             if chunk.count == 1 || !needsPerImageStreams(settings) {
@@ -102,6 +123,7 @@ public enum Evaluation {
                 }
             }
             let rgbs = try images.flatMap { try DiffusionSampler.rgb($0) }
+            timing.samplingSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             for (rgb, p) in zip(rgbs, ps) { results.append(try Reward.evaluate(image: rgb, prompt: p)) }
             start += chunk.count
             progress(start, jobs.count)
