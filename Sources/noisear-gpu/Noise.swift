@@ -37,7 +37,7 @@ func writeTensors(_ tensors: [(String, HostTensor)], to path: String, metadata: 
 
 /// Options shared by `noise` and `score` for the NoiseAR prior.
 struct PriorOptions: ParsableArguments {
-    @Option(help: "Prior: noisear | npnet.") var prior = "noisear"
+    @Option(help: "Prior: noisear | npnet (default: what --weights holds, else noisear).") var prior: String?
     @Option(help: "Prior weights: .safetensors or the authors' .pth (default: the shipped shapes-world prior).")
     var weights: String?
     @Option(help: "Attention heads (not stored in the weights; default: the file's config, else 1).") var heads: Int?
@@ -47,18 +47,20 @@ struct PriorOptions: ParsableArguments {
     @Option(help: "With --prompt: the diffusion model (default: $NOISEAR_MODEL or the shipped one).") var model: String?
 
     func validate() throws {
-        _ = try NoisePriorKind.parse(prior, allowed: [.noiseAR, .npnet])
+        if let prior { _ = try NoisePriorKind.parse(prior, allowed: [.noiseAR, .npnet]) }
         if let heads, heads < 1 { throw CLIError("--heads must be at least 1") }
         if (embeds == nil) == prompt.isEmpty { throw CLIError("pass either --embeds FILE or --prompt TEXT (repeatable)") }
         for p in prompt { _ = try PromptFacts.parse(p) }
     }
 
-    var kind: NoisePriorKind { (try? NoisePriorKind.parse(prior)) ?? .noiseAR }
+    /// The kind named by --prior (checked in `validate`), nil when not given.
+    var kind: NoisePriorKind? { prior.flatMap { try? NoisePriorKind.parse($0) } }
 
-    /// The prior: --weights, else the shipped shapes-world prior of the kind.
+    /// The prior: --weights (of the kind its keys say, which --prior, when given, must match),
+    /// else the shipped shapes-world prior of the kind.
     func load(on device: Device) throws -> NoisePrior {
         if let weights { return try NoisePrior.load(URL(fileURLWithPath: weights), device: device, expected: kind, heads: heads) }
-        return try NoisePrior.shapesWorld(kind, path: nil, device: device)
+        return try NoisePrior.shapesWorld(kind ?? .noiseAR, path: nil, device: device)
     }
 
     /// The prompt embeddings [B, T, D] (NaN or infinity refused).
@@ -110,8 +112,8 @@ struct NoiseCommand: ParsableCommand {
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors", "npy"])
-        if priorOptions.prior == "npnet" && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
-        if priorOptions.prior == "noisear" && (initNoise != nil || intermediates) {
+        if priorOptions.kind == .npnet && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
+        if priorOptions.kind == .noiseAR && (initNoise != nil || intermediates) {
             throw CLIError("--init-noise and --intermediates are for --prior npnet")
         }
     }
@@ -152,8 +154,10 @@ struct NoiseCommand: ParsableCommand {
             let prior = try priorOptions.load(on: device)
             guard case .noiseAR(let net) = prior else {
                 guard case .npnet(let npnet) = prior else { return }
+                if eps != nil { throw CLIError("--eps is for a NoiseAR prior; an NPNet takes --init-noise") }
                 return try runNPNet(npnet, device)
             }
+            if initNoise != nil || intermediates { throw CLIError("--init-noise and --intermediates are for an NPNet") }
             let text = try priorOptions.promptEmbeds(on: device)
             let b = text.shape.first ?? 0
             var epsTensor: Tensor? = nil
@@ -198,7 +202,7 @@ struct ScoreCommand: ParsableCommand {
     @Option(help: "Output .safetensors (`mu`, `logvar`, `log_prob`).") var out: String
 
     func validate() throws {
-        if priorOptions.prior != "noisear" { throw CLIError("score: --prior \(priorOptions.prior) has no likelihood; use noisear") }
+        if let k = priorOptions.kind, k != .noiseAR { throw CLIError("score: --prior \(k.rawValue) has no likelihood; use noisear") }
         if !(temperature > 0) || !temperature.isFinite { throw CLIError("--temperature must be a positive number") }
         try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors"])
     }

@@ -438,3 +438,25 @@ final class BlockingReader: @unchecked Sendable {
         RobustnessTests.expectOneLineFailure(bad, containing: "--save")
     }
 }
+
+@Suite(.serialized) struct PriorKindDetectionTests {
+    /// `noise --weights` takes either kind of prior; the kind comes from the file's keys.
+    @Test func noiseDetectsTheKindFromTheWeights() throws {
+        let dir = try scratchDirectory("detect")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        guard let fixtures = fixturesDirectory() else { return }
+        let fx = try SafeTensorsFile.read(fixtures.appendingPathComponent("npnet/npnet_tiny.safetensors"), skippingUnsupported: true)
+        try NPY.write(try fx.tensor("input.prompt_embeds"), to: dir.appendingPathComponent("e.npy"))
+        let pth = fixtures.appendingPathComponent("pth/npnet_tiny.pth").path
+        guard let r = try runCLI(["noise", "--weights", pth, "--embeds", dir.path + "/e.npy", "--seed", "2",
+                                  "--device", "cpu", "--out", dir.path + "/g.npy"]) else { return }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try NPY.read(dir.appendingPathComponent("g.npy")).shape == [2, 4, 32, 32])
+        guard let wrong = try runCLI(["noise", "--prior", "noisear", "--weights", pth, "--embeds", dir.path + "/e.npy",
+                                      "--device", "cpu", "--out", dir.path + "/h.npy"]),
+              let eps = try runCLI(["noise", "--weights", pth, "--embeds", dir.path + "/e.npy", "--eps", dir.path + "/e.npy",
+                                    "--device", "cpu", "--out", dir.path + "/h.npy"]) else { return }
+        RobustnessTests.expectOneLineFailure(wrong, containing: "holds a npnet prior")
+        RobustnessTests.expectOneLineFailure(eps, containing: "--eps")
+    }
+}
