@@ -293,6 +293,21 @@ import Testing
         #expect(ci.contains("tools/setup.sh"))
         #expect(setup.contains("id -u") && setup.contains("sudo"))
     }
+
+    /// The PyTorch comparison needs torch only where it is run: without it, one clear line.
+    @Test func benchVsPyTorchExplainsWhatItNeeds() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [root.appendingPathComponent("tools/bench-vs-pytorch.sh").path, "/usr/bin/false"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 1 && text.hasPrefix("bench-vs-pytorch: ") && text.split(separator: "\n").count == 1, "\(text)")
+    }
 }
 
 /// Reads a file to its end on a thread of its own.
