@@ -130,3 +130,12 @@ struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ message: String) { description = message }
 }
+
+/// `--shard i/n` (collect, evaluate): this machine's share, every n-th item from item i.
+func parseShard(_ text: String) throws -> (Int, Int) {
+    let parts = text.split(separator: "/").map { Int($0) }
+    guard parts.count == 2, let i = parts[0], let n = parts[1], n >= 1, i >= 0, i < n else {
+        throw CLIError("--shard must be i/n with 0 <= i < n, got \(Text.quoted(text, limit: 40, quote: "'"))")
+    }
+    return (i, n)
+}

@@ -43,13 +43,7 @@ struct CollectCommand: ParsableCommand {
     @Option(help: "Model file.") var model: String?
     @Flag(help: "No progress bar.") var quiet = false
 
-    func parsedShard() throws -> (Int, Int) {
-        let parts = shard.split(separator: "/").map { Int($0) }
-        guard parts.count == 2, let i = parts[0], let n = parts[1], n >= 1, i >= 0, i < n else {
-            throw CLIError("--shard must be i/n with 0 <= i < n, got '\(shard)'")
-        }
-        return (i, n)
-    }
+    func parsedShard() throws -> (Int, Int) { try parseShard(shard) }
 
     func job(modelName: String = "") throws -> CollectionJob {
         let m: CollectionJob.Method = method == .bestOfN ? .bestOfN(threshold: threshold)

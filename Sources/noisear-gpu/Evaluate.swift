@@ -43,13 +43,7 @@ struct EvaluateCommand: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "No progress bar.") var quiet = false
 
-    func parsedShard() throws -> (Int, Int) {
-        let parts = shard.split(separator: "/").map { Int($0) }
-        guard parts.count == 2, let i = parts[0], let n = parts[1], n >= 1, i >= 0, i < n else {
-            throw CLIError("--shard must be i/n with 0 <= i < n, got '\(shard)'")
-        }
-        return (i, n)
-    }
+    func parsedShard() throws -> (Int, Int) { try parseShard(shard) }
 
     func validate() throws {
         _ = try parsedShard()
@@ -121,7 +115,7 @@ struct EvaluateCommand: ParsableCommand {
         let m = try TextToImageModel.load(url, device: device)
         try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "evaluate --batch \(batch)")
         let (si, sn) = try parsedShard()
-        var prompts = (split == .heldout ? PromptSplit.heldOut : PromptSplit.train).enumerated().filter { $0.offset % sn == si }.map(\.element)
+        var prompts = try NoiseCollection.shard(split == .heldout ? PromptSplit.heldOut : PromptSplit.train, index: si, of: sn).map(\.1)
         if limit > 0 { prompts = Array(prompts.prefix(limit)) }
         let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
         let seedList = try Seeds.consecutive(from: seed, count: seeds)
