@@ -366,7 +366,7 @@ private func entry(magic: String = "NOISEAR-CLBIN-2\n", key: String, size: Int, 
             let env = testEnvironment(["NOISEAR_DISABLE_OPS": "gemm, notAnOpA,,softmax,notAnOpB"])
             var messages: [String] = []
             let be = try OpenCLBackend(index: 0, environment: env, warn: { messages.append($0) })
-            #expect(!be.supports(.gemm) && !be.supports(.softmax) && be.supports(.fill))
+            #expect(!be.enables(.gemm) && !be.enables(.softmax) && be.enables(.fill))
             #expect(messages.count == 1, "\(messages)")
             let m = messages.first ?? ""
             #expect(m.contains("notAnOpA") && m.contains("notAnOpB"), "\(m)")

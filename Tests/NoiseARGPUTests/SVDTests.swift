@@ -228,7 +228,7 @@ import Testing
         try withCL { backends in
             guard !backends.isEmpty else { return }
             let be = try OpenCLBackend(index: 0, environment: testEnvironment(["NOISEAR_DISABLE_OPS": "svd"]))
-            #expect(!be.supports(.svd))
+            #expect(!be.enables(.svd))
             let device = Device(backend: be)
             var warnings: [String] = []
             device.warn = { warnings.append($0) }

@@ -47,7 +47,7 @@ import Testing
         let (refLoss, refGrads) = try Self.model(Device.cpuDevice())
         try withCL { _ in
             let be = try OpenCLBackend(index: 0, environment: testEnvironment(["NOISEAR_DISABLE_OPS": "gemm,attention,layerNorm"]))
-            #expect(!be.supports(.gemm) && be.supports(.softmax))
+            #expect(!be.enables(.gemm) && be.enables(.softmax))
             let dev = Device(backend: be)
             var warnings: [String] = []
             dev.warn = { warnings.append($0) }

@@ -21,8 +21,7 @@ public struct BufRef {
     }
 }
 
-/// Primitive kernel families. `Backend.supports` answers per family; an unsupported family
-/// runs on the CPU backend instead.
+/// Primitive kernel families, one per descriptor type in `Op` (`OpKind.descriptor`).
 public enum OpKind: String, CaseIterable, Sendable {
     case fill, copy, binary, unary, unaryBackward
     case gemm, softmax, softmaxBackward
@@ -211,8 +210,10 @@ public struct PatchSampleDesc: Sendable, Equatable {
 /// respect to the host where the backend allows it; `download` waits.
 public protocol Backend: AnyObject {
     var info: DeviceInfo { get }
-    /// Whether this backend runs a kernel family itself (else the CPU backend runs it).
-    func supports(_ op: OpKind) -> Bool
+    /// Whether this backend runs this call itself (else `Device` runs it on the CPU backend).
+    /// It sees the whole descriptor (shapes, dims, optional operands), so each backend states
+    /// its own limits here.
+    func supports(_ op: any PrimitiveOp) -> Bool
 
     func allocate(_ count: Int) throws -> any DeviceBuffer
     func upload(_ src: UnsafeBufferPointer<Float>, to dst: BufRef) throws

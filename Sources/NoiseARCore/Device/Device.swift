@@ -81,52 +81,45 @@ public final class Device {
 
     // MARK: dispatch with fallback
 
-    /// Runs a primitive on the backend, or on the CPU backend when the backend does not support
-    /// its family: the referenced buffers are copied to host memory, the primitive runs there,
-    /// and the buffers listed in `outputs` are copied back. Warns once per family.
-    package func run(_ op: OpKind, _ refs: [BufRef], outputs: Set<Int>,
-             _ body: (any Backend, [BufRef]) throws -> Void) throws {
-        guard profiling else { return try dispatch(op, refs, outputs: outputs, body) }
+    /// Runs one primitive on the backend, or on the CPU backend when the backend does not
+    /// support this call (`Backend.supports` sees the whole descriptor): the buffers the op
+    /// names are copied to host memory, the op runs there, and the buffers it writes are
+    /// copied back. Warns once per family.
+    @discardableResult
+    package func run<O: PrimitiveOp>(_ op: O) throws -> O.Result {
+        guard profiling else { return try dispatch(op) }
         try backend.synchronize()
         let t0 = DispatchTime.now().uptimeNanoseconds
-        try dispatch(op, refs, outputs: outputs, body)
+        let result = try dispatch(op)
         try backend.synchronize()
         let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-        let old = profile[op] ?? (0, 0)
-        profile[op] = (old.count + 1, old.seconds + dt)
+        let old = profile[O.kind] ?? (0, 0)
+        profile[O.kind] = (old.count + 1, old.seconds + dt)
+        return result
     }
 
-    private func dispatch(_ op: OpKind, _ refs: [BufRef], outputs: Set<Int>,
-                          _ body: (any Backend, [BufRef]) throws -> Void) throws {
-        if backend.supports(op) {
-            try body(backend, refs)
-            return
-        }
-        if !warned.contains(op) {
-            warned.insert(op)
-            warn("op '\(op.rawValue)' is not supported by \(backend.info.id) (\(backend.info.name)); running it on the CPU backend")
+    private func dispatch<O: PrimitiveOp>(_ op: O) throws -> O.Result {
+        if backend.supports(op) { return try op.execute(on: backend) }
+        if !warned.contains(O.kind) {
+            warned.insert(O.kind)
+            warn("op '\(O.kind.rawValue)' is not supported by \(backend.info.id) (\(backend.info.name)) for this call; running it on the CPU backend")
         }
         var hostCopies: [ObjectIdentifier: CPUBuffer] = [:]
-        var cpuRefs: [BufRef] = []
-        for r in refs {
+        let moved = try op.rebased { r in
             let id = ObjectIdentifier(r.buffer)
-            let host: CPUBuffer
-            if let h = hostCopies[id] {
-                host = h
-            } else {
-                host = try CPUBuffer(count: r.buffer.count)
-                try backend.download(BufRef(r.buffer), into: UnsafeMutableBufferPointer(start: host.pointer, count: host.count))
-                hostCopies[id] = host
-            }
-            cpuRefs.append(BufRef(host, r.offset))
+            if let h = hostCopies[id] { return BufRef(h, r.offset) }
+            let host = try CPUBuffer(count: r.buffer.count)
+            try backend.download(BufRef(r.buffer), into: UnsafeMutableBufferPointer(start: host.pointer, count: host.count))
+            hostCopies[id] = host
+            return BufRef(host, r.offset)
         }
-        try body(cpu, cpuRefs)
+        let result = try moved.execute(on: cpu)
         var written: Set<ObjectIdentifier> = []
-        for i in outputs.sorted() {
-            let id = ObjectIdentifier(refs[i].buffer)
-            guard !written.contains(id), let h = hostCopies[id] else { continue }
-            written.insert(id)
-            try backend.upload(UnsafeBufferPointer(start: h.pointer, count: h.count), to: BufRef(refs[i].buffer))
+        for r in op.writes {
+            let id = ObjectIdentifier(r.buffer)
+            guard written.insert(id).inserted, let h = hostCopies[id] else { continue }
+            try backend.upload(UnsafeBufferPointer(start: h.pointer, count: h.count), to: BufRef(r.buffer))
         }
+        return result
     }
 }

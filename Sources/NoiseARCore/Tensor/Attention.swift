@@ -50,9 +50,7 @@ extension Tensor {
             try attentionGemm(d, g, false, v, d.vStrides, true, into: dp, [h * tq * tk, tq * tk, tk],
                               m: tq, n: tk, kdim: dv, scale: 1, aStrides: d.oStrides)
             let ds = try Tensor.empty([b, h, tq, tk], on: q.device)
-            try q.device.run(.softmaxBackward, [p.ref, dp.ref, ds.ref], outputs: [2]) { be, r in
-                try be.softmaxBackward(rows: b * h * tq, cols: tk, log: false, y: r[0], dy: r[1], dx: r[2])
-            }
+            try q.device.run(Op.SoftmaxBackward(rows: b * h * tq, cols: tk, log: false, y: p.ref, dy: dp.ref, dx: ds.ref))
             let dq = try Tensor.empty(q.shape, on: q.device)
             try attentionGemm(d, ds, false, k, d.kStrides, false, into: dq, d.qStrides, m: tq, n: dim, kdim: tk, scale: d.scale)
             let dk = try Tensor.empty(k.shape, on: k.device)
@@ -69,15 +67,13 @@ extension Tensor {
     }
 
     /// The forward pass for a descriptor whose strides address q, k, v and out (unrecorded).
-    /// The fused kernel keeps a query row and its accumulator in registers: it is used for
-    /// head sizes up to 256, and the GEMM + softmax + GEMM form beyond.
+    /// The fused kernel where the backend takes this call (each backend states its limits,
+    /// e.g. OpenCL's head dims up to 256), else the GEMM + softmax + GEMM form on the same device.
     static func attentionForward(_ d: AttentionDesc, _ q: Tensor, _ k: Tensor, _ v: Tensor, _ bias: Tensor?,
                                  into out: Tensor) throws {
-        if d.headDim <= 256 && d.valueDim <= 256 {
-            let refs = [q.ref, k.ref, v.ref, out.ref] + (bias.map { [$0.ref] } ?? [])
-            try q.device.run(.attention, refs, outputs: [3]) { be, r in
-                try be.attention(d, q: r[0], k: r[1], v: r[2], bias: bias != nil ? r[4] : nil, o: r[3])
-            }
+        let fused = Op.Attention(d, q: q.ref, k: k.ref, v: v.ref, bias: bias?.ref, o: out.ref)
+        if q.device.backend.supports(fused) {
+            try q.device.run(fused)
         } else {
             let p = try attentionProbs(d, q, k, bias)
             try attentionGemm(d, p, false, v, d.vStrides, false, into: out, d.oStrides, m: d.tq, n: d.valueDim,
@@ -124,9 +120,7 @@ extension Tensor {
             }
         }
         let p = try Tensor.empty(s.shape, on: dev)
-        try dev.run(.softmax, [s.ref, p.ref], outputs: [1]) { be, r in
-            try be.softmax(rows: d.batch * d.heads * d.tq, cols: d.tk, log: false, x: r[0], y: r[1])
-        }
+        try dev.run(Op.Softmax(rows: d.batch * d.heads * d.tq, cols: d.tk, log: false, x: s.ref, y: p.ref))
         return p
     }
 
@@ -143,8 +137,6 @@ extension Tensor {
         g.strideA0 = aS[0]; g.strideA1 = aS[1]
         g.strideB0 = bStrides[0]; g.strideB1 = bStrides[1]
         g.strideC0 = oStrides[0]; g.strideC1 = oStrides[1]
-        try a.device.run(.gemm, [a.ref, bT.ref, out.ref], outputs: [2]) { be, r in
-            try be.gemm(g, a: r[0], b: r[1], c: r[2])
-        }
+        try a.device.run(Op.Gemm(g, a: a.ref, b: bT.ref, c: out.ref))
     }
 }

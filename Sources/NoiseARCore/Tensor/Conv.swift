@@ -15,16 +15,12 @@ extension Tensor {
         try requireShape(g.outH > 0 && g.outW > 0, "conv2d kernel \(weight.shape) larger than padded input \(x.shape)")
         let hw = g.colCols, cols = n * hw
         let col = try Tensor.empty([g.colRows, cols], on: x.device)
-        try x.device.run(.im2col, [x.ref, col.ref], outputs: [1]) { be, r in
-            try be.im2col(g, batch: n, x: r[0], col: r[1])
-        }
+        try x.device.run(Op.Im2col(g, batch: n, x: x.ref, col: col.ref))
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
         // One GEMM for the whole batch: yT [Cout, N*HW] = W [Cout, CKK] col [CKK, N*HW].
         let yT = try Tensor.empty([cout, n, hw], on: x.device)
         let d = GemmDesc(m: cout, n: cols, k: g.colRows)
-        try x.device.run(.gemm, [weight.ref, col.ref, yT.ref], outputs: [2]) { be, r in
-            try be.gemm(d, a: r[0], b: r[1], c: r[2])
-        }
+        try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: yT.ref))
         let out = try x.device.noGrad {
             let biased = try bias.map { try yT + $0.reshaped([cout, 1, 1]) } ?? yT
             return try biased.permuted([1, 0, 2]).reshaped([n, cout, g.outH, g.outW])
@@ -35,18 +31,12 @@ extension Tensor {
             let gyT = try gy.reshaped([n, cout, hw]).permuted([1, 0, 2])
             let dw = try Tensor.empty(weight.shape, on: x.device)
             let dwd = GemmDesc(m: cout, n: g.colRows, k: cols, transB: true)
-            try x.device.run(.gemm, [gyT.ref, col.ref, dw.ref], outputs: [2]) { be, r in
-                try be.gemm(dwd, a: r[0], b: r[1], c: r[2])
-            }
+            try x.device.run(Op.Gemm(dwd, a: gyT.ref, b: col.ref, c: dw.ref))
             let dcol = try Tensor.empty(col.shape, on: x.device)
             let dcd = GemmDesc(m: g.colRows, n: cols, k: cout, transA: true)
-            try x.device.run(.gemm, [weight.ref, gyT.ref, dcol.ref], outputs: [2]) { be, r in
-                try be.gemm(dcd, a: r[0], b: r[1], c: r[2])
-            }
+            try x.device.run(Op.Gemm(dcd, a: weight.ref, b: gyT.ref, c: dcol.ref))
             let dx = try Tensor.empty(x.shape, on: x.device)
-            try x.device.run(.col2im, [dcol.ref, dx.ref], outputs: [1]) { be, r in
-                try be.col2im(g, batch: n, col: r[0], dx: r[1])
-            }
+            try x.device.run(Op.Col2im(g, batch: n, col: dcol.ref, dx: dx.ref))
             var grads: [Tensor?] = [dx, dw]
             if bias != nil { grads.append(try gyT.sum(axes: [1, 2])) }
             return grads
@@ -59,15 +49,11 @@ extension Tensor {
         try require(outH > 0 && outW > 0, "resize to \(outH)x\(outW)")
         let inH = shape[rank - 2], inW = shape[rank - 1], planes = count / (inH * inW)
         let y = try Tensor.empty(Array(shape.dropLast(2)) + [outH, outW], on: device)
-        try device.run(.resize, [ref, y.ref], outputs: [1]) { be, r in
-            try be.resize(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW, x: r[0], y: r[1])
-        }
+        try device.run(Op.Resize(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW, x: ref, y: y.ref))
         return record(y, [self], "resize") { g in
             let dx = try Tensor.empty(self.shape, on: self.device)
-            try self.device.run(.resizeBackward, [g.ref, dx.ref], outputs: [1]) { be, r in
-                try be.resizeBackward(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW,
-                                      dy: r[0], dx: r[1])
-            }
+            try self.device.run(Op.ResizeBackward(mode, planes: planes, inH: inH, inW: inW, outH: outH,
+                                                  outW: outW, dy: g.ref, dx: dx.ref))
             return [dx]
         }
     }
@@ -84,9 +70,7 @@ extension Tensor {
         let dev = table.device
         let idx = try Tensor(indices.map(Float.init), shape: [indices.count], on: dev)
         let out = try Tensor.empty([indices.count, dim], on: dev)
-        try dev.run(.gather, [table.ref, idx.ref, out.ref], outputs: [2]) { be, r in
-            try be.gather(rows: indices.count, dim: dim, table: r[0], index: r[1], out: r[2])
-        }
+        try dev.run(Op.Gather(rows: indices.count, dim: dim, table: table.ref, index: idx.ref, out: out.ref))
         return record(out, [table], "gather") { g in
             // Inverse index as CSR, built on the host from the (host-known) indices.
             var counts = [Int](repeating: 0, count: vocab + 1)
@@ -101,9 +85,7 @@ extension Tensor {
             let start = try Tensor(counts.map(Float.init), shape: [vocab + 1], on: dev)
             let lst = try Tensor(list, shape: [indices.count], on: dev)
             let dt = try Tensor.empty(table.shape, on: dev)
-            try dev.run(.gatherBackward, [g.ref, start.ref, lst.ref, dt.ref], outputs: [3]) { be, r in
-                try be.gatherBackward(vocab: vocab, dim: dim, dy: r[0], start: r[1], list: r[2], dtable: r[3])
-            }
+            try dev.run(Op.GatherBackward(vocab: vocab, dim: dim, dy: g.ref, start: start.ref, list: lst.ref, dtable: dt.ref))
             return [dt]
         }
     }
@@ -146,9 +128,7 @@ public final class AdamW {
             }
             guard let (m, v) = state[id] else { continue }
             let n = p.count
-            try p.device.run(.adamw, [p.ref, g.ref, m.ref, v.ref], outputs: [0, 2, 3]) { be, r in
-                try be.adamw(count: n, step: s, param: r[0], grad: r[1], m: r[2], v: r[3])
-            }
+            try p.device.run(Op.AdamW(count: n, step: s, param: p.ref, grad: g.ref, m: m.ref, v: v.ref))
         }
     }
 }

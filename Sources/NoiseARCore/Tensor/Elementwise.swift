@@ -10,10 +10,8 @@ extension Tensor {
         let shape = try Shape.broadcast(a.shape, b.shape)
         let out = try Tensor.empty(shape, on: a.device)
         if shape.count <= Strided.maxRank {
-            try a.device.run(.binary, [a.ref, b.ref, out.ref], outputs: [2]) { be, r in
-                try be.binary(op, shape: shape, a: Strided(r[0], strides: Shape.broadcastStrides(a.shape, to: shape)),
-                              b: Strided(r[1], strides: Shape.broadcastStrides(b.shape, to: shape)), out: r[2])
-            }
+            try a.device.run(Op.Binary(op, shape: shape, a: Strided(a.ref, strides: Shape.broadcastStrides(a.shape, to: shape)),
+                                       b: Strided(b.ref, strides: Shape.broadcastStrides(b.shape, to: shape)), out: out.ref))
         } else {
             throw NoiseError.unsupported("elementwise ops above rank \(Strided.maxRank)")
         }
@@ -47,14 +45,10 @@ extension Tensor {
     func unary(_ op: UnaryOp, _ p0: Float = 0, _ p1: Float = 0) throws -> Tensor {
         let out = try Tensor.empty(shape, on: device)
         let n = count
-        try device.run(.unary, [ref, out.ref], outputs: [1]) { be, r in
-            try be.unary(op, count: n, x: r[0], y: r[1], p0: p0, p1: p1)
-        }
+        try device.run(Op.Unary(op, count: n, x: ref, y: out.ref, p0: p0, p1: p1))
         return record(out, [self], "\(op)") { g in
             let dx = try Tensor.empty(self.shape, on: self.device)
-            try self.device.run(.unaryBackward, [self.ref, g.ref, dx.ref], outputs: [2]) { be, r in
-                try be.unaryBackward(op, count: n, x: r[0], dy: r[1], dx: r[2], p0: p0, p1: p1)
-            }
+            try self.device.run(Op.UnaryBackward(op, count: n, x: self.ref, dy: g.ref, dx: dx.ref, p0: p0, p1: p1))
             return [dx]
         }
     }

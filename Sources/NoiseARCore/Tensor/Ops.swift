@@ -25,19 +25,15 @@ extension Tensor {
     /// contiguous tensor of `shape`.
     func gatherStrided(shape outShape: [Int], strides: [Int], srcOffset: Int) throws -> Tensor {
         let out = try Tensor.empty(outShape, on: device)
-        try device.run(.copy, [BufRef(buffer, offset + srcOffset), out.ref], outputs: [1]) { be, r in
-            try be.copy(shape: outShape, src: Strided(r[0], strides: strides),
-                        dst: Strided(r[1], strides: Shape.strides(outShape)))
-        }
+        try device.run(Op.Copy(shape: outShape, src: Strided(BufRef(buffer, offset + srcOffset), strides: strides),
+                               dst: Strided(out.ref, strides: Shape.strides(outShape))))
         return out
     }
 
     /// Writes `src` (contiguous) into `dst` through `strides` at `dstOffset` (raw, unrecorded).
     package static func scatterStrided(_ src: Tensor, into dst: Tensor, strides: [Int], dstOffset: Int) throws {
-        try dst.device.run(.copy, [src.ref, BufRef(dst.buffer, dst.offset + dstOffset)], outputs: [1]) { be, r in
-            try be.copy(shape: src.shape, src: Strided(r[0], strides: Shape.strides(src.shape)),
-                        dst: Strided(r[1], strides: strides))
-        }
+        try dst.device.run(Op.Copy(shape: src.shape, src: Strided(src.ref, strides: Shape.strides(src.shape)),
+                                   dst: Strided(BufRef(dst.buffer, dst.offset + dstOffset), strides: strides)))
     }
 
     /// Axes reordered: out.shape[i] = shape[perm[i]].
@@ -129,9 +125,7 @@ extension Tensor {
             for i in lo...a { next[i] = 1 }
             let out = try Tensor.empty(next, on: device)
             let src = cur
-            try device.run(.reduce, [src.ref, out.ref], outputs: [1]) { be, r in
-                try be.reduce(outer: outer, reduce: red, inner: inner, x: r[0], out: r[1])
-            }
+            try device.run(Op.Reduce(outer: outer, reduce: red, inner: inner, x: src.ref, out: out.ref))
             cur = out
             curShape = next
             a = lo - 1
@@ -176,9 +170,7 @@ extension Tensor {
         let out = try Tensor.empty(lead + [m, n], on: a.device)
         let d = GemmDesc(m: m, n: n, k: k, transA: transposeA, transB: transposeB)
             .batched(batch, strideA: ar * ac, strideB: br * bc, strideC: m * n)
-        try a.device.run(.gemm, [a.ref, b.ref, out.ref], outputs: [2]) { be, r in
-            try be.gemm(d, a: r[0], b: r[1], c: r[2])
-        }
+        try a.device.run(Op.Gemm(d, a: a.ref, b: b.ref, c: out.ref))
         return record(out, [a, b], "matmul") { g in
             let da = transposeA
                 ? try matmul(b, g, transposeA: transposeB, transposeB: true)
@@ -214,14 +206,10 @@ extension Tensor {
         let x = try mask.map { try self + $0 } ?? self
         let cols = x.shape[x.rank - 1], rows = x.count / cols
         let y = try Tensor.empty(x.shape, on: device)
-        try device.run(.softmax, [x.ref, y.ref], outputs: [1]) { be, r in
-            try be.softmax(rows: rows, cols: cols, log: log, x: r[0], y: r[1])
-        }
+        try device.run(Op.Softmax(rows: rows, cols: cols, log: log, x: x.ref, y: y.ref))
         return record(y, [x], log ? "logSoftmax" : "softmax") { g in
             let dx = try Tensor.empty(x.shape, on: x.device)
-            try x.device.run(.softmaxBackward, [y.ref, g.ref, dx.ref], outputs: [2]) { be, r in
-                try be.softmaxBackward(rows: rows, cols: cols, log: log, y: r[0], dy: r[1], dx: r[2])
-            }
+            try x.device.run(Op.SoftmaxBackward(rows: rows, cols: cols, log: log, y: y.ref, dy: g.ref, dx: dx.ref))
             return [dx]
         }
     }
@@ -234,33 +222,16 @@ extension Tensor {
         }
         let y = try Tensor.empty(shape, on: device)
         let mean = try Tensor.empty([rows], on: device), rstd = try Tensor.empty([rows], on: device)
-        let refs = [ref, y.ref, mean.ref, rstd.ref] + [gamma, beta].compactMap { $0?.ref }
-        try device.run(.layerNorm, refs, outputs: [1, 2, 3]) { be, r in
-            var i = 4
-            let g = gamma != nil ? r[i] : nil
-            if gamma != nil { i += 1 }
-            let b = beta != nil ? r[i] : nil
-            try be.layerNorm(rows: rows, cols: cols, eps: eps, x: r[0], gamma: g, beta: b,
-                             y: r[1], mean: r[2], rstd: r[3])
-        }
+        try device.run(Op.LayerNorm(rows: rows, cols: cols, eps: eps, x: ref, gamma: gamma?.ref, beta: beta?.ref,
+                                    y: y.ref, mean: mean.ref, rstd: rstd.ref))
         let inputs = [self] + [gamma, beta].compactMap { $0 }
         return record(y, inputs, "layerNorm") { gy in
             let dx = try Tensor.empty(self.shape, on: self.device)
             let dg = try gamma.map { _ in try Tensor.empty([cols], on: self.device) }
             let db = try beta.map { _ in try Tensor.empty([cols], on: self.device) }
-            var refs = [self.ref, mean.ref, rstd.ref, gy.ref, dx.ref]
-            var outs: Set<Int> = [4]
-            for t in [gamma, dg, db] { if let t { if t !== gamma { outs.insert(refs.count) }; refs.append(t.ref) } }
-            try self.device.run(.layerNormBackward, refs, outputs: outs) { be, r in
-                var i = 5
-                let g = gamma != nil ? r[i] : nil
-                if gamma != nil { i += 1 }
-                let dgr = dg != nil ? r[i] : nil
-                if dg != nil { i += 1 }
-                let dbr = db != nil ? r[i] : nil
-                try be.layerNormBackward(rows: rows, cols: cols, x: r[0], gamma: g, mean: r[1],
-                                         rstd: r[2], dy: r[3], dx: r[4], dgamma: dgr, dbeta: dbr)
-            }
+            try self.device.run(Op.LayerNormBackward(rows: rows, cols: cols, x: self.ref, gamma: gamma?.ref,
+                                                     mean: mean.ref, rstd: rstd.ref, dy: gy.ref, dx: dx.ref,
+                                                     dgamma: dg?.ref, dbeta: db?.ref))
             return [dx] + [dg, db].compactMap { $0 }
         }
     }
@@ -277,26 +248,18 @@ extension Tensor {
         }
         let y = try Tensor.empty(shape, on: device)
         let mean = try Tensor.empty([n * groups], on: device), rstd = try Tensor.empty([n * groups], on: device)
-        let refs = [ref, y.ref, mean.ref, rstd.ref] + [gamma, beta].compactMap { $0?.ref }
-        try device.run(.groupNorm, refs, outputs: [1, 2, 3]) { be, r in
-            try be.groupNorm(n: n, channels: c, spatial: spatial, groups: groups, eps: eps, x: r[0],
-                             gamma: gamma != nil ? r[4] : nil, beta: beta != nil ? r[5] : nil,
-                             y: r[1], mean: r[2], rstd: r[3])
-        }
+        try device.run(Op.GroupNorm(n: n, channels: c, spatial: spatial, groups: groups, eps: eps, x: ref,
+                                    gamma: gamma?.ref, beta: beta?.ref, y: y.ref, mean: mean.ref, rstd: rstd.ref))
         let inputs = [self] + [gamma, beta].compactMap { $0 }
         return record(y, inputs, "groupNorm") { gy in
             let dx = try Tensor.empty(self.shape, on: self.device)
             let affine = gamma != nil
             let dg = affine ? try Tensor.empty([c], on: self.device) : nil
             let db = affine ? try Tensor.empty([c], on: self.device) : nil
-            var refs = [self.ref, mean.ref, rstd.ref, gy.ref, dx.ref]
-            if let gamma, let dg, let db { refs += [gamma.ref, dg.ref, db.ref] }
-            try self.device.run(.groupNormBackward, refs, outputs: affine ? [4, 6, 7] : [4]) { be, r in
-                try be.groupNormBackward(n: n, channels: c, spatial: spatial, groups: groups, x: r[0],
-                                         gamma: affine ? r[5] : nil, mean: r[1], rstd: r[2],
-                                         dy: r[3], dx: r[4], dgamma: affine ? r[6] : nil,
-                                         dbeta: affine ? r[7] : nil)
-            }
+            try self.device.run(Op.GroupNormBackward(n: n, channels: c, spatial: spatial, groups: groups,
+                                                     x: self.ref, gamma: gamma?.ref, mean: mean.ref,
+                                                     rstd: rstd.ref, dy: gy.ref, dx: dx.ref, dgamma: dg?.ref,
+                                                     dbeta: db?.ref))
             return [dx] + [dg, db].compactMap { $0 }
         }
     }

@@ -33,11 +33,8 @@ extension Tensor {
         let u = try Tensor.empty(lead + [n, n], on: device)
         let s = try Tensor.empty(lead + [n], on: device)
         let vh = try Tensor.empty(lead + [n, n], on: device)
-        var sweeps = 0
-        try device.run(.svd, [a.ref, u.ref, s.ref, vh.ref], outputs: [1, 2, 3]) { be, r in
-            sweeps = try be.svd(batch: batch, n: n, a: r[0], u: r[1], s: r[2], vt: r[3],
-                                tolerance: tolerance, maxSweeps: maxSweeps)
-        }
+        let sweeps = try device.run(Op.SVD(batch: batch, n: n, a: a.ref, u: u.ref, s: s.ref, vt: vh.ref,
+                                       tolerance: tolerance, maxSweeps: maxSweeps))
         return (u, s, vh, sweeps)
     }
 }

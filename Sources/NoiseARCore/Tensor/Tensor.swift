@@ -36,9 +36,7 @@ public final class Tensor {
 
     public static func full(_ shape: [Int], _ value: Float, on device: Device) throws -> Tensor {
         let t = try empty(shape, on: device)
-        try device.run(.fill, [t.ref], outputs: [0]) { be, r in
-            try be.fill(r[0], count: t.count, value: value)
-        }
+        try device.run(Op.Fill(dst: t.ref, count: t.count, value: value))
         return t
     }
 
@@ -65,9 +63,7 @@ public final class Tensor {
         throws -> Tensor
     {
         let t = try empty(shape, on: device)
-        try device.run(.randn, [t.ref], outputs: [0]) { be, r in
-            try be.randn(count: t.count, seed: seed, offset: offset, dst: r[0])
-        }
+        try device.run(Op.Randn(count: t.count, seed: seed, offset: offset, dst: t.ref))
         return t
     }
 
@@ -115,9 +111,7 @@ public final class Tensor {
     public func assign(_ other: Tensor) throws {
         try requireShape(other.shape == shape, "assign \(other.shape) to \(shape)")
         let src = try other.to(device)
-        try device.run(.copy, [src.ref, ref], outputs: [1]) { be, r in
-            try be.copy(shape: [count], src: Strided(r[0], strides: [1]), dst: Strided(r[1], strides: [1]))
-        }
+        try device.run(Op.Copy(shape: [count], src: Strided(src.ref, strides: [1]), dst: Strided(ref, strides: [1])))
     }
 }
 

@@ -438,10 +438,7 @@ public final class NoiseARNet {
                                         gridY: i / c.grid, gridX: i % c.grid, seed: seed, temperature: temperature)
                 d.logvarMin = -20
                 d.logvarMax = 10
-                let refs = [mu.ref, lv.ref, latent.ref, token.ref] + (eps.map { [$0.ref] } ?? [])
-                try device.run(.samplePatch, refs, outputs: [2, 3]) { be, r in
-                    try be.samplePatch(d, mu: r[0], logvar: r[1], eps: eps != nil ? r[4] : nil, latent: r[2], token: r[3])
-                }
+                try device.run(Op.SamplePatch(d, mu: mu.ref, logvar: lv.ref, eps: eps?.ref, latent: latent.ref, token: token.ref))
                 tokens.append(token)
                 try progress(i + 1, c.patches)
             }

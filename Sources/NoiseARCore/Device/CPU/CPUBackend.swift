@@ -39,7 +39,7 @@ public final class CPUBackend: Backend {
             openCLCVersion: "-", driverVersion: "-", fp16: false, fp64: true)
     }
 
-    public func supports(_ op: OpKind) -> Bool { true }
+    public func supports(_ op: any PrimitiveOp) -> Bool { true }
 
     public func allocate(_ count: Int) throws -> any DeviceBuffer {
         try require(count >= 0, "negative allocation \(count)")

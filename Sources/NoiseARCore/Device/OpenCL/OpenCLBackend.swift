@@ -13,18 +13,9 @@ public final class OpenCLBuffer: DeviceBuffer {
     deinit { clReleaseMemObject(mem) }
 }
 
-/// A kernel argument.
-enum KArg {
-    case mem(cl_mem)
-    case i32(Int)
-    case u32(UInt32)
-    case f32(Float)
-    case i8([Int])
-}
-
 /// The OpenCL backend: hand-written kernels from `Kernels/*.cl`, compiled per device with the
 /// device type's parameter set (`KernelParams`) and cached on disk.
-public final class OpenCLBackend: Backend {
+public final class OpenCLBackend: KernelBackend {
     public let info: DeviceInfo
     public let params: KernelParams
     /// The device's work-group, work-item and local-memory limits (checked against `params`).
@@ -41,6 +32,11 @@ public final class OpenCLBackend: Backend {
     private var scratch: [String: OpenCLBuffer] = [:]
     private let disabled: Set<OpKind>
     private lazy var dummy: OpenCLBuffer? = try? allocate(1) as? OpenCLBuffer
+    /// A one-element buffer bound where an optional operand is absent.
+    public func dummyBuffer() throws -> any DeviceBuffer {
+        guard let d = dummy else { throw NoiseError.device("dummy buffer allocation failed") }
+        return d
+    }
     /// Program builds that were compiled from source (not loaded from the disk cache).
     public private(set) var sourceBuilds = 0
 
@@ -107,7 +103,20 @@ public final class OpenCLBackend: Backend {
         clReleaseContext(context)
     }
 
-    public func supports(_ op: OpKind) -> Bool { !disabled.contains(op) }
+    /// Whether a family is enabled (`NOISEAR_DISABLE_OPS` turns families off).
+    public func enables(_ kind: OpKind) -> Bool { !disabled.contains(kind) }
+
+    /// Every call of an enabled family, except: group norm with only one of gamma and beta
+    /// (the kernel takes both or neither) and fused attention with head dims above 256 (the
+    /// kernel's private accumulators are sized by the head dims).
+    public func supports(_ op: any PrimitiveOp) -> Bool {
+        guard enables(op.kind) else { return false }
+        switch op {
+        case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil)
+        case let a as Op.Attention: return a.desc.headDim <= 256 && a.desc.valueDim <= 256
+        default: return true
+        }
+    }
 
     // MARK: memory
 
@@ -145,7 +154,7 @@ public final class OpenCLBackend: Backend {
     public func synchronize() throws { try CL.check(clFinish(queue), "clFinish") }
 
     /// A scratch buffer of at least `count` floats, reused between calls.
-    func scratchBuffer(_ name: String, _ count: Int) throws -> OpenCLBuffer {
+    public func scratchBuffer(_ name: String, _ count: Int) throws -> any DeviceBuffer {
         if let b = scratch[name], b.count >= count { return b }
         guard let b = try allocate(count) as? OpenCLBuffer else {
             throw NoiseError.device("scratch allocation failed")
@@ -271,16 +280,19 @@ public final class OpenCLBackend: Backend {
     }
 
     /// Sets the arguments and enqueues; `global` is rounded up to a multiple of `local`.
-    func launch(_ file: String, _ name: String, extra: [String: Int] = [:], global: [Int],
-                local: [Int]? = nil, _ args: [KArg]) throws {
+    public func launchKernel(_ file: String, _ name: String, extra: [String: Int], global: [Int],
+                      local: [Int]?, _ args: [KArg]) throws {
         if global.contains(where: { $0 == 0 }) { return }
         let k = try kernel(file, name, extra: extra)
         for (i, a) in args.enumerated() {
             let idx = cl_uint(i)
             let code: cl_int
             switch a {
-            case .mem(let m):
-                var v: cl_mem? = m
+            case .buf(let b):
+                guard let m = b as? OpenCLBuffer else {
+                    throw NoiseError.device("kernel \(name) argument \(i) is not an OpenCL buffer")
+                }
+                var v: cl_mem? = m.mem
                 code = clSetKernelArg(k, idx, MemoryLayout<cl_mem?>.size, &v)
             case .i32(let x):
                 var v = cl_int(truncatingIfNeeded: x)
@@ -312,291 +324,6 @@ public final class OpenCLBackend: Backend {
         try CL.check(code, "clEnqueueNDRangeKernel(\(name), global \(g), local \(l.map { "\($0)" } ?? "auto"))")
     }
 
-    /// Buffer and offset arguments of a reference.
-    func ref(_ r: BufRef) -> [KArg] { [.mem(mem(r)), .i32(r.offset)] }
-
-    /// An optional reference: the buffer (or a dummy), its offset and a presence flag.
-    func optRef(_ r: BufRef?) throws -> [KArg] {
-        if let r { return ref(r) }
-        guard let d = dummy else { throw NoiseError.device("dummy buffer allocation failed") }
-        return [.mem(d.mem), .i32(0)]
-    }
-
-    /// Pads an up-to-6-D shape and strides to 6 entries (leading 1s / 0s).
-    func pad6(_ shape: [Int], _ strides: [[Int]]) throws -> ([Int], [[Int]]) {
-        try require(shape.count <= Strided.maxRank, "rank \(shape.count) above \(Strided.maxRank)")
-        let lead = Strided.maxRank - shape.count
-        return ([Int](repeating: 1, count: lead) + shape,
-                strides.map { [Int](repeating: 0, count: lead) + $0 })
-    }
-
-    // MARK: primitives
-
-    public func fill(_ dst: BufRef, count: Int, value: Float) throws {
-        try launch("elementwise.cl", "fill_f32", global: [count], ref(dst) + [.i32(count), .f32(value)])
-    }
-
-    public func copy(shape: [Int], src: Strided, dst: Strided) throws {
-        let (cs, cst) = Shape.collapse(shape, [src.strides, dst.strides])
-        let n = Shape.count(shape)
-        if cs.count == 1 {
-            try launch("elementwise.cl", "copy_1d", global: [n],
-                       ref(src.ref) + [.i32(cst[0][0])] + ref(dst.ref) + [.i32(cst[1][0]), .i32(n)])
-            return
-        }
-        let (s, st) = try pad6(cs, cst)
-        try launch("elementwise.cl", "copy_strided", global: [n],
-                   ref(src.ref) + [.i8(st[0])] + ref(dst.ref) + [.i8(st[1]), .i8(s), .i32(n)])
-    }
-
-    public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
-        let (cs, cst) = Shape.collapse(shape, [a.strides, b.strides, Shape.strides(shape)])
-        let n = Shape.count(shape)
-        if cs.count == 1 {
-            try launch("elementwise.cl", "binary_1d", global: [n],
-                       ref(a.ref) + [.i32(cst[0][0])] + ref(b.ref) + [.i32(cst[1][0])] + ref(out)
-                           + [.i32(n), .i32(Int(op.rawValue))])
-            return
-        }
-        let (s, st) = try pad6(cs, Array(cst.prefix(2)))
-        try launch("elementwise.cl", "binary_strided", global: [n],
-                   ref(a.ref) + [.i8(st[0])] + ref(b.ref) + [.i8(st[1])] + ref(out)
-                       + [.i8(s), .i32(n), .i32(Int(op.rawValue))])
-    }
-
-    public func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws {
-        try launch("elementwise.cl", "unary_f32", global: [count],
-                   ref(x) + ref(y) + [.i32(count), .i32(Int(op.rawValue)), .f32(p0), .f32(p1)])
-    }
-
-    public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
-                              p0: Float, p1: Float) throws {
-        try launch("elementwise.cl", "unary_backward_f32", global: [count],
-                   ref(x) + ref(dy) + ref(dx) + [.i32(count), .i32(Int(op.rawValue)), .f32(p0), .f32(p1)])
-    }
-
-    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
-        let batch = d.batch0 * d.batch1
-        if d.m <= 4 {
-            let wg = params["ROW_WG"]
-            try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
-                       local: [wg > 1 ? wg : min(16, limits.maxLocal(0)), 1],
-                       ref(a) + ref(b) + ref(c)
-                           + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
-                              d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)])
-            return
-        }
-        if params["GEMM_VARIANT"] == 1 {
-            let tsm = params["GEMM_TSM"], tsn = params["GEMM_TSN"]
-            let rtsm = tsm / params["GEMM_WPTM"], rtsn = tsn / params["GEMM_WPTN"]
-            try launch(
-                "gemm.cl", "gemm_tiled",
-                global: [(d.m + tsm - 1) / tsm * rtsm, (d.n + tsn - 1) / tsn * rtsn, batch],
-                local: [rtsm, rtsn, 1],
-                ref(a) + ref(b) + ref(c)
-                    + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
-                       d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                       d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)])
-            return
-        }
-        let mr = params["GEMM_MR"], nr = 16 * params["GEMM_NV"]
-        let mp = (d.m + mr - 1) / mr, np = (d.n + nr - 1) / nr
-        let ap = try scratchBuffer("gemmA", batch * mp * mr * d.k)
-        let bp = try scratchBuffer("gemmB", batch * np * nr * d.k)
-        try launch("gemm.cl", "gemm_pack_a", global: [d.k, mp, batch],
-                   ref(a) + [d.m, d.k, d.lda, d.transA ? 1 : 0, d.batch1, d.strideA0, d.strideA1]
-                       .map { KArg.i32($0) } + [.mem(ap.mem), .i32(mp)])
-        try launch("gemm.cl", "gemm_pack_b", global: [d.k, np, batch],
-                   ref(b) + [d.n, d.k, d.ldb, d.transB ? 1 : 0, d.batch1, d.strideB0, d.strideB1]
-                       .map { KArg.i32($0) } + [.mem(bp.mem), .i32(np)])
-        try launch("gemm.cl", "gemm_packed", global: [mp, np, batch], local: [max(params["GEMM_LWG"], 1), 1, 1],
-                   [.mem(ap.mem), .mem(bp.mem), .i32(d.k), .i32(mp), .i32(np)] + ref(c)
-                       + [d.m, d.n, d.ldc, d.batch1, d.strideC0, d.strideC1].map { KArg.i32($0) }
-                       + [.f32(d.alpha), .f32(d.beta)])
-    }
-
-    var rowLocal: [Int] { [params["ROW_WG"]] }
-
-    public func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
-        try launch("softmax.cl", "softmax_rows", global: [rows * params["ROW_WG"]], local: rowLocal,
-                   ref(x) + ref(y) + [.i32(rows), .i32(cols), .i32(log ? 1 : 0)])
-    }
-
-    public func softmaxBackward(rows: Int, cols: Int, log: Bool, y: BufRef, dy: BufRef,
-                                dx: BufRef) throws {
-        try launch("softmax.cl", "softmax_rows_backward", global: [rows * params["ROW_WG"]],
-                   local: rowLocal, ref(y) + ref(dy) + ref(dx) + [.i32(rows), .i32(cols), .i32(log ? 1 : 0)])
-    }
-
-    public func layerNorm(rows: Int, cols: Int, eps: Float, x: BufRef, gamma: BufRef?,
-                          beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
-        try groupNorm(n: rows, channels: 1, spatial: cols, groups: 1, eps: eps, x: x, gamma: nil,
-                      beta: nil, y: y, mean: mean, rstd: rstd)
-        if gamma != nil || beta != nil {
-            try launch("softmax.cl", "layer_norm_affine", global: [rows * cols],
-                       ref(y) + (try optRef(gamma)) + [.i32(gamma != nil ? 1 : 0)]
-                           + (try optRef(beta)) + [.i32(beta != nil ? 1 : 0), .i32(rows), .i32(cols)])
-        }
-    }
-
-    public func layerNormBackward(rows: Int, cols: Int, x: BufRef, gamma: BufRef?, mean: BufRef,
-                                  rstd: BufRef, dy: BufRef, dx: BufRef, dgamma: BufRef?,
-                                  dbeta: BufRef?) throws {
-        try launch("softmax.cl", "group_norm_backward_dx", global: [rows * params["ROW_WG"]],
-                   local: rowLocal,
-                   ref(x) + (try optRef(gamma)) + [.i32(gamma != nil ? 1 : 0), .i32(1)] + ref(mean)
-                       + ref(rstd) + ref(dy) + ref(dx) + [.i32(1), .i32(1), .i32(cols)])
-        if dgamma != nil || dbeta != nil {
-            try launch("softmax.cl", "norm_backward_affine", global: [cols],
-                       ref(x) + ref(mean) + ref(rstd) + ref(dy) + (try optRef(dgamma))
-                           + [.i32(dgamma != nil ? 1 : 0)] + (try optRef(dbeta))
-                           + [.i32(dbeta != nil ? 1 : 0), .i32(rows), .i32(cols), .i32(1), .i32(1)])
-        }
-    }
-
-    public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
-                          gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
-        let affine = gamma != nil && beta != nil
-        try require(affine || (gamma == nil && beta == nil), "group norm needs both gamma and beta or neither")
-        try launch("softmax.cl", "group_norm", global: [n * groups * params["ROW_WG"]], local: rowLocal,
-                   ref(x) + (try optRef(gamma)) + (try optRef(beta)) + [.i32(affine ? 1 : 0)]
-                       + ref(y) + ref(mean) + ref(rstd)
-                       + [.i32(groups), .i32(channels / groups), .i32(spatial), .f32(eps)])
-    }
-
-    public func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
-                                  gamma: BufRef?, mean: BufRef, rstd: BufRef, dy: BufRef,
-                                  dx: BufRef, dgamma: BufRef?, dbeta: BufRef?) throws {
-        try launch("softmax.cl", "group_norm_backward_dx", global: [n * groups * params["ROW_WG"]],
-                   local: rowLocal,
-                   ref(x) + (try optRef(gamma)) + [.i32(gamma != nil ? 1 : 0), .i32(0)] + ref(mean)
-                       + ref(rstd) + ref(dy) + ref(dx)
-                       + [.i32(groups), .i32(channels / groups), .i32(spatial)])
-        if dgamma != nil || dbeta != nil {
-            try launch("softmax.cl", "norm_backward_affine", global: [channels],
-                       ref(x) + ref(mean) + ref(rstd) + ref(dy) + (try optRef(dgamma))
-                           + [.i32(dgamma != nil ? 1 : 0)] + (try optRef(dbeta))
-                           + [.i32(dbeta != nil ? 1 : 0), .i32(n), .i32(channels), .i32(spatial), .i32(groups)])
-        }
-    }
-
-    public func attention(_ d: AttentionDesc, q: BufRef, k: BufRef, v: BufRef, bias: BufRef?,
-                          o: BufRef) throws {
-        var vw = 16
-        while vw > 1 && (d.headDim % vw != 0 || d.valueDim % vw != 0) { vw /= 2 }
-        let qb = params["ATT_QB"], wg = params["ATT_WG"]
-        let items = (d.tq + qb - 1) / qb
-        var extra = ["ATT_D": d.headDim, "ATT_DV": d.valueDim, "ATT_VW": vw]
-        // ATT_LOCAL stages ATT_KB rows of K and V (head dims known only now) in local memory;
-        // where they do not fit, the keys are read from global memory instead.
-        if params["ATT_LOCAL"] != 0 && !attentionFitsLocal(headDim: d.headDim, valueDim: d.valueDim) {
-            extra["ATT_LOCAL"] = 0
-        }
-        try launch(
-            "attention.cl", "attention_fwd",
-            extra: extra,
-            global: [(items + wg - 1) / wg * wg, d.heads, d.batch], local: [wg, 1, 1],
-            ref(q) + d.qStrides.map { KArg.i32($0) } + ref(k) + d.kStrides.map { KArg.i32($0) }
-                + ref(v) + d.vStrides.map { KArg.i32($0) } + (try optRef(bias))
-                + [.i32(bias != nil ? d.biasBatch : 0), .i32(max(d.biasHeads, 1))]
-                + ref(o) + d.oStrides.map { KArg.i32($0) }
-                + [.i32(d.tq), .i32(d.tk), .f32(d.scale), .i32(d.causal ? 1 : 0)])
-    }
-
-    /// Whether ATT_KB keys and values of these dims fit in the device's local memory.
-    func attentionFitsLocal(headDim: Int, valueDim: Int) -> Bool {
-        let (dims, o1) = headDim.addingReportingOverflow(valueDim)
-        let (bytes, o2) = dims.multipliedReportingOverflow(by: 4 * params["ATT_KB"])
-        return !o1 && !o2 && bytes <= limits.localMemoryBytes
-    }
-
-    func convArgs(_ g: ConvGeometry, _ batch: Int) -> [KArg] {
-        [batch, g.channels, g.height, g.width, g.kernelH, g.kernelW, g.strideH, g.strideW, g.padH,
-         g.padW, g.outH, g.outW].map { KArg.i32($0) }
-    }
-
-    public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
-        try launch("conv.cl", "im2col", global: [g.colRows * batch * g.outH],
-                   ref(x) + ref(col) + convArgs(g, batch))
-    }
-
-    public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
-        try launch("conv.cl", "col2im", global: [batch * g.channels * g.height],
-                   ref(col) + ref(dx) + convArgs(g, batch))
-    }
-
-    public func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
-                       x: BufRef, y: BufRef) throws {
-        try launch("conv.cl", "resize2d", global: [planes * outH * outW],
-                   ref(x) + ref(y) + [planes, inH, inW, outH, outW, Int(mode.rawValue)].map { KArg.i32($0) })
-    }
-
-    public func resizeBackward(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int,
-                               outW: Int, dy: BufRef, dx: BufRef) throws {
-        try launch("conv.cl", "resize2d_backward", global: [planes * inH * inW],
-                   ref(dy) + ref(dx) + [planes, inH, inW, outH, outW, Int(mode.rawValue)].map { KArg.i32($0) })
-    }
-
-    public func reduce(outer: Int, reduce: Int, inner: Int, x: BufRef, out: BufRef) throws {
-        // A long reduction into few outputs runs in two passes to keep the device busy:
-        // [whole, chunk, inner] -> partial rows, plus the tail rows, then partials -> out.
-        let chunk = 1024
-        if outer == 1 && inner < 4096 && reduce > 4 * chunk {
-            let whole = reduce / chunk, tail = reduce - whole * chunk
-            let partial = try scratchBuffer("reduce", (whole + 1) * inner)
-            try launch("elementwise.cl", "reduce_sum", global: [whole * inner],
-                       ref(x) + [.mem(partial.mem), .i32(0), .i32(whole), .i32(chunk), .i32(inner)])
-            if tail > 0 {
-                try launch("elementwise.cl", "reduce_sum", global: [inner],
-                           [.mem(mem(x)), .i32(x.offset + whole * chunk * inner), .mem(partial.mem),
-                            .i32(whole * inner), .i32(1), .i32(tail), .i32(inner)])
-            }
-            try launch("elementwise.cl", "reduce_sum", global: [inner],
-                       [.mem(partial.mem), .i32(0)] + ref(out)
-                           + [.i32(1), .i32(whole + (tail > 0 ? 1 : 0)), .i32(inner)])
-            return
-        }
-        try launch("elementwise.cl", "reduce_sum", global: [outer * inner],
-                   ref(x) + ref(out) + [.i32(outer), .i32(reduce), .i32(inner)])
-    }
-
-    public func gather(rows: Int, dim: Int, table: BufRef, index: BufRef, out: BufRef) throws {
-        try launch("elementwise.cl", "gather_rows", global: [rows * dim],
-                   ref(table) + ref(index) + ref(out) + [.i32(rows), .i32(dim)])
-    }
-
-    public func gatherBackward(vocab: Int, dim: Int, dy: BufRef, start: BufRef, list: BufRef,
-                               dtable: BufRef) throws {
-        try launch("elementwise.cl", "gather_rows_backward", global: [vocab * dim],
-                   ref(dy) + ref(start) + ref(list) + ref(dtable) + [.i32(vocab), .i32(dim)])
-    }
-
-    public func randn(count: Int, seed: UInt64, offset: UInt64, dst: BufRef) throws {
-        try launch("random.cl", "philox_randn", global: [count],
-                   ref(dst) + [.i32(count), .u32(UInt32(truncatingIfNeeded: seed)),
-                               .u32(UInt32(truncatingIfNeeded: seed >> 32)),
-                               .u32(UInt32(truncatingIfNeeded: offset)),
-                               .u32(UInt32(truncatingIfNeeded: offset >> 32))])
-    }
-
-    public func samplePatch(_ d: PatchSampleDesc, mu: BufRef, logvar: BufRef, eps: BufRef?,
-                            latent: BufRef, token: BufRef) throws {
-        try launch("random.cl", "noisear_sample_patch", global: [d.batch * d.tokenSize],
-                   ref(mu) + ref(logvar) + (try optRef(eps)) + [.i32(eps != nil ? 1 : 0)] + ref(latent) + ref(token)
-                       + [.i32(d.batch), .i32(d.channels), .i32(d.size), .i32(d.patch), .i32(d.gridY),
-                          .i32(d.gridX), .u32(UInt32(truncatingIfNeeded: d.seed)),
-                          .u32(UInt32(truncatingIfNeeded: d.seed >> 32)), .f32(d.temperature),
-                          .f32(d.logvarMin), .f32(d.logvarMax)])
-    }
-
-    public func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef,
-                      v: BufRef) throws {
-        try launch("elementwise.cl", "adamw_f32", global: [count],
-                   ref(param) + ref(grad) + ref(m) + ref(v)
-                       + [.i32(count), .f32(step.lr), .f32(step.beta1), .f32(step.beta2), .f32(step.eps),
-                          .f32(step.weightDecay), .f32(step.biasCorrection1), .f32(step.biasCorrection2)])
-    }
 }
 
 /// Messages given once per process (a setting read by every backend warns once).

@@ -1,6 +1,6 @@
 import Foundation
 
-extension OpenCLBackend {
+extension KernelBackend {
     /// Work-group size of the SVD kernels: 1 on CPU devices (one item walks a row pair),
     /// 64 on GPUs (less where the device's work-group limit is lower);
     /// `NOISEAR_KERNEL_DEFINES=SVD_WG=N` (a power of two, checked when the backend opens)
@@ -27,7 +27,7 @@ extension OpenCLBackend {
         let w = try scratchBuffer("svdW", batch * nn)
         let state = try scratchBuffer("svdState", 3 * batch)
         try launch("svd.cl", "svd_prepare", extra: extra, global: [wg, batch], local: [wg, 1],
-                   ref(a) + [.mem(w.mem), .i32(n), .mem(state.mem), .i32(batch)])
+                   ref(a) + [.buf(w), .i32(n), .buf(state), .i32(batch)])
         // Block pairs per round: enough work-groups to fill the compute units, blocks of at
         // least 8 rows.
         var pairs = 1
@@ -40,11 +40,11 @@ extension OpenCLBackend {
         while n >= 2 && sweeps < maxSweeps {
             sweeps += 1
             try launch("svd.cl", "svd_sweep_norms", extra: extra, global: [n, batch],
-                       [.mem(w.mem), .mem(rowNorms.mem), .i32(n), .mem(state.mem), .i32(batch)])
+                       [.buf(w), .buf(rowNorms), .i32(n), .buf(state), .i32(batch)])
             for round in 0..<blocks {
                 let groups = round < blocks - 1 ? pairs : blocks
                 try launch("svd.cl", "svd_round", extra: extra, global: [groups * wg, batch], local: [wg, 1],
-                           [.mem(w.mem), .mem(rowNorms.mem), .i32(n), .i32(blocks), .i32(round), .mem(state.mem), .i32(batch),
+                           [.buf(w), .buf(rowNorms), .i32(n), .i32(blocks), .i32(round), .buf(state), .i32(batch),
                             .f32(tolerance)])
             }
             try flags.withUnsafeMutableBufferPointer { try download(BufRef(state), into: $0) }
@@ -58,15 +58,15 @@ extension OpenCLBackend {
         }
         let norms = try scratchBuffer("svdNorms", batch * n)
         try launch("svd.cl", "svd_norms", extra: extra, global: [n, batch],
-                   [.mem(w.mem), .i32(n), .mem(norms.mem)])
+                   [.buf(w), .i32(n), .buf(norms)])
         try launch("svd.cl", "svd_sort", extra: extra, global: [n, batch],
-                   [.mem(w.mem), .i32(n), .mem(norms.mem), .mem(state.mem), .i32(batch)] + ref(s) + ref(vt))
+                   [.buf(w), .i32(n), .buf(norms), .buf(state), .i32(batch)] + ref(s) + ref(vt))
         // W becomes Ut = Vh A^T: row k is A vh_k, U's column k up to scale.
         try gemm(GemmDesc(m: n, n: n, k: n, transB: true).batched(batch, strideA: nn, strideB: nn, strideC: nn),
                  a: vt, b: a, c: BufRef(w))
         let proj = try scratchBuffer("svdProj", batch * n)
         try launch("svd.cl", "svd_orthonormalize", extra: extra, global: [wg, batch], local: [wg, 1],
-                   [.mem(w.mem)] + ref(vt) + ref(s) + [.mem(state.mem), .i32(batch), .mem(proj.mem), .i32(n)])
+                   [.buf(w)] + ref(vt) + ref(s) + [.buf(state), .i32(batch), .buf(proj), .i32(n)])
         try copy(shape: [batch, n, n], src: Strided(BufRef(w), strides: [nn, 1, n]),
                  dst: Strided(u, strides: [nn, n, 1]))
         return sweeps
