@@ -30,16 +30,22 @@ let package = Package(
         .systemLibrary(
             name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
             providers: [.apt(["libpng-dev"])]),
-        // Build-time tool: turns Kernels/*.cl into a Swift source with the kernel texts.
+        // Vulkan's C declarations (libvulkan-dev's headers); the loader is opened with dlopen
+        // at run time, so nothing links against libvulkan.
+        .systemLibrary(
+            name: "CVulkan", path: "Sources/CVulkan",
+            providers: [.apt(["libvulkan-dev"])]),
+        // Build-time tool: turns Kernels/*.cl and the SPIR-V of Kernels/vulkan/*.comp (compiled by
+        // glslc in the EmbedKernels plugin) into a Swift source.
         .executableTarget(name: "embed-kernels", path: "Sources/embed-kernels"),
         .plugin(
             name: "EmbedKernels", capability: .buildTool(),
             dependencies: ["embed-kernels"], path: "Sources/EmbedKernels"),
-        // The compute layer: devices and backends (CPU, OpenCL), tensors and ops with their
+        // The compute layer: devices and backends (CPU, OpenCL, Vulkan), tensors and ops with their
         // tape, Philox randomness, file formats.
         .target(
             name: "NoiseARCore",
-            dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG"],
+            dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG", "CVulkan"],
             path: "Sources/NoiseARCore",
             plugins: ["EmbedKernels"]),
         // The models as their papers name them (NoiseAR, NPNet, Swin, UNet), the schedulers and

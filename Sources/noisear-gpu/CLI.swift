@@ -95,7 +95,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 }
 
 struct Devices: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the CPU backend and every OpenCL device.")
+    static let configuration = CommandConfiguration(abstract: "List the CPU backend and every OpenCL and Vulkan device.")
 
     @Flag(help: "Print JSON.")
     var json = false
@@ -103,7 +103,7 @@ struct Devices: ParsableCommand {
     @OptionGroup var options: DeviceOptions
 
     func run() throws {
-        let (devices, clError) = Device.list()
+        let (devices, notes) = Device.list()
         if json {
             try printJSON(devices)
             return
@@ -112,10 +112,12 @@ struct Devices: ParsableCommand {
             let mem = String(format: "%.1f GiB", Double(d.memoryBytes) / 1_073_741_824)
             print("\(d.id.padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.name)")
             print("           backend \(d.backend), type \(d.kind.rawValue), vendor \(d.vendor)")
-            print("           \(mem), \(d.computeUnits) compute units, \(d.openCLCVersion), driver \(d.driverVersion)")
+            let units = d.computeUnits > 0 ? "\(d.computeUnits) compute units, " : ""
+            let lang = d.openCLCVersion.isEmpty ? "" : "\(d.openCLCVersion), "
+            print("           \(mem), \(units)\(lang)driver \(d.driverVersion)")
             print("           platform \(d.platform), fp16 \(d.fp16 ? "yes" : "no"), fp64 \(d.fp64 ? "yes" : "no")")
         }
-        if let clError { print("(OpenCL: \(clError))") }
+        for note in notes { print("(\(note))") }
         if options.device != nil {
             try runReportingErrors {
                 let dev = try options.open()

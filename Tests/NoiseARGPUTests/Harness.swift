@@ -34,7 +34,7 @@ final class Guarded {
     }
 }
 
-/// Runs `op` on the CPU backend and on each OpenCL backend with the same inputs and the same
+/// Runs `op` on the CPU backend and on each OpenCL and Vulkan backend with the same inputs and the same
 /// initial output contents, then compares every output by NMSE, checks for NaN and guards.
 /// `inputs` are read-only; `outputs` give initial contents (random, never zeros).
 func differential(_ name: String, inputs: [[Float]], outputs: [[Float]], tolerance: Double = 1e-6,
@@ -54,10 +54,10 @@ func differential(_ name: String, inputs: [[Float]], outputs: [[Float]], toleran
     for (i, r) in ref.enumerated() {
         #expect(!r.contains { $0.isNaN }, "\(name): CPU output \(i) has NaN")
     }
-    try withCL { backends in
+    try withBackends { backends in
         for be in backends {
             let (got, ok) = try run(be)
-            let tag = "\(name) [\(be.params.profile)]"
+            let tag = "\(name) [\(be.label)]"
             #expect(ok, "\(tag): guard region or input overwritten")
             for (i, (g, r)) in zip(got, ref).enumerated() {
                 if exact {

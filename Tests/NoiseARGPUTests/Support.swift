@@ -103,6 +103,40 @@ func withCL(_ body: ([OpenCLBackend]) throws -> Void) throws {
     try body(sharedCL ?? [])
 }
 
+/// Vulkan backends to test against the CPU: device 0 with the GPU parameter set and with the
+/// CPU set's row and attention values (one item per row, several queries per item, K/V from
+/// global memory). Empty (with a printed reason) when no Vulkan device exists; fails when
+/// NOISEAR_REQUIRE_VULKAN=1 (CI, where Mesa's lavapipe is installed) and none exists.
+func vulkanBackends() throws -> [VulkanBackend] {
+    let (devices, notes) = Device.list()
+    guard devices.contains(where: { $0.backend == "vulkan" }) else {
+        let why = notes.first { $0.hasPrefix("Vulkan") } ?? "no Vulkan device found"
+        if ProcessInfo.processInfo.environment["NOISEAR_REQUIRE_VULKAN"] == "1" {
+            throw NoiseError.device("NOISEAR_REQUIRE_VULKAN=1 but \(why)")
+        }
+        print("skipping Vulkan: \(why)")
+        return []
+    }
+    return [try VulkanBackend(index: 0, environment: testEnvironment()),
+            try VulkanBackend(index: 0, environment: testEnvironment(["NOISEAR_KERNEL_PROFILE": "cpu"]))]
+}
+
+nonisolated(unsafe) private var sharedVK: [VulkanBackend]? = nil
+
+/// Every kernel backend (OpenCL parameter sets, then Vulkan ones), under the same lock as
+/// `withCL`: the differential and parity tests run each of them against the CPU backend.
+func withBackends(_ body: ([any KernelBackend]) throws -> Void) throws {
+    try withCL { cl in
+        if sharedVK == nil { sharedVK = try vulkanBackends() }
+        try body(cl.map { $0 as any KernelBackend } + (sharedVK ?? []).map { $0 as any KernelBackend })
+    }
+}
+
+extension KernelBackend {
+    /// "opencl:0/cpu", "vulkan:0/gpu": the device and the parameter set, for messages.
+    var label: String { "\(info.id)/\(params.profile)" }
+}
+
 /// A fresh temporary folder for one test (removed first if a killed run left it).
 func scratchDirectory(_ name: String) throws -> URL {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-\(name)-\(getpid())")

@@ -1,12 +1,16 @@
+import CVulkan
 import Foundation
 
 
 /// A compute device as the rest of the library sees it: one backend, the CPU backend as the
-/// fallback for kernel families the backend does not support, and the autograd switch.
+/// fallback for calls the backend does not support, and the autograd switch.
 ///
-/// Select with `Device.open("auto" | "cpu" | "opencl" | "opencl:N")` or from the environment
-/// (`NOISEAR_DEVICE`). `auto` takes the first OpenCL GPU or accelerator and otherwise the CPU
-/// backend (an OpenCL CPU device such as PoCL only when asked for by name).
+/// Select with `Device.open("auto" | "cpu" | "opencl" | "opencl:N" | "vulkan" | "vulkan:N")`
+/// or from the environment (`NOISEAR_DEVICE`). `auto` takes, in this order: a discrete GPU
+/// (an OpenCL GPU or accelerator without host-unified memory, else a Vulkan discrete GPU); an
+/// integrated GPU (any other OpenCL GPU or accelerator, else any other Vulkan GPU); the CPU
+/// backend. Devices that are CPUs (PoCL, lavapipe) run only when named. A missing OpenCL or
+/// Vulkan loader or driver only removes that API's candidates.
 public final class Device {
     public let backend: any Backend
     /// The CPU backend used for fallbacks (the backend itself when it is the CPU one).
@@ -35,16 +39,24 @@ public final class Device {
     /// The CPU backend.
     public static func cpuDevice() -> Device { Device(backend: CPUBackend()) }
 
-    /// Every device: the CPU backend first, then each OpenCL device.
-    public static func list() -> (devices: [DeviceInfo], openCLError: String?) {
+    /// Every device: the CPU backend first, then each OpenCL device, then each Vulkan device;
+    /// with a line for each API that has none (no loader, no driver, no device).
+    public static func list(environment: [String: String] = ProcessInfo.processInfo.environment)
+        -> (devices: [DeviceInfo], notes: [String])
+    {
         var out = [CPUBackend().info]
+        var notes: [String] = []
         do {
             let all = try CL.allDevices()
             for (i, pd) in all.enumerated() { out.append(CL.info(pd.device, platform: pd.platform, index: i)) }
-            return (out, all.isEmpty ? "no OpenCL platform found" : nil)
+            if all.isEmpty { notes.append("OpenCL: no OpenCL platform found") }
         } catch {
-            return (out, "\(error)")
+            notes.append("OpenCL: \(error)")
         }
+        let vk = VK.allDevices(environment: environment)
+        out += vk.devices
+        if let e = vk.error { notes.append("Vulkan: \(e)") }
+        return (out, notes)
     }
 
     /// Opens a device by specification. `notice` receives the one-line notice when `auto`
@@ -55,28 +67,60 @@ public final class Device {
         let s = (spec ?? environment["NOISEAR_DEVICE"] ?? "auto").lowercased()
         switch s {
         case "", "auto":
-            let all = (try? CL.allDevices()) ?? []
-            if all.isEmpty {
-                notice("no OpenCL platform found; using the CPU backend")
-                return cpuDevice()
-            }
-            for (i, pd) in all.enumerated() {
-                let info = CL.info(pd.device, platform: pd.platform, index: i)
-                if info.kind == .gpu || info.kind == .accelerator {
-                    return Device(backend: try OpenCLBackend(index: i, environment: environment))
-                }
-            }
-            return cpuDevice()
+            return try openAuto(environment: environment, notice: notice)
         case "cpu":
             return cpuDevice()
         case "opencl":
             return Device(backend: try OpenCLBackend(index: 0, environment: environment))
+        case "vulkan":
+            return Device(backend: try VulkanBackend(index: 0, environment: environment))
         default:
             if s.hasPrefix("opencl:"), let n = Int(s.dropFirst("opencl:".count)) {
                 return Device(backend: try OpenCLBackend(index: n, environment: environment))
             }
-            throw NoiseError.device("unknown device \(Text.quoted(s, limit: 40)): expected auto, cpu, opencl or opencl:N")
+            if s.hasPrefix("vulkan:"), let n = Int(s.dropFirst("vulkan:".count)) {
+                return Device(backend: try VulkanBackend(index: n, environment: environment))
+            }
+            throw NoiseError.device("unknown device \(Text.quoted(s, limit: 40)): expected auto, cpu, opencl, opencl:N, vulkan or vulkan:N")
         }
+    }
+
+    /// The `auto` rule (see the type's documentation).
+    static func openAuto(environment: [String: String], notice: (String) -> Void) throws -> Device {
+        let cl = (try? CL.allDevices()) ?? []
+        var clGPUs: [(index: Int, discrete: Bool)] = []
+        for (i, pd) in cl.enumerated() {
+            let info = CL.info(pd.device, platform: pd.platform, index: i)
+            if info.kind == .gpu || info.kind == .accelerator {
+                clGPUs.append((i, !CL.hostUnifiedMemory(pd.device)))
+            }
+        }
+        var vkGPUs: [(index: Int, discrete: Bool)] = []
+        if let inst = try? VulkanInstance.shared(environment: environment), !EmbeddedKernels.spirv.isEmpty {
+            for (i, pd) in inst.physicalDevices.enumerated() {
+                let p = inst.properties(pd)
+                switch p.deviceType {
+                case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: vkGPUs.append((i, true))
+                case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU, VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: vkGPUs.append((i, false))
+                default: break
+                }
+            }
+        }
+        var candidates: [() throws -> Device] = []
+        for discrete in [true, false] {
+            for c in clGPUs where c.discrete == discrete {
+                candidates.append { Device(backend: try OpenCLBackend(index: c.index, environment: environment)) }
+            }
+            for v in vkGPUs where v.discrete == discrete {
+                candidates.append { Device(backend: try VulkanBackend(index: v.index, environment: environment)) }
+            }
+        }
+        for open in candidates {
+            if let d = try? open() { return d }
+        }
+        if clGPUs.isEmpty && vkGPUs.isEmpty { notice("no OpenCL or Vulkan GPU found; using the CPU backend") }
+        else { notice("no GPU device could be opened; using the CPU backend") }
+        return cpuDevice()
     }
 
     // MARK: dispatch with fallback

@@ -146,6 +146,11 @@ enum CL {
             fp16: ext.contains("cl_khr_fp16"), fp64: ext.contains("cl_khr_fp64"))
     }
 
+    /// Whether the device shares memory with the host (an integrated GPU); false on discrete GPUs.
+    static func hostUnifiedMemory(_ d: cl_device_id) -> Bool {
+        deviceValue(d, CL_DEVICE_HOST_UNIFIED_MEMORY, cl_bool.self) != 0
+    }
+
     /// The limits that bound kernel parameters: work-group and work-item sizes, local memory.
     static func limits(_ d: cl_device_id, fp64: Bool) -> KernelLimits {
         let wg = deviceValue(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, Int.self)

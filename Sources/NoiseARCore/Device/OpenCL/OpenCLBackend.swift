@@ -64,20 +64,7 @@ public final class OpenCLBackend: KernelBackend {
         let chosen = try params ?? KernelParams.forDevice(info.kind, environment: environment)
         try chosen.validate(for: limits)
         self.params = chosen
-        var off = Set<OpKind>()
-        var unknown: [String] = []
-        for item in (environment["NOISEAR_DISABLE_OPS"] ?? "").split(separator: ",") {
-            let name = item.trimmingCharacters(in: .whitespaces)
-            if name.isEmpty { continue }
-            if let op = OpKind(rawValue: name) { off.insert(op) } else { unknown.append(name) }
-        }
-        disabled = off
-        if !unknown.isEmpty {
-            let message = "NOISEAR_DISABLE_OPS: ignoring unknown op name\(unknown.count > 1 ? "s" : "") "
-                + unknown.joined(separator: ", ") + "; valid names: "
-                + OpKind.allCases.map(\.rawValue).joined(separator: ", ")
-            if WarnOnce.shared.first(message) { warn(message) }
-        }
+        disabled = OpKind.disabled(environment: environment, warn: warn)
         var err: cl_int = 0
         var d: cl_device_id? = dev
         guard let ctx = clCreateContext(nil, 1, &d, nil, nil, &err), err == CL_SUCCESS else {
