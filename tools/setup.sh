@@ -2,7 +2,11 @@
 # Installs the system packages noisear-gpu builds and tests against (Debian/Ubuntu).
 # Works as root (no sudo needed) and as a user with sudo. .ci/run calls this same script.
 set -euo pipefail
+# OpenCL (headers, ICD loader, PoCL: an OpenCL device on the CPU), Vulkan (headers, the
+# loader, glslc to compile the shaders at build time, Mesa's lavapipe: a Vulkan device on the
+# CPU), OpenBLAS, libpng, OpenSSL's libcrypto.
 PACKAGES=(ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo
+          libvulkan-dev libvulkan1 glslc mesa-vulkan-drivers
           libopenblas-dev libpng-dev libssl-dev pkg-config)
 if [ "$(id -u)" = "0" ]; then
     AS_ROOT=()

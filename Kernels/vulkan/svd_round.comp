@@ -135,11 +135,14 @@ void svd_dot3(int x, int y, int n, out acc_t a, out acc_t b, out acc_t p) {
     p = sp;
 }
 
+/* The rotation with one rounding per result: in double where the device has it (OpenCL
+ * compilers may contract c*x - s*y into an fma; Vulkan drivers need not, and llvmpipe does
+ * not, which cost the smallest singular values about a bit). */
 void svd_rotate(int x, int y, int n, float c, float s) {
     for (int k = int(gl_LocalInvocationID.x); k < n; k += SVD_WG) {
-        float xv = w[x + k], yv = w[y + k];
-        w[x + k] = c * xv - s * yv;
-        w[y + k] = s * xv + c * yv;
+        acc_t xv = acc_t(w[x + k]), yv = acc_t(w[y + k]);
+        w[x + k] = float(acc_t(c) * xv - acc_t(s) * yv);
+        w[y + k] = float(acc_t(s) * xv + acc_t(c) * yv);
     }
 }
 

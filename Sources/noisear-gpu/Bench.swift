@@ -50,6 +50,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "conv2d kernel size.") var kernel: Int = 3
     @Option(help: "Untimed runs first.") var warmup: Int = 2
     @Option(help: "Timed runs.") var repeats: Int = 10
+    @Option(help: ArgumentHelp("More devices to time in the same run, comma-separated (e.g. opencl:0,vulkan:0).",
+                               valueName: "devices"))
+    var also: String?
     @Flag(help: "Only the selected device (skip the CPU backend / OpenBLAS reference rows).")
     var noReference = false
     @Flag(help: "Print JSON.") var json = false
@@ -78,6 +81,10 @@ struct BenchCommand: ParsableCommand {
             var devices: [() throws -> Device] = []
             if !noReference && !wantsCPUOnly { devices.append { Device.cpuDevice() } }
             devices.append { try options.open() }
+            for spec in (also ?? "").split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) })
+            where !spec.isEmpty {
+                devices.append { try Device.open(spec) }
+            }
             var seen: Set<String> = []
             for open in devices {
                 let d = try open()

@@ -319,4 +319,22 @@ import Testing
             try be.adamw(count: n, step: step, param: o[0], grad: i[0], m: o[1], v: o[2])
         }
     }
+
+    /// NoiseAR's patch sampling: one patch of an odd grid, with the Philox draw and with given eps
+    /// (logvar spans the clamp range's ends, so the clamp is exercised).
+    @Test func samplePatch() throws {
+        var rng = TestRNG(16)
+        let batch = 2, channels = 3, size = 15, patch = 5
+        for (gy, gx, useEps) in [(1, 2, false), (2, 0, true)] {
+            var d = PatchSampleDesc(batch: batch, channels: channels, size: size, patch: patch, gridY: gy, gridX: gx,
+                                    seed: 0x1234_5678_9ABC, temperature: 0.8)
+            d.logvarMin = -3; d.logvarMax = 2
+            let t = d.tokenSize
+            let inputs = [rng.values(batch * t), rng.values(batch * t, hi: 4)] + (useEps ? [rng.values(batch * channels * size * size)] : [])
+            try differential("samplePatch \(gy),\(gx) eps=\(useEps)", inputs: inputs,
+                             outputs: [rng.values(batch * channels * size * size), rng.values(batch * t)], tolerance: 1e-10) { be, i, o in
+                try be.samplePatch(d, mu: i[0], logvar: i[1], eps: useEps ? i[2] : nil, latent: o[0], token: o[1])
+            }
+        }
+    }
 }

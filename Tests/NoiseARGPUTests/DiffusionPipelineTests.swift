@@ -38,7 +38,7 @@ import Testing
         }
         for kind in [SamplerKind.dpmpp2m, .eulerA] {
             let ref = try run(Device.cpuDevice(), kind)
-            try withCL { backends in
+            try withBackends { backends in
                 for be in backends {
                     let got = try run(Device(backend: be), kind)
                     var differing = 0, worst = 0
@@ -46,7 +46,7 @@ import Testing
                         differing += 1
                         worst = max(worst, abs(Int(a) - Int(b)))
                     }
-                    #expect(worst <= 1 && differing <= 12, "[\(be.params.profile)] \(kind): \(differing) values differ, worst by \(worst)")
+                    #expect(worst <= 1 && differing <= 12, "[\(be.label)] \(kind): \(differing) values differ, worst by \(worst)")
                 }
             }
         }

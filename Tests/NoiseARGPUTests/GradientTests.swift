@@ -3,16 +3,31 @@ import NoiseARGPU
 import Testing
 
 /// Checks the tape's gradients of f against central finite differences on the CPU backend:
-/// L = sum(f(x) * r) for a fixed random r, accumulated in float64, step h.
+/// L = sum(f(x) * r) for a fixed random r, accumulated in float64, step h; then the same
+/// gradients computed on every OpenCL and Vulkan backend against the same differences.
 func gradCheck(_ name: String, _ inputs: [(shape: [Int], values: [Float])], h: Float = 1e-2,
                tolerance: Double = 1e-2, maxChecks: Int = 48, seed: UInt64 = 99,
                _ f: ([Tensor]) throws -> Tensor) throws {
-    let dev = Device.cpuDevice()
+    let dev = Device(backend: RecordingBackend(CPUBackend(), label: "cpu", coverage: OpCoverageScope.gradient))
     var rng = TestRNG(seed)
-    let xs = try inputs.map { try Tensor($0.values, shape: $0.shape, on: dev, requiresGrad: true) }
-    let y = try f(xs)
-    let r = rng.values(y.count)
-    try y.backward(seed: Tensor(r, shape: y.shape, on: dev))
+    /// The analytic gradients on a device.
+    func analytic(_ dev: Device) throws -> [[Float]] {
+        let xs = try inputs.map { try Tensor($0.values, shape: $0.shape, on: dev, requiresGrad: true) }
+        let y = try f(xs)
+        try y.backward(seed: Tensor(r, shape: y.shape, on: dev))
+        return try xs.enumerated().map { i, x in try #require(x.grad, "\(name): input \(i) got no gradient").toArray() }
+    }
+    let cpu = Device.cpuDevice()
+    let probe = try f(try inputs.map { try Tensor($0.values, shape: $0.shape, on: cpu) })
+    let r = rng.values(probe.count)
+    var results = [("cpu", try analytic(dev))]
+    try withBackends { backends in
+        for be in backends {
+            let d = Device(backend: RecordingBackend(be, label: be.label, coverage: OpCoverageScope.gradient))
+            d.warn = { Issue.record("\(name) [\(be.label)]: \($0)") }
+            results.append((be.label, try analytic(d)))
+        }
+    }
     func loss(_ vals: [[Float]]) throws -> Double {
         try dev.noGrad {
             let ts = try zip(inputs, vals).map { try Tensor($1, shape: $0.shape, on: dev) }
@@ -20,23 +35,27 @@ func gradCheck(_ name: String, _ inputs: [(shape: [Int], values: [Float])], h: F
             return zip(out, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         }
     }
-    for (i, x) in xs.enumerated() {
-        let analytic = try #require(x.grad, "\(name): input \(i) got no gradient").toArray()
-        #expect(!analytic.contains { $0.isNaN }, "\(name): NaN in gradient of input \(i)")
+    for i in inputs.indices {
         let n = inputs[i].values.count
         let picks = n <= maxChecks ? Array(0..<n) : (0..<maxChecks).map { _ in rng.int(n) }
-        var num = 0.0, den = 0.0
+        var fd: [Double] = []
         for j in picks {
             var plus = inputs.map(\.values), minus = inputs.map(\.values)
             plus[i][j] += h
             minus[i][j] -= h
-            let fd = (try loss(plus) - loss(minus)) / (2 * Double(h))
-            let d = Double(analytic[j]) - fd
-            num += d * d
-            den += fd * fd
+            fd.append((try loss(plus) - loss(minus)) / (2 * Double(h)))
         }
-        let rel = (num / max(den, 1e-12)).squareRoot()
-        #expect(rel < tolerance, "\(name): input \(i) gradient relative error \(rel)")
+        for (label, grads) in results {
+            #expect(!grads[i].contains { $0.isNaN }, "\(name) [\(label)]: NaN in gradient of input \(i)")
+            var num = 0.0, den = 0.0
+            for (j, f) in zip(picks, fd) {
+                let d = Double(grads[i][j]) - f
+                num += d * d
+                den += f * f
+            }
+            let rel = (num / max(den, 1e-12)).squareRoot()
+            #expect(rel < tolerance, "\(name) [\(label)]: input \(i) gradient relative error \(rel)")
+        }
     }
 }
 

@@ -40,7 +40,8 @@ final class Guarded {
 func differential(_ name: String, inputs: [[Float]], outputs: [[Float]], tolerance: Double = 1e-6,
                   exact: Bool = false,
                   _ op: (any Backend, [BufRef], [BufRef]) throws -> Void) throws {
-    func run(_ be: any Backend) throws -> ([[Float]], Bool) {
+    func run(_ inner: any Backend, _ label: String) throws -> ([[Float]], Bool) {
+        let be = RecordingBackend(inner, label: label, coverage: OpCoverageScope.differential)
         let ins = try inputs.map { try Guarded(be, $0) }
         let outs = try outputs.map { try Guarded(be, $0) }
         try op(be, ins.map(\.ref), outs.map(\.ref))
@@ -49,14 +50,14 @@ func differential(_ name: String, inputs: [[Float]], outputs: [[Float]], toleran
         let changed = try ins.enumerated().allSatisfy { i, g in try g.values() == inputs[i] }
         return (try outs.map { try $0.values() }, guards && changed)
     }
-    let (ref, refOK) = try run(CPUBackend())
+    let (ref, refOK) = try run(CPUBackend(), "cpu")
     #expect(refOK, "\(name): CPU backend wrote outside its outputs")
     for (i, r) in ref.enumerated() {
         #expect(!r.contains { $0.isNaN }, "\(name): CPU output \(i) has NaN")
     }
     try withBackends { backends in
         for be in backends {
-            let (got, ok) = try run(be)
+            let (got, ok) = try run(be, be.label)
             let tag = "\(name) [\(be.label)]"
             #expect(ok, "\(tag): guard region or input overwritten")
             for (i, (g, r)) in zip(got, ref).enumerated() {

@@ -13,11 +13,11 @@ func maxRelative(_ a: [Float], _ b: [Float]) -> Double {
     return den == 0 ? num : num / den
 }
 
-/// Every device the parity tests run on: the CPU backend and each OpenCL parameter set.
+/// Every device the parity tests run on: the CPU backend and each OpenCL and Vulkan parameter set.
 func eachDevice(_ body: (Device, String) throws -> Void) throws {
     try body(Device.cpuDevice(), "cpu")
-    try withCL { backends in
-        for be in backends { try body(Device(backend: be), "opencl/\(be.params.profile)") }
+    try withBackends { backends in
+        for be in backends { try body(Device(backend: be), be.label) }
     }
 }
 
@@ -81,11 +81,11 @@ func eachDevice(_ body: (Device, String) throws -> Void) throws {
     @Test func samplesMatchAcrossBackends() throws {
         let cpu = Device.cpuDevice()
         let ref = try Self.smallNet(cpu).sample(text: Tensor.randn([2, 5, 12], seed: 9, on: cpu), seed: 5).toArray()
-        try withCL { backends in
+        try withBackends { backends in
             for be in backends {
                 let dev = Device(backend: be)
                 let got = try Self.smallNet(dev).sample(text: Tensor.randn([2, 5, 12], seed: 9, on: dev), seed: 5).toArray()
-                #expect(nmse(got, ref) < 1e-10, "[\(be.params.profile)] NMSE \(nmse(got, ref))")
+                #expect(nmse(got, ref) < 1e-10, "[\(be.label)] NMSE \(nmse(got, ref))")
             }
         }
     }

@@ -240,12 +240,12 @@ import Testing
         let prompts = ["a red circle to the left of a blue square", "a green triangle"]
         let ref = try NoisePriors.noiseAR(net, model: model)(prompts, [5, 6]).toArray()
         #expect(!ref.contains { !$0.isFinite })
-        try withCL { backends in
+        try withBackends { backends in
             for be in backends {
                 let dev = Device(backend: be)
                 let got = try NoisePriors.noiseAR(NoiseARNet.load(url, device: dev),
                                                   model: TextToImageModel.load(modelURL, device: dev))(prompts, [5, 6]).toArray()
-                #expect(nmse(got, ref) < 1e-8, "[\(be.params.profile)] shipped prior NMSE \(nmse(got, ref))")
+                #expect(nmse(got, ref) < 1e-8, "[\(be.label)] shipped prior NMSE \(nmse(got, ref))")
             }
         }
         // The default `sample --prior noisear` runs on it.
@@ -268,12 +268,12 @@ import Testing
         #expect(ref.shape == [2, 3, Scene.size, Scene.size])
         let r = try ref.toArray()
         #expect(!r.contains { !$0.isFinite })
-        try withCL { backends in
+        try withBackends { backends in
             for be in backends {
                 let dev = Device(backend: be)
                 let got = try NoisePriors.npnet(NPNet.load(url, device: dev),
                                                 model: TextToImageModel.load(modelURL, device: dev))(prompts, [3, 9]).toArray()
-                #expect(nmse(got, r) < 1e-8, "[\(be.params.profile)] shipped NPNet NMSE \(nmse(got, r))")
+                #expect(nmse(got, r) < 1e-8, "[\(be.label)] shipped NPNet NMSE \(nmse(got, r))")
             }
         }
         let png = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-npnet-\(getpid()).png")

@@ -28,12 +28,12 @@ import Testing
 
     @Test func gradientsMatchAcrossBackends() throws {
         let (refLoss, refGrads) = try Self.model(Device.cpuDevice())
-        try withCL { backends in
+        try withBackends { backends in
             for be in backends {
                 let (loss, grads) = try Self.model(Device(backend: be))
-                #expect(abs(loss - refLoss) <= 1e-4 * abs(refLoss), "[\(be.params.profile)] loss \(loss) vs \(refLoss)")
+                #expect(abs(loss - refLoss) <= 1e-4 * abs(refLoss), "[\(be.label)] loss \(loss) vs \(refLoss)")
                 for (i, (g, r)) in zip(grads, refGrads).enumerated() {
-                    #expect(nmse(g, r) < 1e-6, "[\(be.params.profile)] gradient \(i) NMSE \(nmse(g, r))")
+                    #expect(nmse(g, r) < 1e-6, "[\(be.label)] gradient \(i) NMSE \(nmse(g, r))")
                 }
             }
         }
@@ -54,15 +54,17 @@ import Testing
             let (loss, grads) = try Self.model(dev)
             #expect(abs(loss - refLoss) <= 1e-4 * abs(refLoss))
             for (g, r) in zip(grads, refGrads) { #expect(nmse(g, r) < 1e-6) }
-            // One warning per family, naming it.
-            #expect(warnings.count == 3, "warnings: \(warnings)")
-            #expect(warnings.contains { $0.contains("'gemm'") })
+            // One warning per family, naming it; attention runs as GEMM + softmax + GEMM on the
+            // device (its GEMMs fall back) rather than moving to the CPU as a whole.
+            #expect(warnings.count == 2, "warnings: \(warnings)")
+            #expect(warnings.contains { $0.contains("'gemm'") } && warnings.contains { $0.contains("'layerNorm'") })
         }
     }
 
     @Test func deviceSelection() throws {
         #expect(try Device.open("cpu").isCPU)
-        #expect(throws: NoiseError.self) { try Device.open("vulkan") }
+        #expect(throws: NoiseError.self) { try Device.open("metal") }
+        #expect(throws: NoiseError.self) { try Device.open("vulkan:99") }
         do {
             _ = try Device.open("opencl:99")
             Issue.record("opencl:99 should not open")

@@ -84,7 +84,7 @@ public struct Bench {
     }
 
     func variantName(_ device: Device, _ op: String) -> String {
-        guard let cl = device.backend as? OpenCLBackend else { return "cpu" }
+        guard let cl = device.backend as? any KernelBackend else { return "cpu" }
         switch op {
         case "gemm": return cl.params["GEMM_VARIANT"] == 1 ? "tiled(\(cl.params.profile))" : "packed(\(cl.params.profile))"
         default: return "\(cl.params.profile)-params"

@@ -25,6 +25,8 @@ public protocol KernelBackend: Backend {
     func scratchBuffer(_ name: String, _ count: Int) throws -> any DeviceBuffer
     /// A one-element buffer bound where an optional operand is absent.
     func dummyBuffer() throws -> any DeviceBuffer
+    /// About how many work groups keep the device busy (OpenCL: its compute units).
+    var parallelism: Int { get }
 }
 
 extension KernelBackend {

@@ -31,7 +31,7 @@ extension KernelBackend {
         // Block pairs per round: enough work-groups to fill the compute units, blocks of at
         // least 8 rows.
         var pairs = 1
-        while batch * pairs < max(info.computeUnits, 1) && 2 * (pairs + 1) * 8 <= n { pairs += 1 }
+        while batch * pairs < max(parallelism, 1) && 2 * (pairs + 1) * 8 <= n { pairs += 1 }
         let blocks = 2 * pairs
         // Squared row norms (double where the device has fp64: two floats each).
         let rowNorms = try scratchBuffer("svdRowNorms", 2 * batch * n)

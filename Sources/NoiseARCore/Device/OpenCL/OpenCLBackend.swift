@@ -32,6 +32,8 @@ public final class OpenCLBackend: KernelBackend {
     private var scratch: [String: OpenCLBuffer] = [:]
     private let disabled: Set<OpKind>
     private lazy var dummy: OpenCLBuffer? = try? allocate(1) as? OpenCLBuffer
+    public var parallelism: Int { info.computeUnits }
+
     /// A one-element buffer bound where an optional operand is absent.
     public func dummyBuffer() throws -> any DeviceBuffer {
         guard let d = dummy else { throw NoiseError.device("dummy buffer allocation failed") }

@@ -155,18 +155,48 @@ public final class VulkanBackend: KernelBackend {
     /// Whether a family is enabled (`NOISEAR_DISABLE_OPS` turns families off).
     public func enables(_ kind: OpKind) -> Bool { !disabled.contains(kind) }
 
-    /// Every call of an enabled family whose buffers fit one storage-buffer binding
-    /// (maxStorageBufferRange), except the kernels' own limits, as on OpenCL: group norm takes
-    /// gamma and beta together, fused attention head dims up to 256.
+    /// Every call of an enabled family whose buffers each fit one storage-buffer binding
+    /// (maxStorageBufferRange), within the kernels' own limits as on OpenCL (group norm takes
+    /// gamma and beta together, fused attention head dims up to 256), with at most
+    /// maxComputeWorkGroupCount[0] groups for the group-norm kernels (they have no count to
+    /// stop spare groups of a folded launch), and, on a CPU Vulkan device, `withinLoopBudget`.
     public func supports(_ op: any PrimitiveOp) -> Bool {
         guard enables(op.kind) else { return false }
         let range = Int(context.limits.maxStorageBufferRange)
         for r in op.reads + op.writes {
             guard let b = r.buffer as? VulkanBuffer, b.byteSize <= range else { return false }
         }
+        if info.kind == .cpu && !withinLoopBudget(op) { return false }
+        let maxGroups = Int(context.limits.maxComputeWorkGroupCount.0)
         switch op {
-        case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil)
+        case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil) && g.n * g.groups <= maxGroups
+        case let g as Op.GroupNormBackward: return g.n * g.groups <= maxGroups
         case let a as Op.Attention: return a.desc.headDim <= 256 && a.desc.valueDim <= 256
+        default: return true
+        }
+    }
+
+    /// Mesa's llvmpipe (lavapipe), the Vulkan device of machines without a GPU, ends every
+    /// loop of a shader invocation after 65,535 iterations in all, silently. On CPU Vulkan
+    /// devices the calls whose per-item loops could come near that run elsewhere instead (the
+    /// CPU backend, or for attention the GEMM + softmax + GEMM form): a budget of 32,768.
+    func withinLoopBudget(_ op: any PrimitiveOp) -> Bool {
+        let budget = 32768, rowWG = max(params["ROW_WG"], 1)
+        switch op {
+        case let g as Op.Gemm: return g.desc.k <= budget
+        case let s as Op.Softmax: return 3 * s.cols <= budget * rowWG
+        case let s as Op.SoftmaxBackward: return 3 * s.cols <= budget * rowWG
+        case let l as Op.LayerNorm: return 3 * l.cols <= budget * rowWG
+        case let l as Op.LayerNormBackward: return 3 * l.cols <= budget * rowWG && l.rows <= budget
+        case let g as Op.GroupNorm: return 3 * g.spatial * (g.channels / max(g.groups, 1)) <= budget * rowWG
+        case let g as Op.GroupNormBackward:
+            return 3 * g.spatial * (g.channels / max(g.groups, 1)) <= budget * rowWG && g.n * g.spatial <= budget
+        case let a as Op.Attention:
+            return a.desc.tk * max(params["ATT_QB"], 1) * (a.desc.headDim + a.desc.valueDim) <= budget
+        case let r as Op.Reduce:
+            return r.reduce <= budget || (r.outer == 1 && r.inner < 4096 && r.reduce / 1024 <= budget)
+        case let g as Op.GatherBackward: return g.list.buffer.count - g.list.offset <= budget  // occurrences of one row
+        case let s as Op.SVD: return s.n <= (svdWorkGroup >= 64 ? 64 : 16)
         default: return true
         }
     }
@@ -225,6 +255,10 @@ public final class VulkanBackend: KernelBackend {
         scratch[name] = b
         return b
     }
+
+    /// Vulkan reports no compute-unit count: the host's cores on a CPU device (lavapipe), else
+    /// 64 work groups, enough to occupy the multiprocessors of most GPUs.
+    public var parallelism: Int { info.kind == .cpu ? ProcessInfo.processInfo.activeProcessorCount : 64 }
 
     public func dummyBuffer() throws -> any DeviceBuffer {
         guard let d = dummy else { throw NoiseError.device("dummy buffer allocation failed") }
