@@ -116,6 +116,9 @@ struct Devices: ParsableCommand {
             let lang = d.openCLCVersion.isEmpty ? "" : "\(d.openCLCVersion), "
             print("           \(mem), \(units)\(lang)driver \(d.driverVersion)")
             print("           platform \(d.platform), fp16 \(d.fp16 ? "yes" : "no"), fp64 \(d.fp64 ? "yes" : "no")")
+            if !d.limits.isEmpty {
+                print("           " + d.limits.keys.sorted().map { "\($0) \(d.limits[$0] ?? 0)" }.joined(separator: ", "))
+            }
         }
         for note in notes { print("(\(note))") }
         if options.device != nil {

@@ -187,6 +187,9 @@ public struct DeviceInfo: Sendable, Codable, Equatable {
     public var driverVersion: String
     public var fp16: Bool
     public var fp64: Bool
+    /// The limits the kernels depend on, by the API's own names (e.g. Vulkan's
+    /// maxComputeWorkGroupInvocations, maxComputeSharedMemorySize, maxStorageBufferRange).
+    public var limits: [String: Int] = [:]
 }
 
 /// Geometry and settings of `Backend.samplePatch`: a latent [batch, channels, size, size] cut

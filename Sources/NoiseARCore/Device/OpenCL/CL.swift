@@ -143,7 +143,12 @@ enum CL {
             computeUnits: Int(deviceValue(d, CL_DEVICE_MAX_COMPUTE_UNITS, cl_uint.self)),
             openCLCVersion: deviceString(d, CL_DEVICE_OPENCL_C_VERSION),
             driverVersion: deviceString(d, CL_DRIVER_VERSION),
-            fp16: ext.contains("cl_khr_fp16"), fp64: ext.contains("cl_khr_fp64"))
+            fp16: ext.contains("cl_khr_fp16"), fp64: ext.contains("cl_khr_fp64"),
+            limits: [
+                "CL_DEVICE_MAX_WORK_GROUP_SIZE": deviceValue(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, Int.self),
+                "CL_DEVICE_LOCAL_MEM_SIZE": Int(clamping: deviceValue(d, CL_DEVICE_LOCAL_MEM_SIZE, cl_ulong.self)),
+                "CL_DEVICE_MAX_MEM_ALLOC_SIZE": Int(clamping: deviceValue(d, CL_DEVICE_MAX_MEM_ALLOC_SIZE, cl_ulong.self)),
+            ])
     }
 
     /// Whether the device shares memory with the host (an integrated GPU); false on discrete GPUs.

@@ -142,12 +142,25 @@ final class VulkanInstance: @unchecked Sendable {
         let name = withUnsafeBytes(of: p.deviceName) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
+        let l = p.limits
+        let size = withUnsafeBytes(of: l.maxComputeWorkGroupSize) { Array($0.bindMemory(to: UInt32.self)) }
+        let count = withUnsafeBytes(of: l.maxComputeWorkGroupCount) { Array($0.bindMemory(to: UInt32.self)) }
+        let limits: [String: Int] = [
+            "maxComputeWorkGroupInvocations": Int(l.maxComputeWorkGroupInvocations),
+            "maxComputeWorkGroupSize.x": Int(size[0]),
+            "maxComputeWorkGroupCount.x": Int(count[0]),
+            "maxComputeSharedMemorySize": Int(l.maxComputeSharedMemorySize),
+            "maxStorageBufferRange": Int(l.maxStorageBufferRange),
+            "maxPushConstantsSize": Int(l.maxPushConstantsSize),
+            "maxMemoryAllocationCount": Int(l.maxMemoryAllocationCount),
+        ]
         return DeviceInfo(
             id: "vulkan:\(index)", backend: "vulkan", name: name,
             vendor: VK.vendorName(p.vendorID), kind: kind,
             platform: "Vulkan \(VKVersion.string(p.apiVersion))" + (VK.isDiscrete(p) ? " (discrete)" : ""),
             memoryBytes: localBytes, computeUnits: 0, openCLCVersion: "",
-            driverVersion: "\(p.driverVersion)", fp16: false, fp64: features(pd).shaderFloat64 != 0)
+            driverVersion: "\(p.driverVersion)", fp16: false, fp64: features(pd).shaderFloat64 != 0,
+            limits: limits)
     }
 
     // MARK: process-wide instance

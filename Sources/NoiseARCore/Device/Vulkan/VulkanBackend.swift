@@ -44,6 +44,10 @@ public final class VulkanBackend: KernelBackend {
     public private(set) var dispatches = 0
     /// Submissions to the queue since the backend opened.
     public private(set) var submissions = 0
+    /// Device-memory allocations (blocks) tensors are sub-allocated from.
+    public var memoryBlocks: Int { pool.blocks.count }
+    /// The on-disk pipeline cache entry (nil when `NOISEAR_KERNEL_CACHE=off`).
+    public var pipelineCacheURL: URL? { diskCache.url(cacheKey) }
 
     static let maxSets = 512
     static let maxBindings = 8
@@ -244,10 +248,7 @@ public final class VulkanBackend: KernelBackend {
         try flush { UnsafeMutableRawPointer(base).copyMemory(from: ptr, byteCount: bytes) }
     }
 
-    public func synchronize() throws {
-        try flush()
-        savePipelineCache()
-    }
+    public func synchronize() throws { try flush() }
 
     public func scratchBuffer(_ name: String, _ count: Int) throws -> any DeviceBuffer {
         if let b = scratch[name], b.count >= count { return b }
@@ -322,6 +323,7 @@ public final class VulkanBackend: KernelBackend {
         setsUsed = 0
         staging.reset()
         pool.trim()
+        savePipelineCache()  // (only when pipelines were created since the last save)
     }
 
     // MARK: pipelines
