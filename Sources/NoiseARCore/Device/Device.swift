@@ -95,8 +95,12 @@ public final class Device {
                 clGPUs.append((i, !CL.hostUnifiedMemory(pd.device)))
             }
         }
+        var missing: [String] = []
+        if cl.isEmpty { missing.append("no OpenCL platform found") }
         var vkGPUs: [(index: Int, discrete: Bool)] = []
-        if let inst = try? VulkanInstance.shared(environment: environment), !EmbeddedKernels.spirv.isEmpty {
+        let inst = try? VulkanInstance.shared(environment: environment)
+        if inst == nil { missing.append("no Vulkan loader or driver found") }
+        if let inst, !EmbeddedKernels.spirv.isEmpty {
             for (i, pd) in inst.physicalDevices.enumerated() {
                 let p = inst.properties(pd)
                 switch p.deviceType {
@@ -118,8 +122,13 @@ public final class Device {
         for open in candidates {
             if let d = try? open() { return d }
         }
-        if clGPUs.isEmpty && vkGPUs.isEmpty { notice("no OpenCL or Vulkan GPU found; using the CPU backend") }
-        else { notice("no GPU device could be opened; using the CPU backend") }
+        // Said only when something is missing or broken (a machine whose OpenCL and Vulkan
+        // devices are all CPUs is the CPU backend's, silently).
+        if !candidates.isEmpty {
+            notice("no GPU device could be opened; using the CPU backend")
+        } else if !missing.isEmpty {
+            notice(missing.joined(separator: ", ") + "; using the CPU backend")
+        }
         return cpuDevice()
     }
 
