@@ -71,8 +71,8 @@ typedef bool (*noisear_progress_callback)(int done, int total, void *user_data);
 /* ---- devices ---------------------------------------------------------------------------- */
 
 typedef struct noisear_device_info {
-    char id[32];         /* "cpu" or "opencl:N": what noisear_context_params.device takes */
-    char backend[16];    /* "cpu" or "opencl" */
+    char id[32];         /* "cpu", "opencl:N" or "vulkan:N": what noisear_context_params.device takes */
+    char backend[16];    /* "cpu", "opencl" or "vulkan" */
     char type[16];       /* "cpu", "gpu", "accelerator" or "other" */
     char name[128];
     char vendor[128];
@@ -80,7 +80,8 @@ typedef struct noisear_device_info {
     int32_t compute_units;
 } noisear_device_info;
 
-/* The number of devices: the CPU backend first, then every OpenCL device. Never negative. */
+/* The number of devices: the CPU backend first, then every OpenCL device, then every Vulkan
+ * device. Never negative. */
 int noisear_device_count(void);
 /* Device `index` (0 <= index < noisear_device_count()). */
 noisear_status noisear_device_get(int index, noisear_device_info *out);
@@ -90,15 +91,16 @@ noisear_status noisear_device_get(int index, noisear_device_info *out);
 typedef struct noisear_context noisear_context;
 
 typedef struct noisear_context_params {
-    /* "auto" (first OpenCL GPU or accelerator, else the CPU backend), "cpu", "opencl",
-     * "opencl:N"; NULL means $NOISEAR_DEVICE or "auto". */
+    /* "auto" (a discrete GPU, then an integrated one, on OpenCL or Vulkan; else the CPU
+     * backend: see the README), "cpu", "opencl", "opencl:N", "vulkan", "vulkan:N"; NULL means
+     * $NOISEAR_DEVICE or "auto". */
     const char *device;
 } noisear_context_params;
 
 noisear_context_params noisear_context_default_params(void);
 noisear_status noisear_context_create(const noisear_context_params *params, noisear_context **out);
 void noisear_context_free(noisear_context *ctx);
-/* The id of the device the context runs on ("cpu", "opencl:0"). */
+/* The id of the device the context runs on ("cpu", "opencl:0", "vulkan:0"). */
 const char *noisear_context_device(const noisear_context *ctx);
 /* The message of the last failure of a call on this context or on a prior loaded on it. */
 const char *noisear_context_last_error(const noisear_context *ctx);
