@@ -192,7 +192,7 @@ def _progress(callback: Optional[Callable[[int, int], bool]]):
 # ---- devices and contexts -------------------------------------------------------------------
 
 def devices() -> List[dict]:
-    """Every device: the CPU backend first, then each OpenCL device."""
+    """Every device: the CPU backend first, then each OpenCL device, then each Vulkan device."""
     lib = _load()
     out = []
     for i in range(lib.noisear_device_count()):
@@ -205,7 +205,7 @@ def devices() -> List[dict]:
 
 
 class Context:
-    """A device ("auto", "cpu", "opencl", "opencl:N"; None: $NOISEAR_DEVICE or auto).
+    """A device ("auto", "cpu", "opencl", "opencl:N", "vulkan", "vulkan:N"; None: $NOISEAR_DEVICE or auto).
     Use one context per thread."""
 
     def __init__(self, device: Optional[str] = "auto"):
