@@ -8,10 +8,11 @@ struct NoiseARGPUCLI: ParsableCommand {
         commandName: "noisear-gpu",
         abstract: "GPU compute backend for learned initial-noise priors of diffusion models.",
         discussion: """
-            Runs on any OpenCL 1.2 device or on the CPU backend (Swift + OpenBLAS).
+            Runs on any OpenCL 1.2 device, any Vulkan 1.1 device, or the CPU backend (Swift + OpenBLAS).
 
-            Devices: --device auto|cpu|opencl|opencl:N (or NOISEAR_DEVICE). 'auto' takes the first
-            OpenCL GPU or accelerator, else the CPU backend; an OpenCL CPU device (PoCL) only when named.
+            Devices: --device auto|cpu|opencl|opencl:N|vulkan|vulkan:N (or NOISEAR_DEVICE). 'auto' takes
+            a discrete GPU, then an integrated one (OpenCL before Vulkan), else the CPU backend;
+            CPU devices (PoCL, lavapipe) only when named.
 
             Environment:
               NOISEAR_DEVICE          default device
@@ -20,6 +21,7 @@ struct NoiseARGPUCLI: ParsableCommand {
               NOISEAR_KERNEL_PROFILE  cpu|gpu: force a kernel parameter set
               NOISEAR_KERNEL_DEFINES  NAME=INT,...: override single kernel parameters
               NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
+              NOISEAR_VULKAN_LIBRARY  the Vulkan loader to open (default libvulkan.so.1)
             """,
         subcommands: [Devices.self, BenchCommand.self, SampleCommand.self, NoiseCommand.self, ScoreCommand.self, CollectCommand.self, EvaluateCommand.self, TrainCommand.self, RewardCommand.self, RenderCommand.self])
 
@@ -27,6 +29,7 @@ struct NoiseARGPUCLI: ParsableCommand {
     /// and a non-zero exit: 64 for a bad command line, 1 for a failure. `--help` and friends
     /// print as usual.
     static func main() {
+        HostMemory.keepFreedBlocks()
         do {
             var command = try parseAsRoot()
             try command.run()

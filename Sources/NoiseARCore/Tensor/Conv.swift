@@ -14,25 +14,50 @@ extension Tensor {
                              padding: padding)
         try requireShape(g.outH > 0 && g.outW > 0, "conv2d kernel \(weight.shape) larger than padded input \(x.shape)")
         let hw = g.colCols, cols = n * hw
-        let col = try Tensor.empty([g.colRows, cols], on: x.device)
-        try x.device.run(Op.Im2col(g, batch: n, x: x.ref, col: col.ref))
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
-        // One GEMM for the whole batch: yT [Cout, N*HW] = W [Cout, CKK] col [CKK, N*HW].
-        let yT = try Tensor.empty([cout, n, hw], on: x.device)
-        let d = GemmDesc(m: cout, n: cols, k: g.colRows)
-        try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: yT.ref))
-        let out = try x.device.noGrad {
-            let biased = try bias.map { try yT + $0.reshaped([cout, 1, 1]) } ?? yT
-            return try biased.permuted([1, 0, 2]).reshaped([n, cout, g.outH, g.outW])
-        }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
+        let recording = x.device.gradEnabled && inputs.contains { $0.requiresGrad }
+        // Without a tape the images go through in chunks whose im2col matrix stays near 8 MiB
+        // (peak memory and cache), with one GEMM per chunk; the backward pass needs the whole
+        // matrix, so a recorded convolution takes the batch at once.
+        let perImage = max(g.colRows * hw, 1)
+        let chunk = recording ? n : max(1, min(n, (2 << 20) / perImage))
+        let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
+        var col = try Tensor.empty([g.colRows, chunk * hw], on: x.device)
+        var start = 0
+        while start < n {
+            let nc = min(chunk, n - start)
+            if nc != chunk { col = try Tensor.empty([g.colRows, nc * hw], on: x.device) }
+            let xs = BufRef(x.buffer, x.offset + start * g.channels * g.height * g.width)
+            let os = BufRef(out.buffer, out.offset + start * cout * hw)
+            try x.device.run(Op.Im2col(g, batch: nc, x: xs, col: col.ref))
+            // yT [Cout, nc*HW] = W [Cout, CKK] col [CKK, nc*HW], then [Cout, nc, HW] -> [nc, Cout, HW]
+            // with the bias added in the same pass; a single image without a bias needs neither.
+            let d = GemmDesc(m: cout, n: nc * hw, k: g.colRows)
+            if nc == 1 && bias == nil {
+                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: os))
+            } else {
+                let yT = try Tensor.empty([cout, nc, hw], on: x.device)
+                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: yT.ref))
+                let src = Strided(yT.ref, strides: [hw, nc * hw, 1])
+                if let bias {
+                    try x.device.run(Op.Binary(.add, shape: [nc, cout, hw], a: src,
+                                               b: Strided(bias.ref, strides: [0, 1, 0]), out: os))
+                } else {
+                    try x.device.run(Op.Copy(shape: [nc, cout, hw], src: src,
+                                             dst: Strided(os, strides: Shape.strides([nc, cout, hw]))))
+                }
+            }
+            start += nc
+        }
+        let fullCol = col  // (the whole batch's matrix whenever the op is recorded)
         return record(out, inputs, "conv2d") { gy in
             // gyT [Cout, N*HW]; dW = gyT col^T; dcol = W^T gyT; dx = col2im(dcol); db = sum gy
             let gyT = try gy.reshaped([n, cout, hw]).permuted([1, 0, 2])
             let dw = try Tensor.empty(weight.shape, on: x.device)
             let dwd = GemmDesc(m: cout, n: g.colRows, k: cols, transB: true)
-            try x.device.run(Op.Gemm(dwd, a: gyT.ref, b: col.ref, c: dw.ref))
-            let dcol = try Tensor.empty(col.shape, on: x.device)
+            try x.device.run(Op.Gemm(dwd, a: gyT.ref, b: fullCol.ref, c: dw.ref))
+            let dcol = try Tensor.empty(fullCol.shape, on: x.device)
             let dcd = GemmDesc(m: g.colRows, n: cols, k: cout, transA: true)
             try x.device.run(Op.Gemm(dcd, a: weight.ref, b: gyT.ref, c: dcol.ref))
             let dx = try Tensor.empty(x.shape, on: x.device)

@@ -364,8 +364,39 @@ public final class CPUBackend: Backend {
 
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
         let px = ptr(x), pc = ptr(col)
+        let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw
+        // Row by row of the output: the zero borders, then the inside read in one run (a copy
+        // when the stride is 1).
         parallelFor(g.channels) { c in
-            forEachColEntry(g, batch: batch, channel: c) { i, pixel in pc[i] = pixel.map { px[$0] } ?? 0 }
+            for ky in 0..<g.kernelH {
+                for kx in 0..<g.kernelW {
+                    let row = (c * g.kernelH + ky) * g.kernelW + kx
+                    // Output columns ox whose input column ix = ox*s - pad + kx is inside.
+                    let lo = max(0, (g.padW - kx + g.strideW - 1) / g.strideW)
+                    let last = g.width - 1 + g.padW - kx  // (floor division: may be negative)
+                    let hi = last < 0 ? 0 : min(ow, last / g.strideW + 1)
+                    for n in 0..<batch {
+                        let xPlane = px + (n * g.channels + c) * g.height * g.width
+                        let cBase = pc + row * cols + n * hw
+                        for oy in 0..<oh {
+                            let dst = cBase + oy * ow
+                            let iy = oy * g.strideH - g.padH + ky
+                            guard iy >= 0 && iy < g.height && lo < hi else {
+                                dst.update(repeating: 0, count: ow)
+                                continue
+                            }
+                            if lo > 0 { dst.update(repeating: 0, count: lo) }
+                            if hi < ow { (dst + hi).update(repeating: 0, count: ow - hi) }
+                            let src = xPlane + iy * g.width + lo * g.strideW - g.padW + kx
+                            if g.strideW == 1 {
+                                (dst + lo).update(from: src, count: hi - lo)
+                            } else {
+                                for ox in lo..<hi { dst[ox] = src[(ox - lo) * g.strideW] }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
