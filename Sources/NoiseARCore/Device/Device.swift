@@ -46,6 +46,7 @@ public final class Device {
     {
         var out = [CPUBackend().info]
         var notes: [String] = []
+        if let c = BLASCore.correction { notes.append("CPU: \(c)") }
         do {
             let all = try CL.allDevices()
             for (i, pd) in all.enumerated() { out.append(CL.info(pd.device, platform: pd.platform, index: i)) }

@@ -31,6 +31,7 @@ public final class CPUBackend: Backend {
     public let info: DeviceInfo
 
     public init() {
+        _ = BLASCore.correction  // (once per process, before the first BLAS call)
         let cores = ProcessInfo.processInfo.activeProcessorCount
         info = DeviceInfo(
             id: "cpu", backend: "cpu", name: "CPU (Swift + OpenBLAS, \(cores) threads)",
