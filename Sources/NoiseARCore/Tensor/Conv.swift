@@ -17,11 +17,12 @@ extension Tensor {
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
         let recording = x.device.gradEnabled && inputs.contains { $0.requiresGrad }
-        // Without a tape the images go through in chunks whose im2col matrix stays near 8 MiB
-        // (peak memory and cache), with one GEMM per chunk; the backward pass needs the whole
-        // matrix, so a recorded convolution takes the batch at once.
+        // On the CPU backend without a tape the images go through in chunks whose im2col matrix
+        // stays near 8 MiB (peak memory and cache), one GEMM per chunk. A recorded convolution
+        // (the backward pass needs the whole matrix) and other devices (fewer, larger launches)
+        // take the batch at once.
         let perImage = max(g.colRows * hw, 1)
-        let chunk = recording ? n : max(1, min(n, (2 << 20) / perImage))
+        let chunk = recording || !x.device.isCPU ? n : max(1, min(n, (2 << 20) / perImage))
         let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
         var col = try Tensor.empty([g.colRows, chunk * hw], on: x.device)
         var start = 0
