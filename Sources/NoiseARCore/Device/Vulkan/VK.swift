@@ -33,10 +33,7 @@ final class VulkanInstance: @unchecked Sendable {
             throw NoiseError.device("no Vulkan loader found (\(names[0])): install the Vulkan loader (Debian: libvulkan1) and a driver (mesa-vulkan-drivers or the GPU vendor's)")
         }
         let gipa = unsafeBitCast(gipaRaw, to: PFN_vkGetInstanceProcAddr.self)
-        func global<T>(_ name: String) throws -> T {
-            guard let f = gipa(nil, name) else { throw NoiseError.device("Vulkan loader lacks \(name)") }
-            return unsafeBitCast(f, to: T.self)
-        }
+        func global<T>(_ name: String) throws -> T { try VK.function(name, from: "loader") { gipa(nil, $0) } }
         var version: UInt32 = VKVersion.make(1, 0, 0)
         if let f = gipa(nil, "vkEnumerateInstanceVersion") {
             let enumerate = unsafeBitCast(f, to: PFN_vkEnumerateInstanceVersion.self)
@@ -67,10 +64,7 @@ final class VulkanInstance: @unchecked Sendable {
         try VK.check(result, "vkCreateInstance")
         guard let instance else { throw NoiseError.device("vkCreateInstance returned no instance") }
         handle = instance
-        func load<T>(_ name: String) throws -> T {
-            guard let f = gipa(instance, name) else { throw NoiseError.device("Vulkan instance lacks \(name)") }
-            return unsafeBitCast(f, to: T.self)
-        }
+        func load<T>(_ name: String) throws -> T { try VK.function(name, from: "instance") { gipa(instance, $0) } }
         getDeviceProcAddr = try load("vkGetDeviceProcAddr")
         enumeratePhysicalDevices = try load("vkEnumeratePhysicalDevices")
         getProperties = try load("vkGetPhysicalDeviceProperties")
@@ -196,6 +190,12 @@ enum VKVersion {
 }
 
 enum VK {
+    /// Vulkan function `name` as its PFN type, looked up by `lookup` (vkGet*ProcAddr).
+    static func function<T>(_ name: String, from what: String, _ lookup: (String) -> PFN_vkVoidFunction?) throws -> T {
+        guard let f = lookup(name) else { throw NoiseError.device("Vulkan \(what) lacks \(name)") }
+        return unsafeBitCast(f, to: T.self)
+    }
+
     static func check(_ r: VkResult, _ call: String) throws {
         guard r == VK_SUCCESS else { throw NoiseError.device("Vulkan \(call) failed: \(name(r))") }
     }

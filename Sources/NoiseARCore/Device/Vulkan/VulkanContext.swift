@@ -94,10 +94,7 @@ final class VulkanContext {
         guard let dev else { throw NoiseError.device("vkCreateDevice returned no device") }
         device = dev
         let gdpa = instance.getDeviceProcAddr
-        func load<T>(_ name: String) throws -> T {
-            guard let f = gdpa(dev, name) else { throw NoiseError.device("Vulkan device lacks \(name)") }
-            return unsafeBitCast(f, to: T.self)
-        }
+        func load<T>(_ name: String) throws -> T { try VK.function(name, from: "device") { gdpa(dev, $0) } }
         destroyDevice = try load("vkDestroyDevice")
         deviceWaitIdle = try load("vkDeviceWaitIdle")
         createBuffer = try load("vkCreateBuffer")
