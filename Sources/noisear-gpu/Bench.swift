@@ -143,6 +143,11 @@ struct BenchCommand: ParsableCommand {
             for (id, s) in shares {
                 print("share of one step on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
             }
+            for r in results {
+                if let ops = r.ops {
+                    print("per step on \(r.backend): \(ops) primitive ops" + (r.launches.map { ", \($0) kernel launches" } ?? ""))
+                }
+            }
         }
     }
 

@@ -17,6 +17,10 @@ public struct BenchResult: Codable, Sendable {
     public var gflops: Double?
     /// GB/s of compulsory traffic for memory-bound ops, else nil.
     public var gbps: Double?
+    /// Primitive ops per run (the sampler step), else nil.
+    public var ops: Int? = nil
+    /// Kernel launches per run on an OpenCL or Vulkan device (the sampler step), else nil.
+    public var launches: Int? = nil
 }
 
 /// Benchmarks of single ops: warm-up runs, then `repeats` timed runs (each waits for the
@@ -174,10 +178,14 @@ extension Bench {
             try device.backend.synchronize()
         }
         let t = try time(run)
+        let kernels = device.backend as? any KernelBackend
+        let launchesBefore = kernels?.launches ?? 0
         device.resetProfile()
         device.profiling = true
         defer { device.profiling = false }
         try run()
+        let launches = kernels.map { $0.launches - launchesBefore }
+        let ops = device.profile.values.reduce(0) { $0 + $1.count }
         let total = device.profile.values.reduce(0) { $0 + $1.seconds }
         let families: [String: [OpKind]] = [
             "im2col/col2im (convs)": [.im2col, .col2im],
@@ -194,7 +202,10 @@ extension Bench {
             if s > 0 { shares.append((name, s / max(total, 1e-12))) }
         }
         shares.sort { $0.1 > $1.1 }
-        return (result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t), shares)
+        var r = result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t)
+        r.ops = ops
+        r.launches = launches
+        return (r, shares)
     }
 
     /// The authors' SDXL-size NoiseAR (4x128x128 latent, P 32, d_model 2048, d_ff 4096, 1 layer,

@@ -27,6 +27,8 @@ public protocol KernelBackend: Backend {
     func dummyBuffer() throws -> any DeviceBuffer
     /// About how many work groups keep the device busy (OpenCL: its compute units).
     var parallelism: Int { get }
+    /// Kernels launched since the backend opened.
+    var launches: Int { get }
 }
 
 extension KernelBackend {

@@ -41,6 +41,8 @@ public final class OpenCLBackend: KernelBackend {
     }
     /// Program builds that were compiled from source (not loaded from the disk cache).
     public private(set) var sourceBuilds = 0
+    /// Kernels launched since the backend opened.
+    public private(set) var launches = 0
 
     /// Opens OpenCL device number `index` (enumeration order over all platforms).
     ///
@@ -311,6 +313,7 @@ public final class OpenCLBackend: KernelBackend {
             code = clEnqueueNDRangeKernel(queue, k, cl_uint(g.count), nil, &g, nil, 0, nil, nil)
         }
         try CL.check(code, "clEnqueueNDRangeKernel(\(name), global \(g), local \(l.map { "\($0)" } ?? "auto"))")
+        launches += 1
     }
 
 }

@@ -42,6 +42,7 @@ public final class VulkanBackend: KernelBackend {
     private lazy var dummy: VulkanBuffer? = try? VulkanBuffer(count: 1, pool: pool)
     /// Dispatches recorded since the backend opened (for launch counts in benchmarks).
     public private(set) var dispatches = 0
+    public var launches: Int { dispatches }
     /// Submissions to the queue since the backend opened.
     public private(set) var submissions = 0
     /// Device-memory allocations (blocks) tensors are sub-allocated from.
