@@ -1,3 +1,5 @@
+import Foundation
+
 /// Typed op descriptors: one value type per primitive, with named operands.
 ///
 /// A call site builds one (`try device.run(Op.Gemm(d, a: x.ref, b: w.ref, c: y.ref))`);
@@ -482,5 +484,28 @@ extension OpKind {
         case .samplePatch: return Op.SamplePatch.self
         case .svd: return Op.SVD.self
         }
+    }
+}
+
+extension OpKind {
+    /// The families named in `NOISEAR_DISABLE_OPS` (unknown names warn once, with the valid ones).
+    static func disabled(environment: [String: String],
+                         warn: (String) -> Void = { FileHandle.standardError.write(Data(("warning: " + $0 + "\n").utf8)) })
+        -> Set<OpKind>
+    {
+        var off = Set<OpKind>()
+        var unknown: [String] = []
+        for item in (environment["NOISEAR_DISABLE_OPS"] ?? "").split(separator: ",") {
+            let name = item.trimmingCharacters(in: .whitespaces)
+            if name.isEmpty { continue }
+            if let op = OpKind(rawValue: name) { off.insert(op) } else { unknown.append(name) }
+        }
+        if !unknown.isEmpty {
+            let message = "NOISEAR_DISABLE_OPS: ignoring unknown op name\(unknown.count > 1 ? "s" : "") "
+                + unknown.joined(separator: ", ") + "; valid names: "
+                + OpKind.allCases.map(\.rawValue).joined(separator: ", ")
+            if WarnOnce.shared.first(message) { warn(message) }
+        }
+        return off
     }
 }

@@ -137,12 +137,11 @@ final class VulkanInstance: @unchecked Sendable {
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
         let l = p.limits
-        let size = withUnsafeBytes(of: l.maxComputeWorkGroupSize) { Array($0.bindMemory(to: UInt32.self)) }
-        let count = withUnsafeBytes(of: l.maxComputeWorkGroupCount) { Array($0.bindMemory(to: UInt32.self)) }
+        let size = VK.ints(l.maxComputeWorkGroupSize), count = VK.ints(l.maxComputeWorkGroupCount)
         let limits: [String: Int] = [
             "maxComputeWorkGroupInvocations": Int(l.maxComputeWorkGroupInvocations),
-            "maxComputeWorkGroupSize.x": Int(size[0]),
-            "maxComputeWorkGroupCount.x": Int(count[0]),
+            "maxComputeWorkGroupSize.x": size[0],
+            "maxComputeWorkGroupCount.x": count[0],
             "maxComputeSharedMemorySize": Int(l.maxComputeSharedMemorySize),
             "maxStorageBufferRange": Int(l.maxStorageBufferRange),
             "maxPushConstantsSize": Int(l.maxPushConstantsSize),
@@ -195,6 +194,9 @@ enum VK {
         guard let f = lookup(name) else { throw NoiseError.device("Vulkan \(what) lacks \(name)") }
         return unsafeBitCast(f, to: T.self)
     }
+
+    /// A limit given per dimension (x, y, z) as an array.
+    static func ints(_ t: (UInt32, UInt32, UInt32)) -> [Int] { [Int(t.0), Int(t.1), Int(t.2)] }
 
     static func check(_ r: VkResult, _ call: String) throws {
         guard r == VK_SUCCESS else { throw NoiseError.device("Vulkan \(call) failed: \(name(r))") }

@@ -19,6 +19,8 @@ public final class VulkanBackend: KernelBackend {
     public let params: KernelParams
     public let limits: KernelLimits
     let context: VulkanContext
+    /// The device limits each launch and `supports` check (read once: the limits struct is large).
+    let storageBufferRange: Int, pushConstantBytes: Int, maxGroupCount: [Int]
     let pool: VulkanMemoryPool
     let staging: VulkanStaging
     let environment: [String: String]
@@ -75,9 +77,11 @@ public final class VulkanBackend: KernelBackend {
         let ctx = try VulkanContext(instance: instance, index: index)
         context = ctx
         let l = ctx.limits
-        let sizes = withUnsafeBytes(of: l.maxComputeWorkGroupSize) { Array($0.bindMemory(to: UInt32.self)) }
+        storageBufferRange = Int(l.maxStorageBufferRange)
+        pushConstantBytes = min(Self.pushBytes, Int(l.maxPushConstantsSize))
+        maxGroupCount = VK.ints(l.maxComputeWorkGroupCount)
         limits = KernelLimits(maxWorkGroupSize: Int(l.maxComputeWorkGroupInvocations),
-                              maxWorkItemSizes: sizes.map(Int.init),
+                              maxWorkItemSizes: VK.ints(l.maxComputeWorkGroupSize),
                               localMemoryBytes: Int(l.maxComputeSharedMemorySize), fp64: ctx.fp64)
         var p = try KernelParams.forDevice(.gpu, environment: environment)
         if environment["NOISEAR_KERNEL_PROFILE"] == "cpu" {
@@ -167,12 +171,11 @@ public final class VulkanBackend: KernelBackend {
     /// stop spare groups of a folded launch), and, on a CPU Vulkan device, `withinLoopBudget`.
     public func supports(_ op: any PrimitiveOp) -> Bool {
         guard enables(op.kind) else { return false }
-        let range = Int(context.limits.maxStorageBufferRange)
         for r in op.reads + op.writes {
-            guard let b = r.buffer as? VulkanBuffer, b.byteSize <= range else { return false }
+            guard let b = r.buffer as? VulkanBuffer, b.byteSize <= storageBufferRange else { return false }
         }
         if info.kind == .cpu && !withinLoopBudget(op) { return false }
-        let maxGroups = Int(context.limits.maxComputeWorkGroupCount.0)
+        let maxGroups = maxGroupCount[0]
         switch op {
         case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil) && g.n * g.groups <= maxGroups
         case let g as Op.GroupNormBackward: return g.n * g.groups <= maxGroups
@@ -406,7 +409,7 @@ public final class VulkanBackend: KernelBackend {
         try VK.check(r, "vkCreateDescriptorSetLayout")
         guard let setLayout else { throw NoiseError.device("vkCreateDescriptorSetLayout returned nothing") }
         var range = VkPushConstantRange(stageFlags: UInt32(VK_SHADER_STAGE_COMPUTE_BIT.rawValue), offset: 0,
-                                        size: UInt32(min(Self.pushBytes, Int(context.limits.maxPushConstantsSize))))
+                                        size: UInt32(pushConstantBytes))
         var sl: VkDescriptorSetLayout? = setLayout
         var pipelineLayout: VkPipelineLayout?
         let r2 = withUnsafePointer(to: &range) { rp in
@@ -489,7 +492,7 @@ public final class VulkanBackend: KernelBackend {
             }
         }
         try require(bufs.count <= Self.maxBindings, "kernel \(name): \(bufs.count) buffers")
-        try require(words.count * 4 <= min(Self.pushBytes, Int(context.limits.maxPushConstantsSize)),
+        try require(words.count * 4 <= pushConstantBytes,
                     "kernel \(name): \(words.count * 4) bytes of push constants")
         // Work-group size: the host's, else 64 along x.
         var lsize = [1, 1, 1]
@@ -501,9 +504,7 @@ public final class VulkanBackend: KernelBackend {
         try require(lsize[0] * lsize[1] * lsize[2] <= limits.maxWorkGroupSize
                         && (0..<3).allSatisfy { lsize[$0] <= limits.maxLocal($0) },
                     "kernel \(name): work-group size \(lsize) above the device's limits")
-        let maxCount = withUnsafeBytes(of: context.limits.maxComputeWorkGroupCount) {
-            Array($0.bindMemory(to: UInt32.self)).map(Int.init)
-        }
+        let maxCount = maxGroupCount
         var groups = [1, 1, 1]
         for i in 0..<global.count { groups[i] = (global[i] + lsize[i] - 1) / lsize[i] }
         if global.count == 1 && groups[0] > maxCount[0] {
@@ -565,28 +566,5 @@ public final class VulkanBackend: KernelBackend {
         }
         context.cmdDispatch(commandBuffer, UInt32(groups[0]), UInt32(groups[1]), UInt32(groups[2]))
         dispatches += 1
-    }
-}
-
-extension OpKind {
-    /// The families named in `NOISEAR_DISABLE_OPS` (unknown names warn once, with the valid ones).
-    static func disabled(environment: [String: String],
-                         warn: (String) -> Void = { FileHandle.standardError.write(Data(("warning: " + $0 + "\n").utf8)) })
-        -> Set<OpKind>
-    {
-        var off = Set<OpKind>()
-        var unknown: [String] = []
-        for item in (environment["NOISEAR_DISABLE_OPS"] ?? "").split(separator: ",") {
-            let name = item.trimmingCharacters(in: .whitespaces)
-            if name.isEmpty { continue }
-            if let op = OpKind(rawValue: name) { off.insert(op) } else { unknown.append(name) }
-        }
-        if !unknown.isEmpty {
-            let message = "NOISEAR_DISABLE_OPS: ignoring unknown op name\(unknown.count > 1 ? "s" : "") "
-                + unknown.joined(separator: ", ") + "; valid names: "
-                + OpKind.allCases.map(\.rawValue).joined(separator: ", ")
-            if WarnOnce.shared.first(message) { warn(message) }
-        }
-        return off
     }
 }
