@@ -66,7 +66,7 @@ func oneLine(_ text: String) -> String {
 
 /// Options every command takes.
 struct DeviceOptions: ParsableArguments {
-    @Option(name: .long, help: "auto, cpu, opencl or opencl:N (default: $NOISEAR_DEVICE or auto).")
+    @Option(name: .long, help: "auto, cpu, opencl[:N] or vulkan[:N] (default: $NOISEAR_DEVICE or auto).")
     var device: String?
 
     func open() throws -> Device {

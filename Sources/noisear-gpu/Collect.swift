@@ -7,6 +7,14 @@ struct CollectCommand: ParsableCommand {
         commandName: "collect",
         abstract: "Build a dataset of initial noises that led to good images (for training the priors).",
         discussion: """
+            --method inversion (NoiseAR data that carries information): for each train prompt, --candidates
+            scenes are rendered with the facts right (layouts from the seeds), noised forward (seeded) to
+            --inversion-start of the schedule (default 0.5) and DDIM-inverted from there with
+            --inversion-steps (default 25) at --inversion-cfg (0 inverts the clean scene all the way: a
+            narrow, heavy-tailed noise). --normalize rescales each noise to std 1 about its own mean. Each
+            noise is sampled again with the sampler settings and kept when that image reaches --threshold
+            (--keep-all skips the resampling and keeps every noise, score 1). The raw noises' statistics
+            against N(0, I) are recorded in the shards and printed at the end.
             --method redenoise (NPNet's re-denoise sampling): each start x_T takes one DDIM step at
             --high-cfg and one DDIM inversion step at --low-cfg to x'_T; both are sampled and scored, and
             the pair is kept when x'_T scores strictly higher (--keep-all keeps every pair). Shards then
@@ -20,18 +28,24 @@ struct CollectCommand: ParsableCommand {
             Spread over machines with --shard i/n (every n-th prompt); shards never overlap.
             """)
 
-    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise }
+    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise, inversion }
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "best-of-n | redenoise") var method: Method = .bestOfN
+    @Option(help: "best-of-n | redenoise | inversion") var method: Method = .bestOfN
     @Option(help: "redenoise: guidance of the DDIM step (w_l).") var highCfg = 5.5
     @Option(help: "redenoise: guidance of the inversion step (w_w, below --high-cfg).") var lowCfg = 1.0
-    @Option(help: "redenoise: steps of the schedule the single DDIM / inversion step is taken from.") var inversionSteps = 50
-    @Flag(help: "redenoise: keep every pair, not only those where x'_T scores higher (ablation).") var keepAll = false
+    @Option(help: "redenoise: steps of the schedule the single DDIM / inversion step is taken from (default 50); inversion: DDIM inversion steps (default 25).")
+    var inversionSteps: Int?
+    @Option(help: "inversion: guidance of the DDIM inversion.") var inversionCfg = 1.0
+    @Option(help: "inversion: share of the schedule (0...1) reached by forward noising (seeded) before inverting; 0 inverts the clean scene all the way.")
+    var inversionStart = 0.5
+    @Flag(help: "inversion: rescale each inverted noise to std 1 about its own mean.") var normalize = false
+    @Flag(help: "redenoise: keep every pair, not only those where x'_T scores higher (ablation); inversion: keep every inverted noise without resampling it.")
+    var keepAll = false
     @Option(help: "Output folder.") var out: String
     @Option(help: "This machine's shard, i/n.") var shard = "0/1"
     @Flag(help: "Continue an interrupted run (skips the blocks recorded as finished).") var resume = false
-    @Option(help: "Gaussian starts per prompt.") var candidates = 4
+    @Option(help: "Gaussian starts per prompt (inversion: rendered layouts per prompt).") var candidates = 4
     @Option(help: "Keep starts whose image scores at least this (0...1).") var threshold = 1.0
     @Option(help: "First seed; candidate c of prompt p uses seed + p * candidates + c.") var seed: UInt64 = 100_000
     @Option(help: "Sampler steps.") var steps = 20
@@ -46,8 +60,12 @@ struct CollectCommand: ParsableCommand {
     func parsedShard() throws -> (Int, Int) { try parseShard(shard) }
 
     func job(modelName: String = "") throws -> CollectionJob {
-        let m: CollectionJob.Method = method == .bestOfN ? .bestOfN(threshold: threshold)
-            : .redenoise(highCFG: highCfg, lowCFG: lowCfg, inversionSteps: inversionSteps, keepAll: keepAll)
+        let m: CollectionJob.Method
+        switch method {
+        case .bestOfN: m = .bestOfN(threshold: threshold)
+        case .redenoise: m = .redenoise(highCFG: highCfg, lowCFG: lowCfg, inversionSteps: inversionSteps ?? 50, keepAll: keepAll)
+        case .inversion: m = .inversion(steps: inversionSteps ?? 25, cfg: inversionCfg, start: inversionStart, normalize: normalize, threshold: keepAll ? nil : threshold)
+        }
         return CollectionJob(method: m, out: URL(fileURLWithPath: out), shard: try parsedShard(), candidates: candidates,
                              seed: seed, settings: SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg),
                              batch: batch, block: block, limit: limit, modelName: modelName)
@@ -60,7 +78,8 @@ struct CollectCommand: ParsableCommand {
         }
         // Checked whatever the method, so a mistyped option never passes silently.
         if !(highCfg > lowCfg) { throw CLIError("--high-cfg must be above --low-cfg") }
-        if inversionSteps < 2 { throw CLIError("--inversion-steps must be at least 2") }
+        if let s = inversionSteps, s < 2 { throw CLIError("--inversion-steps must be at least 2") }
+        if !(inversionCfg.isFinite && inversionCfg >= 0) { throw CLIError("--inversion-cfg must be a non-negative number") }
         try job().validate()
     }
 
@@ -90,6 +109,9 @@ struct CollectCommand: ParsableCommand {
                 }
             }
             let (si, sn) = job.shard
+            if method == .inversion, let stats = try NoiseStatistics.recorded(in: URL(fileURLWithPath: out)) {
+                print("inverted noise before rescaling: \(stats.summary)")
+            }
             print("shard \(si)/\(sn): kept \(p.kept) of \(p.sampled) starts (\(String(format: "%.1f", 100 * Double(p.kept) / Double(max(p.sampled, 1))))%) in \(out)")
         }
     }

@@ -33,6 +33,13 @@ final class ProgressBar {
         if done >= total { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 
+    /// Erases the bar's line (before a note), so the note starts on a clean line.
+    func clear() {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+        lastDraw = .distantPast
+    }
+
     static func clock(_ s: Double) -> String {
         let t = Int(s.rounded())
         return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)

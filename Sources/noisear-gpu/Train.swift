@@ -5,7 +5,7 @@ import NoiseARGPU
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train", abstract: "Train models of the shapes world.",
-        subcommands: [TrainDiffusion.self, TrainPrior.self, TrainNPNet.self])
+        subcommands: [TrainDiffusion.self, TrainPrior.self, TrainNPNet.self, TrainDPO.self])
 }
 
 struct TrainDiffusion: ParsableCommand {

@@ -12,6 +12,9 @@ public struct CollectionJob: Sendable {
         case bestOfN(threshold: Double)
         /// NPNet's re-denoise sampling: DDIM step at `highCFG`, inversion at `lowCFG`.
         case redenoise(highCFG: Double, lowCFG: Double, inversionSteps: Int, keepAll: Bool)
+        /// DDIM inversion of rendered scenes (candidate c of a prompt: layout seed); `threshold`
+        /// nil keeps every inverted noise, else only those whose resampled image reaches it.
+        case inversion(steps: Int, cfg: Double, start: Double, normalize: Bool, threshold: Double?)
     }
 
     public var method: Method
@@ -67,6 +70,11 @@ public struct CollectionJob: Sendable {
         case .redenoise(let high, let low, let steps, _):
             try require(high > low, "the DDIM step's guidance (\(high)) must be above the inversion's (\(low))")
             try require(steps >= 2, "inversion steps must be at least 2")
+        case let .inversion(steps, cfg, start, _, threshold):
+            try require(steps >= 2, "inversion steps must be at least 2")
+            try require(start >= 0 && start < 1, "the inversion's start must be in [0, 1), got \(start)")
+            try require(cfg.isFinite && cfg >= 0, "the inversion's guidance must be a non-negative number, got \(cfg)")
+            if let t = threshold { try require(t >= 0 && t <= 1, "threshold must be in [0, 1], got \(t)") }
         }
         try require(settings.sampler != .eulerA && settings.sampler != .ddpm && settings.sampler != .ddimInverse,
                     "collection needs a deterministic sampler (ddim, dpmpp2m, euler), not \(settings.sampler.rawValue)")
@@ -78,6 +86,8 @@ public struct CollectionJob: Sendable {
         switch method {
         case .bestOfN(let t): m = "best-of-n threshold \(t)"
         case let .redenoise(high, low, steps, keepAll): m = "redenoise high \(high) low \(low) inversion-steps \(steps) keep-all \(keepAll)"
+        case let .inversion(steps, cfg, start, normalize, threshold):
+            m = "inversion steps \(steps) cfg \(cfg) start \(start) normalize \(normalize) threshold \(threshold.map { String($0) } ?? "none (keep all)")"
         }
         return "\(m) candidates \(candidates) seed \(seed) \(settings.sampler.rawValue) steps \(settings.steps) cfg \(settings.cfg) model \(modelName)"
     }
@@ -184,6 +194,7 @@ public struct CollectionJob: Sendable {
             let base = finished, keptSoFar = progress.kept
             let report = { (n: Int) in events(.sampled(done: base + n, total: total, kept: keptSoFar)) }
             let (ds, sampled): (NoiseDataset, Int)
+            var metadata = ["settings": settingsKey, "software": "noisear-gpu"]
             switch method {
             case .bestOfN(let threshold):
                 (ds, sampled) = try NoiseCollection.bestOfN(model: model, prompts: prompts, candidates: candidates, baseSeed: seed,
@@ -192,9 +203,18 @@ public struct CollectionJob: Sendable {
                 (ds, sampled) = try NoiseCollection.redenoise(model: model, prompts: prompts, candidates: candidates, baseSeed: seed,
                                                               settings: settings, batch: batch, highCFG: high, lowCFG: low,
                                                               inversionSteps: steps, keepAll: keepAll, progress: report)
+            case let .inversion(steps, cfg, start, normalize, threshold):
+                let stats: NoiseStatistics?
+                (ds, sampled, stats) = try NoiseCollection.inversion(model: model, prompts: prompts, candidates: candidates, baseSeed: seed,
+                                                                     settings: settings, batch: batch, inversionSteps: steps,
+                                                                     inversionCFG: cfg, inversionStart: start, normalize: normalize, threshold: threshold,
+                                                                     progress: report)
+                if let stats {
+                    metadata[NoiseStatistics.metadataKey] = String(decoding: try JSONEncoder().encode(stats), as: UTF8.self)
+                }
             }
             if ds.count > 0 {
-                try ds.file(metadata: ["settings": settingsKey, "software": "noisear-gpu"]).write(to: blockURL(k))
+                try ds.file(metadata: metadata).write(to: blockURL(k))
             } else {
                 // A stale file of an earlier, interrupted attempt would contradict the record.
                 try? FileManager.default.removeItem(at: blockURL(k))

@@ -102,13 +102,22 @@ public final class PriorTrainer {
     /// `weights` (e.g. the best-validation snapshot) default to the current ones.
     public func export(_ url: URL, weights: [String: HostTensor]? = nil, step exportedStep: Int? = nil,
                        metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
+        try net.writePrior(to: url, weights: weights ?? net.params.hostTensors(), step: exportedStep ?? step,
+                           metadata: metadata, storage: storage)
+    }
+}
+
+extension NoiseARNet {
+    /// `weights` as a standalone prior file: the config (dropout off) and kind in the metadata.
+    public func writePrior(to url: URL, weights: [String: HostTensor], step: Int, metadata: [String: String] = [:],
+                           storage: SafeTensorsFile.Storage = .f16) throws {
         var meta = metadata
-        var config = net.config
-        config.dropout = 0
-        meta["config"] = try config.jsonString()
+        var c = config
+        c.dropout = 0
+        meta["config"] = try c.jsonString()
         meta["kind"] = "noisear-prior"
-        meta["step"] = String(exportedStep ?? step)
-        try SafeTensorsFile(tensors: weights ?? net.params.hostTensors(), metadata: meta).write(to: url, as: storage)
+        meta["step"] = String(step)
+        try SafeTensorsFile(tensors: weights, metadata: meta).write(to: url, as: storage)
     }
 }
 
