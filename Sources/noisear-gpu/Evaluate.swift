@@ -9,7 +9,7 @@ struct EvaluateCommand: ParsableCommand {
         discussion: """
             Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
             --compare gaussian,noisear,npnet[,FILE...] runs every listed prior on the same prompts and seeds
-            (FILE: a NoiseAR or NPNet weights file) and prints per prior the mean fidelity, the all-facts
+            (FILE: a NoiseAR or NPNet weights file; ITEM@T samples that NoiseAR item at temperature T) and prints per prior the mean fidelity, the all-facts
             rate, each fact's rate and the prior's share of the time, and per pair the paired difference
             with a 95% bootstrap interval over prompts and wins/losses/ties (--json: the whole table).
             --grid FILE.png draws the first --grid-prompts prompts with every prior from --seed, side by side.
@@ -61,19 +61,29 @@ struct EvaluateCommand: ParsableCommand {
         if try SamplerKind.parse(sampler) == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts images to noise; it does not sample") }
     }
 
-    /// The compared sources: names of kinds, or weights files (kind from their keys).
+    /// The compared sources: names of kinds, or weights files (kind from their keys); `ITEM@T`
+    /// samples a NoiseAR item at temperature T instead of --temperature.
     func sources(_ model: TextToImageModel) throws -> [(label: String, source: NoiseSource)] {
         guard let compare else { return [] }
         return try compare.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            .map { item in
+            .map { entry in
+                var item = entry, tau = temperature
+                if let at = entry.lastIndex(of: "@"), !FileManager.default.fileExists(atPath: entry) {
+                    guard let t = Float(entry[entry.index(after: at)...]), t >= 0, t.isFinite else {
+                        throw CLIError("--compare \(entry): expected ITEM@TEMPERATURE with a non-negative number")
+                    }
+                    item = String(entry[..<at])
+                    tau = t
+                }
+                let suffix = tau == temperature ? "" : "@\(tau)"
                 if let kind = NoisePriorKind(rawValue: item.lowercased()) {
-                    return (kind.rawValue, try ShapesSampling.noiseSource(kind, path: nil, model: model,
-                                                                           temperature: temperature, strength: strength))
+                    return (kind.rawValue + suffix, try ShapesSampling.noiseSource(kind, path: nil, model: model,
+                                                                                    temperature: tau, strength: strength))
                 }
                 let url = URL(fileURLWithPath: item)
                 let prior = try NoisePrior.load(url, device: model.device)
-                return (url.deletingPathExtension().lastPathComponent,
-                        try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: temperature, strength: strength))
+                return (url.deletingPathExtension().lastPathComponent + suffix,
+                        try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: tau, strength: strength))
             }
     }
 

@@ -50,3 +50,9 @@ final class ProgressBar {
 func note(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
+
+/// A result line on standard output, written at once (unbuffered), for lines of a long run that a
+/// log file should show as they happen.
+func say(_ text: String) {
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}

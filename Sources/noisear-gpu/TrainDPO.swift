@@ -99,7 +99,7 @@ struct TrainDPO: ParsableCommand {
                 return try trainer.meanReward(prompts: validation, seed: validationSeed)
             }
             if trainer.round == 0, let v = try validate() {
-                note(String(format: "before DPO: validation reward %.4f", v))
+                say(String(format: "before DPO: validation reward %.4f", v))
             }
             var last: DPOTrainer.RoundReport?
             var lastValidation: Double?
@@ -113,7 +113,8 @@ struct TrainDPO: ParsableCommand {
                     + (lastValidation.map { String(format: ", validation reward %.4f", $0) } ?? "")
                 try trainer.saveCheckpoint(ckpt, extraMetadata: ["last_round": line])
                 status = String(format: "train %.3f", report.trainReward) + (lastValidation.map { String(format: " val %.3f", $0) } ?? "")
-                if !quiet { bar.clear(); note(line) }
+                bar.clear()
+                say(line)
             }
             bar.update(rounds * prompts * samples, status)
             if let export {
