@@ -451,6 +451,18 @@ final class BlockingReader: @unchecked Sendable {
         #expect(mt.prompts == 4 && mt.priors.count == 2)
         guard let bad = try runCLI(["evaluate", "--compare", "gaussian", "--shard", "0/2"]) else { return }
         RobustnessTests.expectOneLineFailure(bad, containing: "--save")
+        // ITEM@T: a NoiseAR column at its own temperature; a label wider than its column wraps.
+        let tempered = ["evaluate", "--compare", "gaussian,noisear@1", "--limit", "1", "--seeds", "1", "--steps", "2",
+                        "--device", "cpu", "--quiet", "--resamples", "100"]
+        guard let t = try runCLI(tempered + ["--json", "--grid", dir.path + "/t.png", "--grid-prompts", "1"]),
+              let badT = try runCLI(tempered + ["--compare", "noisear@hot"]) else { return }
+        #expect(t.status == 0, "\(t.stderr)")
+        let tt = try JSONDecoder().decode(PriorComparison.Table.self, from: Data(t.stdout.utf8))
+        #expect(tt.priors.map(\.label) == ["gaussian", "noisear@1.0"])
+        // Scale 3: one row of 32 * 3 + 6 + 6 pixels under two label lines of 7 * 3 (11 characters, 9 per line).
+        let tg = try PNGImage.read(from: dir.appendingPathComponent("t.png"))
+        #expect(tg.height == 2 * 21 + 108, "grid height \(tg.height)")
+        RobustnessTests.expectOneLineFailure(badT, containing: "ITEM@TEMPERATURE")
     }
 }
 

@@ -21,6 +21,7 @@ public enum Inversion {
         try require(steps >= 2, "inversion steps must be at least 2, got \(steps)")
         try require(cfg.isFinite && cfg >= 0, "inversion guidance must be a non-negative number, got \(cfg)")
         try require(start >= 0 && start < 1, "the inversion's start must be in [0, 1), got \(start)")
+        try requireShape(images.shape.count == 4 && images.shape[0] > 0, "inversion takes images [B, C, H, W], got \(images.shape)")
         let b = images.shape[0]
         try require(prompts.count == b, "\(prompts.count) prompts for \(b) images")
         var inverse = try DDIMInverseScheduler(config: model.schedulerConfig(karras: false), steps: steps)
@@ -30,10 +31,9 @@ public enum Inversion {
             if first > 0 {
                 try require(seeds.count == b, "partly noised inversion needs a seed per image (\(seeds.count) for \(b))")
                 let a = inverse.alphasCumprod[Int(inverse.timesteps[first - 1])]
-                let eps = try DiffusionSampler.gaussianNoise(count: 1, shape: Array(images.shape.dropFirst()), seed: seeds[0], on: model.device)
-                let noise = try seeds.count == 1 ? eps : Tensor.concat(
-                    [eps] + seeds.dropFirst().map { try DiffusionSampler.gaussianNoise(count: 1, shape: Array(images.shape.dropFirst()), seed: $0, on: model.device) },
-                    axis: 0)
+                let shape = Array(images.shape.dropFirst())
+                let parts = try seeds.map { try DiffusionSampler.gaussianNoise(count: 1, shape: shape, seed: $0, on: model.device) }
+                let noise = parts.count == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
                 x = try images.scaled(Float(a.squareRoot())) + noise.scaled(Float((1 - a).squareRoot()))
             }
             let context = try DiffusionSampler.guidanceContext(model: model, prompts: prompts, cfg: cfg)

@@ -140,7 +140,15 @@ public enum PriorComparison {
         try require(!prompts.isEmpty && !sources.isEmpty, "a grid needs prompts and priors")
         try require((1...8).contains(scale), "grid scale must be in 1...8")
         let cell = Scene.size * scale, pad = 2 * scale, frame = scale
-        let labelHeight = (PixelFont.height + 2) * scale
+        // Column labels wrap to the column's width (pieces of at most `perLine` characters).
+        let column = cell + pad + 2 * frame
+        let perLine = max(1, column / ((PixelFont.width + 1) * scale))
+        let labelLines = sources.map { s -> [String] in
+            let chars = Array(s.label)
+            return stride(from: 0, to: max(chars.count, 1), by: perLine).map { String(chars[$0..<min($0 + perLine, chars.count)]) }
+        }
+        let lineHeight = (PixelFont.height + 2) * scale
+        let labelHeight = lineHeight * (labelLines.map(\.count).max() ?? 1)
         let promptWidth = (prompts.map(\.count).max() ?? 0) * (PixelFont.width + 1) * scale + pad
         let width = promptWidth + sources.count * (cell + pad + 2 * frame)
         let height = labelHeight + prompts.count * (cell + pad + 2 * frame)
@@ -153,7 +161,9 @@ public enum PriorComparison {
         func text(_ s: String, _ x0: Int, _ y0: Int) {
             PixelFont.draw(s, scale: scale) { x, y in put(x0 + x, y0 + y, (0, 0, 0)) }
         }
-        for (c, s) in sources.enumerated() { text(s.label, promptWidth + c * (cell + pad + 2 * frame) + frame, scale) }
+        for (c, lines) in labelLines.enumerated() {
+            for (l, line) in lines.enumerated() { text(line, promptWidth + c * column + frame, scale + l * lineHeight) }
+        }
         for (r, prompt) in prompts.enumerated() {
             let y0 = labelHeight + r * (cell + pad + 2 * frame)
             text(prompt, 0, y0 + cell / 2)
