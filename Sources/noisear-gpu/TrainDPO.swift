@@ -92,13 +92,13 @@ struct TrainDPO: ParsableCommand {
             }
             note("DPO: \(policy.params.count) parameters on \(device.info.id); \(trainPrompts.count) train prompts, \(prompts) x \(samples) draws per round, \(validation.count) validation prompts")
             let validationSeed: UInt64 = seed &+ 0x7A11_0000_0000
-            func validate() throws -> Double? {
+            func validationReward() throws -> Double? {
                 guard !validation.isEmpty else { return nil }
                 showing = false  // the bar counts the rounds' train draws only
                 defer { showing = true }
                 return try trainer.meanReward(prompts: validation, seed: validationSeed)
             }
-            if trainer.round == 0, let v = try validate() {
+            if trainer.round == 0, let v = try validationReward() {
                 say(String(format: "before DPO: validation reward %.4f", v))
             }
             var last: DPOTrainer.RoundReport?
@@ -106,7 +106,7 @@ struct TrainDPO: ParsableCommand {
             while trainer.round < rounds {
                 base = trainer.round * prompts * samples
                 let report = try trainer.trainRound { status = $0 }
-                lastValidation = try validate()
+                lastValidation = try validationReward()
                 last = report
                 let line = String(format: "round %d/%d: train reward %.4f, %d pairs (%d ties), loss %.4f, prefers winner %.0f%%",
                                   report.round, rounds, report.trainReward, report.pairs, report.ties, report.loss, 100 * report.accuracy)

@@ -459,7 +459,7 @@ final class BlockingReader: @unchecked Sendable {
         #expect(t.status == 0, "\(t.stderr)")
         let tt = try JSONDecoder().decode(PriorComparison.Table.self, from: Data(t.stdout.utf8))
         #expect(tt.priors.map(\.label) == ["gaussian", "noisear@1.0"])
-        // Scale 3: one row of 32 * 3 + 6 + 6 pixels under two label lines of 7 * 3 (11 characters, 9 per line).
+        // Scale 3: one row of 32 * 3 + 6 + 6 pixels under two label lines of 7 * 3 (11 characters, 8 per line).
         let tg = try PNGImage.read(from: dir.appendingPathComponent("t.png"))
         #expect(tg.height == 2 * 21 + 108, "grid height \(tg.height)")
         RobustnessTests.expectOneLineFailure(badT, containing: "ITEM@TEMPERATURE")

@@ -142,7 +142,7 @@ public enum PriorComparison {
         let cell = Scene.size * scale, pad = 2 * scale, frame = scale
         // Column labels wrap to the column's width (pieces of at most `perLine` characters).
         let column = cell + pad + 2 * frame
-        let perLine = max(1, column / ((PixelFont.width + 1) * scale))
+        let perLine = max(1, (column - 2 * frame) / ((PixelFont.width + 1) * scale))
         let labelLines = sources.map { s -> [String] in
             let chars = Array(s.label)
             return stride(from: 0, to: max(chars.count, 1), by: perLine).map { String(chars[$0..<min($0 + perLine, chars.count)]) }
