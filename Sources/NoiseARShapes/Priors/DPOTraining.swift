@@ -90,8 +90,7 @@ public final class DPOTrainer {
     /// The round's prompts: a fixed-seed shuffle of the train prompts, cycled.
     public func roundPrompts(_ r: Int) -> [String] {
         var rng = ShapesRNG(seed: settings.seed ^ 0xD90_5EED ^ (UInt64(r) &* 0x9E37_79B9_7F4A_7C15))
-        var order = Array(prompts.indices)
-        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
+        let order = rng.permutation(prompts.count)
         return (0..<settings.promptsPerRound).map { prompts[order[$0 % order.count]] }
     }
 
@@ -155,12 +154,13 @@ public final class DPOTrainer {
         var losses: [Double] = [], correct = 0, lastPass = 0, steps = 0
         var rng = ShapesRNG(seed: settings.seed ^ 0xD9_0B47C4 ^ (UInt64(r) &* 0xBF58_476D_1CE4_E5B9))
         for epoch in 0..<settings.epochs where !pairs.isEmpty {
-            var order = Array(pairs.indices)
-            for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
+            let order = rng.permutation(pairs.count)
             for start in stride(from: 0, to: order.count, by: settings.batch) {
                 let chunk = order[start..<min(start + settings.batch, order.count)].map { pairs[$0] }
+                // Rows of a [B, ...] tensor in one gather launch.
                 func rows(_ t: Tensor, _ idx: [Int]) throws -> Tensor {
-                    try Tensor.concat(try idx.map { try t.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+                    let tail = Array(t.shape.dropFirst())
+                    return try Tensor.gather(t.reshaped([t.shape[0], tail.reduce(1, *)]), indices: idx).reshaped([idx.count] + tail)
                 }
                 let w = chunk.map(\.winner), l = chunk.map(\.loser)
                 let (lossValue, margins) = try loss(winners: rows(noise, w), losers: rows(noise, l), text: rows(text, w),
@@ -233,5 +233,14 @@ extension DPOTrainer {
     /// The policy as a standalone prior file (what `noise` and `sample --prior noisear` load).
     public func export(_ url: URL, metadata: [String: String] = [:], storage: SafeTensorsFile.Storage = .f16) throws {
         try policy.writePrior(to: url, weights: policy.params.hostTensors(), step: round, metadata: metadata, storage: storage)
+    }
+}
+
+extension ShapesRNG {
+    /// A uniformly random order of 0..<n (Fisher-Yates).
+    mutating func permutation(_ n: Int) -> [Int] {
+        var order = Array(0..<n)
+        for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, below(i + 1)) }
+        return order
     }
 }
