@@ -16,7 +16,7 @@ struct BenchCommand: ParsableCommand {
             `svd` times the batched Jacobi SVD of --batch random --size x --size matrices (default 256)
             and reports ms per matrix, matrices per second and the sweeps used.
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
-            shipped configuration) at --batch and prints each op family's share of the step, the
+            shipped configuration) at --batch and prints each op family's share of the step (with its op count), the
             primitive ops per step and, on OpenCL and Vulkan, the kernel launches per step.
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
             attention reports the fused kernel and the same computation as GEMM + softmax + GEMM.

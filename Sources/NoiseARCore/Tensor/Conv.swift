@@ -22,7 +22,8 @@ extension Tensor {
         // (the backward pass needs the whole matrix) and other devices (fewer, larger launches)
         // take the batch at once.
         let perImage = max(g.colRows * hw, 1)
-        let chunk = recording || !x.device.isCPU ? n : max(1, min(n, (2 << 20) / perImage))
+        let chunked = !recording && x.device.isCPU
+        let chunk = chunked ? max(1, min(n, (2 << 20) / perImage)) : n
         let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
         var col = try Tensor.empty([g.colRows, chunk * hw], on: x.device)
         var start = 0
@@ -32,6 +33,21 @@ extension Tensor {
             let xs = BufRef(x.buffer, x.offset + start * g.channels * g.height * g.width)
             let os = BufRef(out.buffer, out.offset + start * cout * hw)
             try x.device.run(Op.Im2col(g, batch: nc, x: xs, col: col.ref))
+            if chunked {
+                // Each image's y [Cout, HW] = W [Cout, CKK] col[:, image] straight into the
+                // output (one GEMM batched over the chunk's images), over the bias copied in
+                // first (beta 1): no transposed intermediate, no separate bias pass.
+                var d = GemmDesc(m: cout, n: hw, k: g.colRows, beta: bias == nil ? 0 : 1)
+                    .batched(nc, strideA: 0, strideB: hw, strideC: cout * hw)
+                d.ldb = nc * hw
+                if let bias {
+                    try x.device.run(Op.Copy(shape: [nc, cout, hw], src: Strided(bias.ref, strides: [0, 1, 0]),
+                                             dst: Strided(os, strides: Shape.strides([nc, cout, hw]))))
+                }
+                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: os))
+                start += nc
+                continue
+            }
             // yT [Cout, nc*HW] = W [Cout, CKK] col [CKK, nc*HW], then [Cout, nc, HW] -> [nc, Cout, HW]
             // with the bias added in the same pass; a single image without a bias needs neither.
             let d = GemmDesc(m: cout, n: nc * hw, k: g.colRows)

@@ -184,6 +184,21 @@ extension Tensor {
 
     /// x @ weight^T + bias, with PyTorch's Linear layout: weight [out, in], bias [out].
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) throws -> Tensor {
+        // Not recorded: the bias is copied into the output rows and the GEMM accumulates onto
+        // it (beta 1), one pass fewer than GEMM then add.
+        if let bias, x.rank >= 1, weight.rank == 2, bias.shape == [weight.shape[0]],
+           x.shape[x.rank - 1] == weight.shape[1],
+           !(x.device.gradEnabled && (x.requiresGrad || weight.requiresGrad || bias.requiresGrad)) {
+            try x.sameDevice(weight, "linear")
+            try x.sameDevice(bias, "linear")
+            let k = weight.shape[1], n = weight.shape[0], rows = x.count / max(k, 1)
+            let out = try Tensor.empty(Array(x.shape.dropLast()) + [n], on: x.device)
+            try x.device.run(Op.Copy(shape: [rows, n], src: Strided(bias.ref, strides: [0, 1]),
+                                     dst: Strided(out.ref, strides: [n, 1])))
+            let d = GemmDesc(m: rows, n: n, k: k, transB: true, beta: 1)
+            try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref))
+            return out
+        }
         let y = try matmul(x, weight, transposeB: true)
         return try bias.map { try y + $0 } ?? y
     }

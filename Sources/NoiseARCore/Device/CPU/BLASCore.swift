@@ -1,3 +1,4 @@
+import CBLAS
 import Foundation
 
 #if canImport(Glibc)
@@ -17,7 +18,14 @@ import Foundation
 /// SkylakeX with AVX-512 F/BW/DQ/VL, Haswell with AVX2 and FMA, SandyBridge with AVX.
 enum BLASCore {
     /// What was done, for `devices` and logs: nil when OpenBLAS's own choice stands.
-    static let correction: String? = correct()
+    static let correction: String? = {
+        let c = correct()
+        // The CPU backend spreads its work over the cores itself; OpenBLAS's own threads would
+        // spin against those workers (on two cores a parallel softmax ran at half speed beside
+        // them), so OpenBLAS runs single-threaded inside each of our tasks.
+        openblas_set_num_threads(1)
+        return c
+    }()
 
     private static func correct() -> String? {
         #if os(Linux)

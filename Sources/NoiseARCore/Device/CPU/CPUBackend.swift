@@ -6,13 +6,38 @@ public final class CPUBuffer: DeviceBuffer {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
     private let owned: Bool
-    /// Fresh host memory; throws (instead of trapping) when the size overflows or malloc fails.
+    /// The pool bucket the memory came from (nil: plain malloc, freed at once).
+    private let bucket: Int?
+    /// Host memory of the whole process: freed buffers wait here for the next of their size.
+    ///
+    /// Off unless `NOISEAR_HOST_POOL_MB` gives the idle bytes allowed: glibc's malloc already
+    /// reuses freed host memory without new page faults once OpenBLAS's spinning threads are
+    /// gone (`sample --batch 8`: 0.3 s of system time either way), and the pool's size classes
+    /// cannot merge, so it raised the peak resident memory (77 to 104 MB) for no speed measured.
+    static let pool = BufferPool<UnsafeMutableRawPointer>(
+        idleLimit: ProcessInfo.processInfo.environment["NOISEAR_HOST_POOL_MB"].flatMap { Int($0) }.map { max($0, 0) << 20 } ?? 0,
+        release: { Foundation.free($0) })
+
+    /// Host memory for `count` floats (uninitialised; from the pool when one of its bucket is
+    /// idle); throws (instead of trapping) when the size overflows or malloc fails.
     init(count: Int) throws {
         let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
-        guard count >= 0, !overflow, let raw = malloc(bytes) else {
+        guard count >= 0, !overflow else {
+            throw NoiseError.device("cannot allocate \(count) floats of host memory (the size overflows)")
+        }
+        var bucket = Self.pool.bucket(bytes)
+        var raw: UnsafeMutableRawPointer?
+        if let b = bucket, let (h, actual) = Self.pool.take(bucket: b) {
+            raw = h
+            bucket = actual
+        } else {
+            raw = malloc(bucket ?? bytes)
+        }
+        guard let raw else {
             throw NoiseError.device("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
         }
         self.count = count
+        self.bucket = bucket
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         owned = true
     }
@@ -21,8 +46,12 @@ public final class CPUBuffer: DeviceBuffer {
         self.pointer = pointer
         self.count = count
         owned = false
+        bucket = nil
     }
-    deinit { if owned { free(pointer) } }
+    deinit {
+        guard owned else { return }
+        if let bucket { Self.pool.give(UnsafeMutableRawPointer(pointer), bucket: bucket) } else { free(pointer) }
+    }
 }
 
 /// The reference backend: plain Swift loops plus OpenBLAS for GEMM. Every other backend is
@@ -75,30 +104,55 @@ public final class CPUBackend: Backend {
     public func copy(shape: [Int], src: Strided, dst: Strided) throws {
         let s = ptr(src.ref), d = ptr(dst.ref)
         let (cs, st) = Shape.collapse(shape, [src.strides, dst.strides])
-        forEachIndex(cs, st[0], st[1]) { i, j in d[j] = s[i] }
+        let n = cs[cs.count - 1], s1 = st[0][st[0].count - 1], d1 = st[1][st[1].count - 1]
+        forEachRow(cs, st[0], st[1]) { _, i, j in
+            if s1 == 1 && d1 == 1 {
+                (d + j).update(from: s + i, count: n)
+            } else if s1 == 0 && d1 == 1 {
+                (d + j).update(repeating: s[i], count: n)
+            } else {
+                for k in 0..<n { d[j + k * d1] = s[i + k * s1] }
+            }
+        }
     }
 
     public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
         let pa = ptr(a.ref), pb = ptr(b.ref), po = ptr(out)
         let (cs, st) = Shape.collapse(shape, [a.strides, b.strides])
-        var k = 0
         switch op {
-        case .add: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] + pb[j]; k += 1 }
-        case .sub: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] - pb[j]; k += 1 }
-        case .mul: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] * pb[j]; k += 1 }
-        case .div: forEachIndex(cs, st[0], st[1]) { i, j in po[k] = pa[i] / pb[j]; k += 1 }
+        case .add: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 + $1 }
+        case .sub: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 - $1 }
+        case .mul: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 * $1 }
+        case .div: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 / $1 }
         }
     }
 
     public func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws {
         let px = ptr(x), py = ptr(y)
-        for i in 0..<count { py[i] = Self.unaryForward(op, px[i], p0, p1) }
+        // Eight lanes at a time where the op has a vector form (the exponential through
+        // VectorMath.exp, within a few ulp of libm); the rest element by element.
+        switch op {
+        case .exp: VectorMath.map(count, px, py) { VectorMath.exp($0) }
+        case .silu: VectorMath.map(count, px, py) { $0 / (1 + VectorMath.exp(-$0)) }
+        case .sigmoid: VectorMath.map(count, px, py) { VectorMath.sigmoid($0) }
+        case .gelu: VectorMath.map(count, px, py) { 0.5 * $0 * (1 + VectorMath.erf($0 * 0.707_106_781_186_547_52)) }
+        case .affine: VectorMath.map(count, px, py) { $0 * p0 + p1 }
+        case .square: VectorMath.map(count, px, py) { $0 * $0 }
+        case .sqrt: VectorMath.map(count, px, py) { $0.squareRoot() }
+        case .relu: VectorMath.map(count, px, py) { $0.replacing(with: 0, where: $0 .< 0) }
+        case .log, .clamp, .tanh:
+            parallelChunks(count) { lo, hi in
+                for i in lo..<hi { py[i] = Self.unaryForward(op, px[i], p0, p1) }
+            }
+        }
     }
 
     public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                               p0: Float, p1: Float) throws {
         let px = ptr(x), pdy = ptr(dy), pdx = ptr(dx)
-        for i in 0..<count { pdx[i] = pdy[i] * Self.unaryDerivative(op, px[i], p0, p1) }
+        parallelChunks(count) { lo, hi in
+            for i in lo..<hi { pdx[i] = pdy[i] * Self.unaryDerivative(op, px[i], p0, p1) }
+        }
     }
 
     /// f(x) for a unary op (the CPU line every OpenCL unary kernel is traced to).
@@ -147,43 +201,55 @@ public final class CPUBackend: Backend {
     }
 
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
-        let pa = ptr(a), pb = ptr(b), pc = ptr(c)
-        for i0 in 0..<d.batch0 {
-            for i1 in 0..<d.batch1 {
-                cblas_sgemm(
-                    CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans,
-                    d.transB ? CblasTrans : CblasNoTrans,
-                    Int32(d.m), Int32(d.n), Int32(d.k), d.alpha,
-                    pa + i0 * d.strideA0 + i1 * d.strideA1, Int32(d.lda),
-                    pb + i0 * d.strideB0 + i1 * d.strideB1, Int32(d.ldb), d.beta,
-                    pc + i0 * d.strideC0 + i1 * d.strideC1, Int32(d.ldc))
+        Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    /// The batched GEMM on `threads` cores. OpenBLAS runs single-threaded here (BLASCore); the
+    /// cores share the work by batch entry, or by column (row) panels of one product when the
+    /// batch is shorter than the cores.
+    static func sgemm(_ d: GemmDesc, _ pa: UnsafePointer<Float>, _ pb: UnsafePointer<Float>,
+                      _ pc: UnsafeMutablePointer<Float>, threads: Int) {
+        let batches = d.batch0 * d.batch1
+        let flops = 2.0 * Double(d.m) * Double(d.n) * Double(d.k)
+        let split = batches >= threads || flops < 1e6 ? 1 : threads
+        let splitN = d.n >= d.m
+        let span = splitN ? d.n : d.m
+        let per = ((span + split - 1) / split + 15) / 16 * 16
+        let parts = max(1, (span + per - 1) / per)
+        let run = { (task: Int) in
+            let bi = task / parts, part = task % parts
+            let i0 = bi / d.batch1, i1 = bi % d.batch1
+            var a0 = pa + i0 * d.strideA0 + i1 * d.strideA1
+            var b0 = pb + i0 * d.strideB0 + i1 * d.strideB1
+            var c0 = pc + i0 * d.strideC0 + i1 * d.strideC1
+            let lo = part * per, len = min(span, lo + per) - lo
+            var m = d.m, n = d.n
+            if splitN {
+                n = len
+                b0 += d.transB ? lo * d.ldb : lo
+                c0 += lo
+            } else {
+                m = len
+                a0 += d.transA ? lo : lo * d.lda
+                c0 += lo * d.ldc
             }
+            cblas_sgemm(
+                CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans,
+                d.transB ? CblasTrans : CblasNoTrans,
+                Int32(m), Int32(n), Int32(d.k), d.alpha, a0, Int32(d.lda), b0, Int32(d.ldb), d.beta,
+                c0, Int32(d.ldc))
+        }
+        if threads > 1 {
+            parallelFor(batches * parts, run)
+        } else {
+            for t in 0..<(batches * parts) { run(t) }
         }
     }
 
     public func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
         let px = ptr(x), py = ptr(y)
-        let chunk = Swift.max(1, 16384 / Swift.max(cols, 1))
-        parallelFor((rows + chunk - 1) / chunk) { part in
-            for r in (part * chunk)..<Swift.min(rows, (part + 1) * chunk) {
-                let xr = px + r * cols, yr = py + r * cols
-                var m = -Float.infinity
-                for j in 0..<cols { m = Swift.max(m, xr[j]) }
-                var s: Float = 0
-                if log {
-                    for j in 0..<cols { s += Foundation.exp(xr[j] - m) }
-                    let ls = Foundation.log(s)
-                    for j in 0..<cols { yr[j] = xr[j] - m - ls }
-                } else {
-                    for j in 0..<cols {
-                        let e = Foundation.exp(xr[j] - m)
-                        yr[j] = e
-                        s += e
-                    }
-                    let inv = 1 / s
-                    for j in 0..<cols { yr[j] *= inv }
-                }
-            }
+        forEachRow([rows, cols], [cols, 1], [cols, 1]) { r, _, _ in
+            VectorMath.softmaxRow(px + r * cols, py + r * cols, cols, log: log)
         }
     }
 
@@ -206,14 +272,21 @@ public final class CPUBackend: Backend {
 
     public func layerNorm(rows: Int, cols: Int, eps: Float, x: BufRef, gamma: BufRef?,
                           beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
-        try groupNorm(n: rows, channels: 1, spatial: cols, groups: 1, eps: eps, x: x, gamma: nil,
-                      beta: nil, y: y, mean: mean, rstd: rstd)
-        let py = ptr(y)
-        if gamma != nil || beta != nil {
-            let g = gamma.map(ptr), b = beta.map(ptr)
-            for r in 0..<rows {
-                let yr = py + r * cols
-                for j in 0..<cols { yr[j] = yr[j] * (g?[j] ?? 1) + (b?[j] ?? 0) }
+        let px = ptr(x), py = ptr(y), pm = ptr(mean), pr = ptr(rstd)
+        let g = gamma.map(ptr), b = beta.map(ptr)
+        forEachRow([rows, cols], [cols, 1], [cols, 1]) { r, _, _ in
+            let xs = px + r * cols, ys = py + r * cols
+            let mu = Self.blockSum(cols) { xs[$0] } / Double(cols)
+            let m = Float(mu)
+            let v = Self.blockSum(cols) { (xs[$0] - m) * (xs[$0] - m) }
+            let rs = Float(1 / (v / Double(cols) + Double(eps)).squareRoot())
+            pm[r] = m
+            pr[r] = rs
+            switch (g, b) {
+            case let (g?, b?): for j in 0..<cols { ys[j] = (xs[j] - m) * rs * g[j] + b[j] }
+            case let (g?, nil): for j in 0..<cols { ys[j] = (xs[j] - m) * rs * g[j] }
+            case let (nil, b?): for j in 0..<cols { ys[j] = (xs[j] - m) * rs + b[j] }
+            case (nil, nil): for j in 0..<cols { ys[j] = (xs[j] - m) * rs }
             }
         }
     }
@@ -259,28 +332,45 @@ public final class CPUBackend: Backend {
         let px = ptr(x), py = ptr(y), pm = ptr(mean), pr = ptr(rstd)
         let g = gamma.map(ptr), b = beta.map(ptr)
         let cpg = channels / groups, len = cpg * spatial
-        for i in 0..<(n * groups) {
-            let base = i * len
-            var s: Double = 0
-            for j in 0..<len { s += Double(px[base + j]) }
-            let mu = s / Double(len)
-            var v: Double = 0
-            for j in 0..<len {
-                let d = Double(px[base + j]) - mu
-                v += d * d
-            }
-            let rs = 1 / (v / Double(len) + Double(eps)).squareRoot()
-            pm[i] = Float(mu)
-            pr[i] = Float(rs)
+        // One (sample, group) per task: the mean, then the variance about it (two passes; eight
+        // float lanes, each block of 1024 summed into a double), then y with gamma and beta.
+        forEachRow([n * groups, len], [len, 1], [len, 1]) { i, _, _ in
+            let xs = px + i * len
+            let mu = Self.blockSum(len) { xs[$0] } / Double(len)
+            let m = Float(mu)
+            let v = Self.blockSum(len) { (xs[$0] - m) * (xs[$0] - m) }
+            let rs = Float(1 / (v / Double(len) + Double(eps)).squareRoot())
+            pm[i] = m
+            pr[i] = rs
             let c0 = (i % groups) * cpg
             for c in 0..<cpg {
-                let scale = g?[c0 + c] ?? 1, shift = b?[c0 + c] ?? 0
-                for s in 0..<spatial {
-                    let j = base + c * spatial + s
-                    py[j] = (px[j] - Float(mu)) * Float(rs) * scale + shift
-                }
+                let scale = (g?[c0 + c] ?? 1) * rs
+                let shift = (b?[c0 + c] ?? 0) - m * scale
+                let xr = xs + c * spatial, yr = py + i * len + c * spatial
+                for s in 0..<spatial { yr[s] = xr[s] * scale + shift }
             }
         }
+    }
+
+    /// The sum of f(0..<count) in double, accumulated in eight float lanes per block of 1024.
+    @inline(__always)
+    static func blockSum(_ count: Int, _ f: (Int) -> Float) -> Double {
+        var total: Double = 0
+        var start = 0
+        while start < count {
+            let end = Swift.min(count, start + 1024)
+            var lanes = F8(repeating: 0)
+            var j = start
+            while j + 8 <= end {
+                lanes += F8(f(j), f(j + 1), f(j + 2), f(j + 3), f(j + 4), f(j + 5), f(j + 6), f(j + 7))
+                j += 8
+            }
+            var tail: Float = 0
+            while j < end { tail += f(j); j += 1 }
+            total += Double(lanes.sum()) + Double(tail)
+            start = end
+        }
+        return total
     }
 
     public func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
@@ -333,39 +423,66 @@ public final class CPUBackend: Backend {
                           o: BufRef) throws {
         let pq = ptr(q), pk = ptr(k), pv = ptr(v), po = ptr(o)
         let pb = bias.map(ptr)
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: d.tq * d.tk)
-        defer { scores.deallocate() }
-        for b in 0..<d.batch {
-            for h in 0..<d.heads {
-                let qb = pq + b * d.qStrides[0] + h * d.qStrides[1]
-                let kb = pk + b * d.kStrides[0] + h * d.kStrides[1]
-                let vb = pv + b * d.vStrides[0] + h * d.vStrides[1]
-                let ob = po + b * d.oStrides[0] + h * d.oStrides[1]
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(d.tq), Int32(d.tk),
-                            Int32(d.headDim), d.scale, qb, Int32(d.qStrides[2]), kb,
-                            Int32(d.kStrides[2]), 0, scores, Int32(d.tk))
-                if let pb {
-                    let bb = pb + ((b % d.biasBatch) * d.biasHeads + h % d.biasHeads) * d.tq * d.tk
-                    for i in 0..<(d.tq * d.tk) { scores[i] += bb[i] }
-                }
-                if d.causal {
-                    for i in 0..<d.tq {
-                        let last = i + d.tk - d.tq
-                        for j in 0..<d.tk where j > last { scores[i * d.tk + j] = -.infinity }
-                    }
-                }
-                let ref = BufRef(CPUBuffer(viewing: scores, count: d.tq * d.tk))
-                try softmax(rows: d.tq, cols: d.tk, log: false, x: ref, y: ref)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(d.tq),
-                            Int32(d.valueDim), Int32(d.tk), 1, scores, Int32(d.tk), vb,
-                            Int32(d.vStrides[2]), 0, ob, Int32(d.oStrides[2]))
+        // Per (batch, head) pair: scores = scale Q K^T by GEMM, bias and mask, row softmax,
+        // O = P V by GEMM. With at least as many pairs as cores the pairs spread over the
+        // cores (each product single-threaded); otherwise each product uses all cores.
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let pairs = d.batch * d.heads
+        let inner = pairs >= cores ? 1 : cores
+        // Score rows for one group of pairs at a time (a group per core count), allocated once
+        // per call: a fresh allocation per pair would fault in new pages every time.
+        let group = inner == 1 ? cores : 1
+        let plane = d.tq * d.tk
+        let (scratchCount, overflow) = plane.multipliedReportingOverflow(by: group)
+        guard !overflow else { throw NoiseError.device("attention scores of \(d.tq) x \(d.tk) overflow") }
+        let scratch = try CPUBuffer(count: scratchCount)
+        let body = { (pair: Int) in
+            let b = pair / d.heads, h = pair % d.heads
+            let scores = scratch.pointer + (pair % group) * plane
+            var qk = GemmDesc(m: d.tq, n: d.tk, k: d.headDim, transB: true, alpha: d.scale)
+            qk.lda = d.qStrides[2]; qk.ldb = d.kStrides[2]
+            Self.sgemm(qk, pq + b * d.qStrides[0] + h * d.qStrides[1],
+                       pk + b * d.kStrides[0] + h * d.kStrides[1], scores, threads: inner)
+            for i in 0..<d.tq {
+                let row = scores + i * d.tk
+                Self.maskScores(d, row: row, i: i, b: b, h: h, pb: pb)
+                VectorMath.softmaxRow(row, row, d.tk, log: false)
             }
+            var pvd = GemmDesc(m: d.tq, n: d.valueDim, k: d.tk)
+            pvd.ldb = d.vStrides[2]; pvd.ldc = d.oStrides[2]
+            Self.sgemm(pvd, scores, pv + b * d.vStrides[0] + h * d.vStrides[1],
+                       po + b * d.oStrides[0] + h * d.oStrides[1], threads: inner)
+        }
+        var start = 0
+        while start < pairs {
+            let n = min(group, pairs - start)
+            // (pair % group is distinct within a group: each task has its own rows)
+            parallelFor(n) { body(start + $0) }
+            start += n
+        }
+    }
+
+    /// Adds the bias row and the causal mask to query row i's scores.
+    @inline(__always)
+    static func maskScores(_ d: AttentionDesc, row: UnsafeMutablePointer<Float>, i: Int, b: Int, h: Int,
+                           pb: UnsafeMutablePointer<Float>?) {
+        if let pb {
+            let bb = pb + ((b % d.biasBatch) * d.biasHeads + h % d.biasHeads) * d.tq * d.tk + i * d.tk
+            for j in 0..<d.tk { row[j] += bb[j] }
+        }
+        if d.causal {
+            let last = i + d.tk - d.tq
+            if last + 1 < d.tk { (row + max(last + 1, 0)).update(repeating: -.infinity, count: d.tk - max(last + 1, 0)) }
         }
     }
 
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
         let px = ptr(x), pc = ptr(col)
         let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw
+        if g.strideH == 1 && g.strideW == 1 && oh == g.height && ow == g.width {
+            im2colSame(g, batch: batch, px: px, pc: pc)
+            return
+        }
         // Row by row of the output: the zero borders, then the inside read in one run (a copy
         // when the stride is 1).
         parallelFor(g.channels) { c in
@@ -394,6 +511,44 @@ public final class CPUBackend: Backend {
                             } else {
                                 for ox in lo..<hi { dst[ox] = src[(ox - lo) * g.strideW] }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// im2col of a stride-1 "same" convolution (output size = input size): each (channel, tap)
+    /// row of an image is the input plane shifted by (ky - padH, kx - padW), so the inside is
+    /// one contiguous copy; then the columns that wrapped across a row edge and the rows
+    /// outside the plane are zeroed.
+    private func im2colSame(_ g: ConvGeometry, batch: Int, px: UnsafeMutablePointer<Float>,
+                            pc: UnsafeMutablePointer<Float>) {
+        let h = g.height, w = g.width, plane = h * w, cols = batch * plane
+        parallelFor(g.channels) { c in
+            for ky in 0..<g.kernelH {
+                let dy = ky - g.padH
+                let yLo = max(0, -dy), yHi = min(h, h - dy)
+                for kx in 0..<g.kernelW {
+                    let dx = kx - g.padW
+                    let row = (c * g.kernelH + ky) * g.kernelW + kx
+                    for n in 0..<batch {
+                        let dst = pc + row * cols + n * plane
+                        let src = px + (n * g.channels + c) * plane
+                        guard yLo < yHi, abs(dx) < w else {
+                            dst.update(repeating: 0, count: plane)
+                            continue
+                        }
+                        // Output span [yLo*w, yHi*w) reads input o + dy*w + dx; clip it to the plane.
+                        let shift = dy * w + dx
+                        let lo = max(yLo * w, -shift), hi = min(yHi * w, plane - shift)
+                        if lo > 0 { dst.update(repeating: 0, count: lo) }
+                        if hi > lo { (dst + lo).update(from: src + lo + shift, count: hi - lo) }
+                        if hi < plane { (dst + hi).update(repeating: 0, count: plane - hi) }
+                        // Columns whose source column fell off the row.
+                        if dx != 0 {
+                            let c0 = dx > 0 ? w - dx : 0, len = abs(dx)
+                            for y in yLo..<yHi { (dst + y * w + c0).update(repeating: 0, count: len) }
                         }
                     }
                 }
@@ -571,27 +726,6 @@ func forEachColEntry(_ g: ConvGeometry, batch: Int, channel: Int, _ body: (Int, 
                     let inside = rowInside && ix >= 0 && ix < g.width
                     body(cBase + oy * ow + ox, inside ? xBase + iy * g.width + ix : nil)
                 }
-            }
-        }
-    }
-}
-
-/// Runs body(0..<n) spread over the cores (serially for tiny n).
-@inline(__always)
-func parallelFor(_ n: Int, _ body: (Int) -> Void) {
-    if n < 2 {
-        for i in 0..<n { body(i) }
-        return
-    }
-    let workers = min(n, ProcessInfo.processInfo.activeProcessorCount)
-    // The body only touches disjoint memory per index (callers guarantee it).
-    withoutActuallyEscaping(body) { escaping in
-        let box = UncheckedSendable(escaping)
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            var i = w
-            while i < n {
-                box.value(i)
-                i += workers
             }
         }
     }

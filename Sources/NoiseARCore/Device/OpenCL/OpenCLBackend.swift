@@ -5,12 +5,20 @@ import Foundation
 public final class OpenCLBuffer: DeviceBuffer {
     public let count: Int
     let mem: cl_mem
-    init(mem: cl_mem, count: Int) {
+    /// The backend's pool and the bucket this memory object belongs to (nil: released at once).
+    private let pool: BufferPool<cl_mem>?
+    private let bucket: Int
+    init(mem: cl_mem, count: Int, pool: BufferPool<cl_mem>? = nil, bucket: Int = 0) {
         self.mem = mem
         self.count = count
+        self.pool = pool
+        self.bucket = bucket
     }
-    // The runtime keeps the object alive until enqueued commands that use it finish.
-    deinit { clReleaseMemObject(mem) }
+    // The runtime keeps the object alive until enqueued commands that use it finish; a pooled
+    // object is reused only by commands enqueued later on the same in-order queue.
+    deinit {
+        if let pool { pool.give(mem, bucket: bucket) } else { clReleaseMemObject(mem) }
+    }
 }
 
 /// The OpenCL backend: hand-written kernels from `Kernels/*.cl`, compiled per device with the
@@ -30,6 +38,13 @@ public final class OpenCLBackend: KernelBackend {
     /// Memo keys of programs loaded from the disk cache (rebuilt from source if they fail).
     private var cachedPrograms: Set<String> = []
     private var scratch: [String: OpenCLBuffer] = [:]
+    /// The device buffer pool's counters.
+    public var poolStatistics: BufferPoolStatistics { pool.statistics }
+    /// Idle device buffers by size class (`NOISEAR_DEVICE_POOL_MB` caps the idle bytes; 0: off).
+    lazy var pool = BufferPool<cl_mem>(
+        idleLimit: environment["NOISEAR_DEVICE_POOL_MB"].flatMap { Int($0) }.map { max($0, 0) << 20 }
+            ?? BufferPool<cl_mem>.defaultIdleLimit(memoryBytes: info.memoryBytes),
+        release: { clReleaseMemObject($0) })
     private let disabled: Set<OpKind>
     private lazy var dummy: OpenCLBuffer? = try? allocate(1) as? OpenCLBuffer
     public var parallelism: Int { info.computeUnits }
@@ -114,7 +129,20 @@ public final class OpenCLBackend: KernelBackend {
     public func allocate(_ count: Int) throws -> any DeviceBuffer {
         try require(count >= 0, "negative allocation \(count)")
         var err: cl_int = 0
-        let bytes = max(count, 1) * MemoryLayout<Float>.size
+        let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.size)
+        try require(!overflow, "allocation of \(count) floats overflows")
+        // Freed buffers wait in the pool for the next request of their size class.
+        if let bucket = pool.bucket(bytes) {
+            if let (mem, actual) = pool.take(bucket: bucket) {
+                return OpenCLBuffer(mem: mem, count: count, pool: pool, bucket: actual)
+            }
+            guard let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE), bucket, nil, &err),
+                err == CL_SUCCESS
+            else {
+                throw NoiseError.openCL(call: "clCreateBuffer(\(bucket) bytes)", code: err, name: CL.name(err))
+            }
+            return OpenCLBuffer(mem: mem, count: count, pool: pool, bucket: bucket)
+        }
         guard let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE), bytes, nil, &err),
             err == CL_SUCCESS
         else {

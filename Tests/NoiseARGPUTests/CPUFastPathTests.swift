@@ -1,0 +1,251 @@
+import Foundation
+import NoiseARGPU
+import Testing
+
+/// Issue 11's CPU paths (vector exp/erf, row-parallel elementwise and norms, GEMM panels split
+/// over the cores, attention per (batch, head) pair, the stride-1 im2col, the fused linear and
+/// convolution bias, the worker pool, the OpenCL buffer pool) against plain references written
+/// here, at odd sizes that straddle the parallel thresholds.
+@Suite(.serialized) struct CPUFastPathTests {
+    let cpu = Device.cpuDevice()
+
+    @Test func vectorExpAndErfMatchLibm() throws {
+        // A dense sweep plus the edges: under/overflow, infinities, NaN, denormal-range inputs.
+        var xs: [Float] = stride(from: -90, through: 90, by: 0.0371).map { Float($0) }
+        xs += [-.infinity, .infinity, 0, -0.0, 88.7, 88.72, -87.3, -103, 1e-30, -1e-30]
+        let t = try Tensor(xs, shape: [xs.count], on: cpu)
+        let e = try t.exp().toArray(), s = try t.silu().toArray(), g = try t.gelu().toArray()
+        let sg = try t.sigmoid().toArray()
+        for (i, x) in xs.enumerated() {
+            let ref = Foundation.exp(Double(x))
+            if ref > 1e-37 && ref < 3e38 {
+                #expect(abs(Double(e[i]) - ref) <= 4e-7 * ref, "exp(\(x)) = \(e[i]), libm \(ref)")
+            } else if ref <= 1e-37 {
+                #expect(e[i] >= 0 && e[i] < 2e-37, "exp(\(x)) = \(e[i])")
+            } else {
+                #expect(e[i] > 3e38, "exp(\(x)) = \(e[i])")
+            }
+            guard x.isFinite else { continue }  // (silu and gelu of infinities are inf/inf)
+            let silu = Double(x) / (1 + Foundation.exp(-Double(x)))
+            #expect(abs(Double(s[i]) - silu) <= 1e-6 * max(1, abs(silu)), "silu(\(x)) = \(s[i]), \(silu)")
+            let gelu = 0.5 * Double(x) * (1 + Foundation.erf(Double(x) / 2.0.squareRoot()))
+            #expect(abs(Double(g[i]) - gelu) <= 2e-6 * max(1, abs(gelu)), "gelu(\(x)) = \(g[i]), \(gelu)")
+            let sig = 1 / (1 + Foundation.exp(-Double(x)))
+            #expect(abs(Double(sg[i]) - sig) <= 1e-6, "sigmoid(\(x)) = \(sg[i]), \(sig)")
+        }
+        let nan = try Tensor([.nan, 1], shape: [2], on: cpu)
+        #expect(try nan.exp().toArray()[0].isNaN)
+        #expect(try nan.gelu().toArray()[0].isNaN)
+        #expect(try nan.silu().toArray()[0].isNaN)
+    }
+
+    @Test func softmaxRowsWithMasksAndLargeValues() throws {
+        var rng = TestRNG(5)
+        for (rows, cols) in [(3, 1), (7, 13), (129, 67), (300, 300)] {
+            var x = rng.values(rows * cols, lo: 0.1, hi: 60)
+            if cols > 1 { x[0] = -.infinity }  // a masked entry (an all-masked row is NaN)
+            let t = try Tensor(x, shape: [rows, cols], on: cpu)
+            let y = try t.softmax().toArray(), ly = try t.logSoftmax().toArray()
+            for r in 0..<rows {
+                let row = x[(r * cols)..<((r + 1) * cols)].map(Double.init)
+                let m = row.max() ?? 0
+                let z = row.reduce(0) { $0 + Foundation.exp($1 - m) }
+                for j in 0..<cols {
+                    let p = Foundation.exp(row[j] - m) / z
+                    #expect(abs(Double(y[r * cols + j]) - p) <= 1e-6, "softmax [\(r), \(j)] of \(rows)x\(cols)")
+                    if row[j].isFinite {
+                        #expect(abs(Double(ly[r * cols + j]) - (row[j] - m - Foundation.log(z))) <= 2e-5)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func broadcastElementwiseAndNormsAtOddSizes() throws {
+        var rng = TestRNG(9)
+        // [n, c, s] + bias [c] broadcast, large enough to be split over the cores.
+        let n = 5, c = 37, s = 301
+        let x = rng.values(n * c * s), bias = rng.values(c)
+        let y = try (try Tensor(x, shape: [n, c, s], on: cpu) + Tensor(bias, shape: [c, 1], on: cpu)).toArray()
+        for i in 0..<(n * c * s) { #expect(y[i] == x[i] + bias[(i / s) % c]) }
+        // A transposing copy through permuted.
+        let p = try Tensor(x, shape: [n, c, s], on: cpu).permuted([2, 0, 1]).toArray()
+        for a in [0, 17, s - 1] {
+            for b in 0..<n {
+                for k in [0, 5, c - 1] { #expect(p[(a * n + b) * c + k] == x[(b * c + k) * s + a]) }
+            }
+        }
+        // Group norm and layer norm against doubles.
+        let groups = 4, ch = 12, sp = 999
+        let gx = rng.values(3 * ch * sp, lo: 0.1, hi: 5)
+        let gamma = rng.values(ch), beta = rng.values(ch)
+        let gy = try Tensor(gx, shape: [3, ch, sp], on: cpu)
+            .groupNorm(groups: groups, gamma: Tensor(gamma, shape: [ch], on: cpu), beta: Tensor(beta, shape: [ch], on: cpu))
+            .toArray()
+        let per = ch / groups * sp
+        for gi in 0..<(3 * groups) {
+            let seg = gx[(gi * per)..<((gi + 1) * per)].map(Double.init)
+            let mu = seg.reduce(0, +) / Double(per)
+            let v = seg.reduce(0) { $0 + ($1 - mu) * ($1 - mu) } / Double(per)
+            for j in stride(from: 0, to: per, by: 97) {
+                let chan = (gi % groups) * (ch / groups) + j / sp
+                let ref = (seg[j] - mu) / (v + 1e-5).squareRoot() * Double(gamma[chan]) + Double(beta[chan])
+                #expect(abs(Double(gy[gi * per + j]) - ref) <= 1e-4, "group norm \(gi) \(j)")
+            }
+        }
+    }
+
+    /// Reference convolution, straight from the definition.
+    static func conv(_ x: [Float], _ w: [Float], _ b: [Float], n: Int, c: Int, h: Int, wd: Int,
+                     cout: Int, k: Int, pad: Int, stride: Int) -> [Float] {
+        let oh = (h + 2 * pad - k) / stride + 1, ow = (wd + 2 * pad - k) / stride + 1
+        var y = [Float](repeating: 0, count: n * cout * oh * ow)
+        for i in 0..<n {
+            for o in 0..<cout {
+                for oy in 0..<oh {
+                    for ox in 0..<ow {
+                        var acc = Double(b[o])
+                        for ci in 0..<c {
+                            for ky in 0..<k {
+                                for kx in 0..<k {
+                                    let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
+                                    guard iy >= 0, iy < h, ix >= 0, ix < wd else { continue }
+                                    acc += Double(x[((i * c + ci) * h + iy) * wd + ix]) * Double(w[((o * c + ci) * k + ky) * k + kx])
+                                }
+                            }
+                        }
+                        y[((i * cout + o) * oh + oy) * ow + ox] = Float(acc)
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    @Test func convolutionPathsMatchTheDefinition() throws {
+        var rng = TestRNG(13)
+        // Same-padding 3x3 and 5x5 (the stride-1 im2col), a strided one and a valid one; the
+        // batch split into im2col chunks and per-image GEMMs over the bias.
+        for (k, pad, stride, h, wd) in [(3, 1, 1, 9, 7), (5, 2, 1, 6, 11), (3, 1, 2, 9, 7), (3, 0, 1, 5, 6), (1, 0, 1, 4, 3)] {
+            let n = 3, c = 5, cout = 6
+            let x = rng.values(n * c * h * wd), w = rng.values(cout * c * k * k), b = rng.values(cout)
+            let y = try Tensor.conv2d(Tensor(x, shape: [n, c, h, wd], on: cpu), weight: Tensor(w, shape: [cout, c, k, k], on: cpu),
+                                      bias: Tensor(b, shape: [cout], on: cpu), stride: stride, padding: pad).toArray()
+            let ref = Self.conv(x, w, b, n: n, c: c, h: h, wd: wd, cout: cout, k: k, pad: pad, stride: stride)
+            #expect(nmse(y, ref) < 1e-10, "conv k\(k) pad\(pad) stride\(stride) \(h)x\(wd): nmse \(nmse(y, ref))")
+        }
+    }
+
+    @Test func gemmPanelsLinearAndAttentionMatchReferences() throws {
+        var rng = TestRNG(17)
+        // Big enough to be split over the cores, by columns and by rows.
+        for (m, n, k) in [(37, 1111, 29), (1111, 37, 29), (3, 5, 7)] {
+            let a = rng.values(m * k), b = rng.values(k * n)
+            let c = try Tensor.matmul(Tensor(a, shape: [m, k], on: cpu), Tensor(b, shape: [k, n], on: cpu)).toArray()
+            var ref = [Float](repeating: 0, count: m * n)
+            for i in 0..<m {
+                for j in 0..<n {
+                    var s = 0.0
+                    for l in 0..<k { s += Double(a[i * k + l]) * Double(b[l * n + j]) }
+                    ref[i * n + j] = Float(s)
+                }
+            }
+            #expect(nmse(c, ref) < 1e-10, "matmul \(m)x\(n)x\(k)")
+        }
+        // Linear with bias (the bias copied in, GEMM accumulating onto it).
+        let x = rng.values(2 * 9 * 13), w = rng.values(11 * 13), bias = rng.values(11)
+        let y = try Tensor.linear(Tensor(x, shape: [2, 9, 13], on: cpu), weight: Tensor(w, shape: [11, 13], on: cpu),
+                                  bias: Tensor(bias, shape: [11], on: cpu))
+        #expect(y.shape == [2, 9, 11])
+        let yv = try y.toArray()
+        for r in 0..<18 {
+            for o in 0..<11 {
+                var s = Double(bias[o])
+                for l in 0..<13 { s += Double(x[r * 13 + l]) * Double(w[o * 13 + l]) }
+                #expect(abs(Double(yv[r * 11 + o]) - s) <= 1e-5)
+            }
+        }
+        // Attention: many pairs (spread over the cores) and a single pair (products threaded).
+        for (bsz, heads, tq, tk, dim) in [(3, 5, 17, 23, 16), (1, 1, 9, 40, 72)] {
+            let q = rng.values(bsz * heads * tq * dim), kk = rng.values(bsz * heads * tk * dim)
+            let v = rng.values(bsz * heads * tk * dim)
+            let o = try Tensor.attention(q: Tensor(q, shape: [bsz, heads, tq, dim], on: cpu),
+                                         k: Tensor(kk, shape: [bsz, heads, tk, dim], on: cpu),
+                                         v: Tensor(v, shape: [bsz, heads, tk, dim], on: cpu), causal: true).toArray()
+            var ref = [Float](repeating: 0, count: o.count)
+            let scale = 1 / Double(dim).squareRoot()
+            for p in 0..<(bsz * heads) {
+                for i in 0..<tq {
+                    let last = i + tk - tq
+                    var s = [Double](repeating: -.infinity, count: tk)
+                    for j in 0...last {
+                        var d = 0.0
+                        for c in 0..<dim { d += Double(q[(p * tq + i) * dim + c]) * Double(kk[(p * tk + j) * dim + c]) }
+                        s[j] = d * scale
+                    }
+                    let m = s.max() ?? 0
+                    let z = s.reduce(0) { $0 + Foundation.exp($1 - m) }
+                    for c in 0..<dim {
+                        var acc = 0.0
+                        for j in 0..<tk { acc += Foundation.exp(s[j] - m) / z * Double(v[(p * tk + j) * dim + c]) }
+                        ref[(p * tq + i) * dim + c] = Float(acc)
+                    }
+                }
+            }
+            #expect(nmse(o, ref) < 1e-10, "attention b\(bsz) h\(heads) \(tq)x\(tk) d\(dim): nmse \(nmse(o, ref))")
+        }
+    }
+
+    @Test func parallelWorkFromManyThreadsAtOnce() throws {
+        // Several threads run split ops at the same time (the pool serves one; the others run
+        // on their own thread): every result must still be exact.
+        let failures = Mutexed(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { t in
+            do {
+                let dev = Device.cpuDevice()
+                var rng = TestRNG(UInt64(100 + t))
+                let x = rng.values(70_001), y = rng.values(70_001)
+                for _ in 0..<5 {
+                    let s = try (try Tensor(x, shape: [70_001], on: dev) * Tensor(y, shape: [70_001], on: dev)).toArray()
+                    if (0..<70_001).contains(where: { s[$0] != x[$0] * y[$0] }) { failures.add(1) }
+                }
+            } catch {
+                failures.add(1)
+            }
+        }
+        #expect(failures.value == 0)
+    }
+
+    @Test func openCLBufferPoolReusesMemoryAndKeepsData() throws {
+        try withCL { backends in
+            for be in backends {
+                let dev = Device(backend: be)
+                let before = be.poolStatistics
+                // Freed, then the same size again: served from the pool, holding the new data.
+                for round in 0..<3 {
+                    let data = (0..<50_000).map { Float($0 % 977) + Float(round) }
+                    let t = try Tensor(data, shape: [50_000], on: dev)
+                    #expect(try t.toArray() == data)
+                }
+                let after = be.poolStatistics
+                #expect(after.hits >= before.hits + 2, "pool hits \(before.hits) -> \(after.hits)")
+                #expect(after.idleBytes <= after.idleLimit)
+            }
+            // With the pool off nothing is kept.
+            guard !backends.isEmpty else { return }
+            let off = try OpenCLBackend(index: 0, environment: testEnvironment(["NOISEAR_DEVICE_POOL_MB": "0"]))
+            let dev = Device(backend: off)
+            for _ in 0..<2 { _ = try Tensor.zeros([50_000], on: dev) }
+            #expect(off.poolStatistics.hits == 0 && off.poolStatistics.idleBytes == 0)
+        }
+    }
+}
+
+/// A counter shared by concurrent test work.
+final class Mutexed: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: Int
+    init(_ v: Int) { self.v = v }
+    func add(_ d: Int) { lock.lock(); v += d; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return v }
+}
