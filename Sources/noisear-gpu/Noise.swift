@@ -141,8 +141,11 @@ struct NoiseCommand: ParsableCommand {
         let o = try device.noGrad { try net(noise: x, promptEmbeds: text) }
         var tensors = [("noise", try o.golden.toHost())]
         if intermediates {
-            tensors += [("text_emb", try o.textEmb.toHost()), ("svd_branch", try o.svdBranch.toHost()),
-                        ("residual_branch", try o.residualBranch.toHost()), ("swin_features", try o.swinFeatures.toHost())]
+            tensors += [("text_emb", try o.textEmb.toHost()), ("svd_branch", try o.svdBranch.toHost())]
+            // (absent when the network was trained without its residual branch)
+            if let r = o.residualBranch, let f = o.swinFeatures {
+                tensors += [("residual_branch", try r.toHost()), ("swin_features", try f.toHost())]
+            }
         }
         try writeTensors(tensors, to: out, metadata: ["prior": "npnet", "seed": seedNote, "software": "noisear-gpu"])
         print("wrote \(out): noise \(tensors[0].1.shape) in \(String(format: "%.3f", Date().timeIntervalSince(t0))) s on \(device.info.id)")

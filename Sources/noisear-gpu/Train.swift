@@ -189,6 +189,9 @@ struct TrainNPNet: ParsableCommand {
             learned and the Swin starts from scratch. Pairs of a stable 10% of the prompts are held out for
             the validation MSE, printed next to the identity's (x_T itself). Checkpoints are atomic;
             --resume continues; --export writes the network for `sample --prior npnet --prior-weights`.
+            The paper's ablations: --no-svd-branch (the noise itself in place of the singular-value
+            branch) and --no-residual-branch (no Swin term); the exported config keeps them, so the
+            network samples as it was trained. (Without the reward filter: collect with --keep-all.)
             """)
 
     @OptionGroup var options: DeviceOptions
@@ -199,6 +202,8 @@ struct TrainNPNet: ParsableCommand {
     @Option(help: "Warm-up steps.") var warmup = 50
     @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.0
     @Option(help: "Swin embedding width (depths 2,2,2,2).") var embed = 24
+    @Flag(help: "Ablation: leave out the singular-value branch (the noise takes its place).") var noSvdBranch = false
+    @Flag(help: "Ablation: leave out the residual (Swin) branch.") var noResidualBranch = false
     @Option(help: "Seed of initialisation and batches.") var seed: UInt64 = 0
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-npnet.ckpt.safetensors"
     @Option(help: "Steps between checkpoints and validation.") var checkpointEvery = 50
@@ -220,8 +225,10 @@ struct TrainNPNet: ParsableCommand {
             let device = try options.open()
             let (train, validation) = try NoiseDataset.load(URL(fileURLWithPath: data)).splitByPrompt()
             let e = train.promptEmbeds.shape
-            let net = try NPNet(config: ShapesNPNet.config(textTokens: e.count > 1 ? e[1] : 1, textDim: e.last ?? 1,
-                                                           embedDim: embed), device: device, seed: seed)
+            var config = ShapesNPNet.config(textTokens: e.count > 1 ? e[1] : 1, textDim: e.last ?? 1, embedDim: embed)
+            config.svdBranch = !noSvdBranch
+            config.residualBranch = !noResidualBranch
+            let net = try NPNet(config: config, device: device, seed: seed)
             var settings = PriorTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
@@ -241,7 +248,8 @@ struct TrainNPNet: ParsableCommand {
             print(String(format: "validation MSE %.5f (identity x_T: %.5f)", v, identity))
             if let export {
                 try trainer.export(URL(fileURLWithPath: export), metadata: [
-                    "training": "noisear-gpu train npnet --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"])
+                    "training": "noisear-gpu train npnet --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"
+                        + (noSvdBranch ? " --no-svd-branch" : "") + (noResidualBranch ? " --no-residual-branch" : "")])
                 note("wrote \(export)")
             }
         }

@@ -29,8 +29,8 @@ import Testing
             try dev.noGrad {
                 let out = try net(noise: noise, promptEmbeds: prompt, svdFactors: (u, s, vh))
                 try Self.check(out.textEmb, file, "intermediate.text_emb", 1e-4, tag)
-                try Self.check(out.swinFeatures, file, "intermediate.swin_features", 1e-4, tag)
-                try Self.check(out.residualBranch, file, "intermediate.residual_branch", 1e-4, tag)
+                try Self.check(#require(out.swinFeatures), file, "intermediate.swin_features", 1e-4, tag)
+                try Self.check(#require(out.residualBranch), file, "intermediate.residual_branch", 1e-4, tag)
                 try Self.check(out.svdBranch, file, "intermediate.svd_branch", 1e-5, tag)
                 try Self.check(out.golden, file, "output.golden_noise", 1e-4, tag)
                 // With our own SVD (signs of singular vector pairs may differ from LAPACK's).
@@ -39,6 +39,38 @@ import Testing
                 try Self.check(own.golden, file, "output.golden_noise", 1e-3, tag + " own svd")
             }
         }
+    }
+
+    /// The paper's ablations: without the SVD branch the noise takes its place; without the
+    /// residual branch its term is gone (and the Swin never runs).
+    @Test func ablationsLeaveOutTheirBranch() throws {
+        guard let file = try Self.fixture() else { return }
+        let dev = Device.cpuDevice()
+        let full = try NPNet.load(file, device: dev)
+        let noSVD = try NPNet.load(file, device: dev) { $0.svdBranch = false }
+        let noResidual = try NPNet.load(file, device: dev) { $0.residualBranch = false }
+        let noise = try Tensor(file.tensor("input.noise"), on: dev)
+        let prompt = try Tensor(file.tensor("input.prompt_embeds"), on: dev)
+        try dev.noGrad {
+            let f = try full(noise: noise, promptEmbeds: prompt)
+            let a = try noSVD(noise: noise, promptEmbeds: prompt)
+            let b = try noResidual(noise: noise, promptEmbeds: prompt)
+            #expect(try a.svdBranch.toArray() == noise.toArray())
+            let residual = try #require(f.residualBranch)
+            // full - noSVD = svd - noise; full - noResidual = beta residual.
+            let d1 = try (f.golden - a.golden).toArray(), e1 = try (f.svdBranch - noise).toArray()
+            #expect(maxRelative(d1, e1) < 1e-4)
+            #expect(b.residualBranch == nil && b.swinFeatures == nil)
+            let beta = try full.params.tensors["beta"].map { try $0.item() } ?? 0
+            let d2 = try (f.golden - b.golden).toArray(), e2 = try (residual * beta).toArray()
+            #expect(maxRelative(d2, e2) < 1e-3, "beta \(beta)")
+        }
+        // The switches are part of the config JSON (and absent keys mean the authors' network).
+        var c = full.config
+        c.residualBranch = false
+        let back = try JSONDecoder().decode(NPNetConfig.self, from: Data(c.jsonString().utf8))
+        #expect(back == c && back.svdBranch && !back.residualBranch)
+        #expect(try JSONDecoder().decode(NPNetConfig.self, from: Data("{}".utf8)).residualBranch)
     }
 
     @Test func configFromMetadataAndFromWeightsAgree() throws {

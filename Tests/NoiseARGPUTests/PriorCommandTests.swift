@@ -127,6 +127,17 @@ import Testing
         let fresh = try SafeTensorsFile.read(dir.appendingPathComponent("fresh.safetensors"))
         #expect(resumed["alpha"] == fresh["alpha"] && resumed["unet_svd.mlp4.0.weight"] == fresh["unet_svd.mlp4.0.weight"])
         #expect(resumed["alpha"] != nil)
+        // The paper's ablations train, export with their config, and sample as trained.
+        let ablated = dir.appendingPathComponent("ablated.safetensors").path
+        guard let ab = try runCLI(train + ["--steps", "2", "--no-svd-branch", "--no-residual-branch", "--export", ablated,
+                                           "--checkpoint", dir.appendingPathComponent("ab.ckpt.safetensors").path])
+        else { return }
+        #expect(ab.status == 0, "\(ab.stderr)")
+        let abNet = try NPNet.load(SafeTensorsFile.read(URL(fileURLWithPath: ablated)), device: Device.cpuDevice())
+        #expect(!abNet.config.svdBranch && !abNet.config.residualBranch)
+        // A resume with other ablation switches is refused (the config differs).
+        guard let mixed = try runCLI(train + ["--steps", "3", "--resume", "--no-svd-branch"]) else { return }
+        #expect(mixed.status != 0)
         let png = dir.appendingPathComponent("np.png").path
         guard let smp = try runCLI(["sample", "--prompt", "a red circle", "--prior", "npnet", "--prior-weights", out,
                                     "--steps", "3", "--out", png, "--device", "cpu", "--seed", "1"]),

@@ -16,6 +16,11 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
     public var svdAttentionHeads = 8
     public var adaGroupNormEps: Float = 1e-6
     public var adaGroupNormGroups = 1
+    /// The paper's ablations: without the singular-value branch the noise itself takes its
+    /// place in the sum; without the residual (Swin) branch its term is left out and the Swin
+    /// is never run. Both on in the authors' network.
+    public var svdBranch = true
+    public var residualBranch = true
 
     public init() {}
 
@@ -24,6 +29,7 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
         case textDim = "text_dim", swin, svdAttentionHeads = "svd_attention_heads"
         case adaGroupNormEps = "adagroupnorm_eps", adaGroupNormGroups = "adagroupnorm_groups"
         case swinLayerNormEps = "swin_layernorm_eps"
+        case svdBranch = "svd_branch", residualBranch = "residual_branch"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -38,6 +44,8 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
         adaGroupNormEps = try c.decodeIfPresent(Float.self, forKey: .adaGroupNormEps) ?? d.adaGroupNormEps
         adaGroupNormGroups = try c.decodeIfPresent(Int.self, forKey: .adaGroupNormGroups) ?? d.adaGroupNormGroups
         if let eps = try c.decodeIfPresent(Float.self, forKey: .swinLayerNormEps) { swin.layerNormEps = eps }
+        svdBranch = try c.decodeIfPresent(Bool.self, forKey: .svdBranch) ?? d.svdBranch
+        residualBranch = try c.decodeIfPresent(Bool.self, forKey: .residualBranch) ?? d.residualBranch
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -51,6 +59,8 @@ public struct NPNetConfig: Codable, Sendable, Equatable {
         try c.encode(adaGroupNormEps, forKey: .adaGroupNormEps)
         try c.encode(adaGroupNormGroups, forKey: .adaGroupNormGroups)
         try c.encode(swin.layerNormEps, forKey: .swinLayerNormEps)
+        try c.encode(svdBranch, forKey: .svdBranch)
+        try c.encode(residualBranch, forKey: .residualBranch)
     }
 
     /// Side of the tiled singular-value matrix: 2 L.
@@ -163,10 +173,12 @@ public struct NPNetOutput {
     public var textEmb: Tensor
     /// The singular-value branch [B, C, L, L].
     public var svdBranch: Tensor
-    /// The Swin branch after the resize and 1x1 conv [B, C, L, L].
-    public var residualBranch: Tensor
-    /// Swin `forward_features` of the (noise + text_emb) image [B, r, r, E 2^(S-1)] (NHWC).
-    public var swinFeatures: Tensor
+    /// The Swin branch after the resize and 1x1 conv [B, C, L, L] (nil when the config leaves
+    /// the branch out).
+    public var residualBranch: Tensor?
+    /// Swin `forward_features` of the (noise + text_emb) image [B, r, r, E 2^(S-1)] (NHWC; nil
+    /// without the residual branch).
+    public var swinFeatures: Tensor?
 }
 
 /// NPNet, the authors' "noise prompt network": it maps an initial noise latent and the
@@ -181,6 +193,9 @@ public struct NPNetOutput {
 ///     y        = Swin(conv1x1(nearest_224(x + text_emb)))   [B, r, r, F] NHWC
 ///     residual = conv1x1(nearest_L(y read as [B, r(channels), r, F]))
 ///     golden   = svd + (2 sigmoid(alpha) - 1) text_emb + beta residual
+///
+/// The ablations (`NPNetConfig.svdBranch`, `.residualBranch`) replace `svd` by x and drop the
+/// `beta residual` term.
 ///
 /// Parameter names are the authors' checkpoint keys (`unet_svd.mlp1.0.weight`,
 /// `unet_embedding.swin.layers.1.downsample.reduction.weight`, `embeeding.linear.weight`, `alpha`, ...).
@@ -368,11 +383,17 @@ public final class NPNet {
     public func callAsFunction(noise: Tensor, promptEmbeds: Tensor,
                                svdFactors: (u: Tensor, s: Tensor, vh: Tensor)? = nil) throws -> NPNetOutput {
         let textEmb = try textEmbedding(noise: noise, promptEmbeds: promptEmbeds)
-        let svd = try svdFactors.map { try svdBranch(noise: noise, u: $0.u, s: $0.s, vh: $0.vh) }
-            ?? svdBranch(noise: noise)
-        let (residual, features) = try residualBranch(noise + textEmb)
+        let svd = !config.svdBranch ? noise
+            : try svdFactors.map { try svdBranch(noise: noise, u: $0.u, s: $0.s, vh: $0.vh) } ?? svdBranch(noise: noise)
         let gate = try alpha.sigmoid().affine(2, -1)                              // 2 sigmoid(alpha) - 1
-        let golden = try svd + gate * textEmb + beta * residual
+        var golden = try svd + gate * textEmb
+        var residual: Tensor?, features: Tensor?
+        if config.residualBranch {
+            let r = try residualBranch(noise + textEmb)
+            residual = r.residual
+            features = r.features
+            golden = try golden + beta * r.residual
+        }
         return NPNetOutput(golden: golden, textEmb: textEmb, svdBranch: svd, residualBranch: residual,
                            swinFeatures: features)
     }
