@@ -201,7 +201,7 @@ public final class CPUBackend: Backend {
     }
 
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
-        Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: ProcessInfo.processInfo.activeProcessorCount)
+        Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: WorkerPool.cores)
     }
 
     /// The batched GEMM on `threads` cores. OpenBLAS runs single-threaded here (BLASCore); the
@@ -426,7 +426,7 @@ public final class CPUBackend: Backend {
         // Per (batch, head) pair: scores = scale Q K^T by GEMM, bias and mask, row softmax,
         // O = P V by GEMM. With at least as many pairs as cores the pairs spread over the
         // cores (each product single-threaded); otherwise each product uses all cores.
-        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let cores = WorkerPool.cores
         let pairs = d.batch * d.heads
         let inner = pairs >= cores ? 1 : cores
         // Score rows for one group of pairs at a time (a group per core count), allocated once

@@ -317,7 +317,7 @@ extension CPUBackend {
         w.update(from: pa, count: batch * nn)
         let sweeps = UnsafeMutablePointer<Int>.allocate(capacity: batch)
         defer { sweeps.deallocate() }
-        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let cores = WorkerPool.cores
         let tol = Double(tolerance)
         if batch >= cores || n < 64 {
             parallelFor(batch) { b in

@@ -86,7 +86,7 @@ enum VectorMath {
 /// is large enough to pay for the threads, and runs body(lo, hi) on each.
 @inline(__always)
 func parallelChunks(_ count: Int, minimum: Int = 8_192, _ body: (Int, Int) -> Void) {
-    let cores = ProcessInfo.processInfo.activeProcessorCount
+    let cores = WorkerPool.cores
     guard count >= minimum, cores > 1 else {
         if count > 0 { body(0, count) }
         return

@@ -26,6 +26,7 @@ func parallelFor(_ n: Int, _ body: (Int) -> Void) {
     /// condition, as OpenMP runtimes and OpenBLAS's thread server do. Indices are claimed from
     /// an atomic counter, so a slow core does not hold the others up.
     final class WorkerPool: @unchecked Sendable {
+        /// (read once: Foundation reads the cgroup files on every call, tens of microseconds)
         static let cores = ProcessInfo.processInfo.activeProcessorCount
         private static let shared = WorkerPool(workers: cores - 1)
 
