@@ -39,6 +39,28 @@ enum VectorMath {
         return y
     }
 
+    /// e^x per lane for x <= 0 or NaN-free shifted inputs (softmax's x - max): only the lower
+    /// clamp, whose 2^n underflows to exactly 0, so -inf gives 0 without the other guards.
+    @inline(__always)
+    static func expNonPositive(_ x: F8) -> F8 {
+        let lo: Float = -87.33654
+        let xc = x.replacing(with: lo, where: x .< lo)
+        let magic = F8(repeating: 12_582_912)
+        let t = xc * 1.442_695_04 + magic
+        let n = t - magic
+        var r = xc - n * 0.693_359_375
+        r = r - n * -2.121_944_4e-4
+        var p = F8(repeating: 1.987_569_1e-4)
+        p = p * r + 1.398_199_9e-3
+        p = p * r + 8.333_452e-3
+        p = p * r + 4.166_579_6e-2
+        p = p * r + 1.666_666_5e-1
+        p = p * r + 0.5
+        let er = p * (r * r) + r + 1
+        let n1 = unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 126
+        return er * unsafeBitCast(n1 &<< 23, to: F8.self) * 2
+    }
+
     /// 1 / (1 + e^-x) per lane.
     @inline(__always)
     static func sigmoid(_ x: F8) -> F8 { 1 / (1 + exp(-x)) }
@@ -193,7 +215,7 @@ extension VectorMath {
         j = 0
         if log {
             while j < n {
-                sv += exp(load(x + j, n - j, fill: -.infinity) - m)
+                sv += expNonPositive(load(x + j, n - j, fill: -.infinity) - m)
                 j += 8
             }
             let shift = m + Foundation.log(sv.sum())
@@ -204,7 +226,7 @@ extension VectorMath {
             }
         } else {
             while j < n {
-                let e = exp(load(x + j, n - j, fill: -.infinity) - m)
+                let e = expNonPositive(load(x + j, n - j, fill: -.infinity) - m)
                 store(e, y + j, n - j)
                 sv += e
                 j += 8
