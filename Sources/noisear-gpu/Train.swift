@@ -191,7 +191,8 @@ struct TrainNPNet: ParsableCommand {
             --resume continues; --export writes the network for `sample --prior npnet --prior-weights`.
             The paper's ablations: --no-svd-branch (the noise itself in place of the singular-value
             branch) and --no-residual-branch (no Swin term); the exported config keeps them, so the
-            network samples as it was trained. (Without the reward filter: collect with --keep-all.)
+            network samples as it was trained. One --keep-all collection serves the filter's ablation:
+            train on all its pairs, or with --improved-only on those whose x'_T scored higher.
             """)
 
     @OptionGroup var options: DeviceOptions
@@ -204,6 +205,8 @@ struct TrainNPNet: ParsableCommand {
     @Option(help: "Swin embedding width (depths 2,2,2,2).") var embed = 24
     @Flag(help: "Ablation: leave out the singular-value branch (the noise takes its place).") var noSvdBranch = false
     @Flag(help: "Ablation: leave out the residual (Swin) branch.") var noResidualBranch = false
+    @Flag(help: "Train only on pairs whose x'_T scored strictly higher than x_T (the paper's reward filter, for data collected with --keep-all).")
+    var improvedOnly = false
     @Option(help: "Seed of initialisation and batches.") var seed: UInt64 = 0
     @Option(help: "Checkpoint file.") var checkpoint = "shapes-npnet.ckpt.safetensors"
     @Option(help: "Steps between checkpoints and validation.") var checkpointEvery = 50
@@ -223,7 +226,17 @@ struct TrainNPNet: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            let (train, validation) = try NoiseDataset.load(URL(fileURLWithPath: data)).splitByPrompt()
+            var all = try NoiseDataset.load(URL(fileURLWithPath: data))
+            if improvedOnly {
+                guard let targetScores = all.targetScores else {
+                    throw CLIError("--improved-only needs re-denoise pairs (\(data) has no x'_T scores)")
+                }
+                let kept = all.scores.indices.filter { targetScores[$0] > all.scores[$0] }
+                note("--improved-only: \(kept.count) of \(all.count) pairs improved")
+                guard !kept.isEmpty else { throw CLIError("--improved-only: no pair in \(data) improved") }
+                all = all.subset(kept)
+            }
+            let (train, validation) = all.splitByPrompt()
             let e = train.promptEmbeds.shape
             var config = ShapesNPNet.config(textTokens: e.count > 1 ? e[1] : 1, textDim: e.last ?? 1, embedDim: embed)
             config.svdBranch = !noSvdBranch
@@ -249,7 +262,8 @@ struct TrainNPNet: ParsableCommand {
             if let export {
                 try trainer.export(URL(fileURLWithPath: export), metadata: [
                     "training": "noisear-gpu train npnet --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"
-                        + (noSvdBranch ? " --no-svd-branch" : "") + (noResidualBranch ? " --no-residual-branch" : "")])
+                        + (noSvdBranch ? " --no-svd-branch" : "") + (noResidualBranch ? " --no-residual-branch" : "")
+                        + (improvedOnly ? " --improved-only" : "")])
                 note("wrote \(export)")
             }
         }

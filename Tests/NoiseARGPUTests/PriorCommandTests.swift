@@ -135,6 +135,17 @@ import Testing
         #expect(ab.status == 0, "\(ab.stderr)")
         let abNet = try NPNet.load(SafeTensorsFile.read(URL(fileURLWithPath: ablated)), device: Device.cpuDevice())
         #expect(!abNet.config.svdBranch && !abNet.config.residualBranch)
+        // The reward filter at training time: pairs of a --keep-all collection whose x'_T
+        // scored higher (with 3 sampling steps, possibly none: then a one-line error).
+        let improved = zip(ds.scores, ts).filter { $1 > $0 }.count
+        guard let filtered = try runCLI(train + ["--steps", "1", "--improved-only",
+                                                 "--checkpoint", dir.appendingPathComponent("f.ckpt.safetensors").path])
+        else { return }
+        if improved > 0 {
+            #expect(filtered.status == 0 && filtered.stderr.contains("\(improved) of 2 pairs improved"), "\(filtered.stderr)")
+        } else {
+            #expect(filtered.status != 0 && filtered.stderr.contains("no pair"), "\(filtered.stderr)")
+        }
         // A resume with other ablation switches is refused (the config differs).
         guard let mixed = try runCLI(train + ["--steps", "3", "--resume", "--no-svd-branch"]) else { return }
         #expect(mixed.status != 0)

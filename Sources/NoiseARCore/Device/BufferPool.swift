@@ -34,6 +34,15 @@ final class BufferPool<Handle>: @unchecked Sendable {
         return (bytes + step - 1) / step * step
     }
 
+    /// An allocation for `bytes`: an idle one of its class (or of a class up to twice it), else
+    /// `make(size)` with the class's size (the exact size when the request is not pooled).
+    /// Returns it with its class (nil: not pooled; release it directly).
+    func obtain(_ bytes: Int, make: (Int) throws -> Handle) rethrows -> (Handle, Int?) {
+        guard let b = bucket(bytes) else { return (try make(bytes), nil) }
+        if let (h, actual) = take(bucket: b) { return (h, actual) }
+        return (try make(b), b)
+    }
+
     /// A cached allocation for `bucket`: of that bucket, else of the smallest idle bucket up to
     /// twice its size (memory already held is reused rather than the process growing); nil
     /// when none is idle. Returns the allocation and the bucket it belongs to.

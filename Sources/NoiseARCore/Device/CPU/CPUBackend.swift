@@ -25,16 +25,11 @@ public final class CPUBuffer: DeviceBuffer {
         guard count >= 0, !overflow else {
             throw NoiseError.device("cannot allocate \(count) floats of host memory (the size overflows)")
         }
-        var bucket = Self.pool.bucket(bytes)
-        var raw: UnsafeMutableRawPointer?
-        if let b = bucket, let (h, actual) = Self.pool.take(bucket: b) {
-            raw = h
-            bucket = actual
-        } else {
-            raw = malloc(bucket ?? bytes)
-        }
-        guard let raw else {
-            throw NoiseError.device("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
+        let (raw, bucket) = try Self.pool.obtain(bytes) { size in
+            guard let p = malloc(size) else {
+                throw NoiseError.device("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
+            }
+            return p
         }
         self.count = count
         self.bucket = bucket
@@ -155,7 +150,8 @@ public final class CPUBackend: Backend {
         }
     }
 
-    /// f(x) for a unary op (the CPU line every OpenCL unary kernel is traced to).
+    /// f(x) for a unary op: the scalar definition every OpenCL and Vulkan unary kernel is traced
+    /// to (`unary` computes exp, SiLU, GELU and sigmoid with the vector forms of VectorMath).
     @inline(__always)
     static func unaryForward(_ op: UnaryOp, _ x: Float, _ p0: Float, _ p1: Float) -> Float {
         switch op {
@@ -276,10 +272,7 @@ public final class CPUBackend: Backend {
         let g = gamma.map(ptr), b = beta.map(ptr)
         forEachRow([rows, cols], [cols, 1], [cols, 1]) { r, _, _ in
             let xs = px + r * cols, ys = py + r * cols
-            let mu = Self.blockSum(cols) { xs[$0] } / Double(cols)
-            let m = Float(mu)
-            let v = Self.blockSum(cols) { (xs[$0] - m) * (xs[$0] - m) }
-            let rs = Float(1 / (v / Double(cols) + Double(eps)).squareRoot())
+            let (m, rs) = Self.meanAndRstd(xs, cols, eps)
             pm[r] = m
             pr[r] = rs
             switch (g, b) {
@@ -336,10 +329,7 @@ public final class CPUBackend: Backend {
         // float lanes, each block of 1024 summed into a double), then y with gamma and beta.
         forEachRow([n * groups, len], [len, 1], [len, 1]) { i, _, _ in
             let xs = px + i * len
-            let mu = Self.blockSum(len) { xs[$0] } / Double(len)
-            let m = Float(mu)
-            let v = Self.blockSum(len) { (xs[$0] - m) * (xs[$0] - m) }
-            let rs = Float(1 / (v / Double(len) + Double(eps)).squareRoot())
+            let (m, rs) = Self.meanAndRstd(xs, len, eps)
             pm[i] = m
             pr[i] = rs
             let c0 = (i % groups) * cpg
@@ -350,6 +340,15 @@ public final class CPUBackend: Backend {
                 for s in 0..<spatial { yr[s] = xr[s] * scale + shift }
             }
         }
+    }
+
+    /// The mean and 1 / sqrt(variance + eps) of count floats: two passes (the variance about
+    /// the mean), each summed by `blockSum`.
+    @inline(__always)
+    static func meanAndRstd(_ xs: UnsafeMutablePointer<Float>, _ count: Int, _ eps: Float) -> (Float, Float) {
+        let m = Float(blockSum(count) { xs[$0] } / Double(count))
+        let v = blockSum(count) { (xs[$0] - m) * (xs[$0] - m) }
+        return (m, Float(1 / (v / Double(count) + Double(eps)).squareRoot()))
     }
 
     /// The sum of f(0..<count) in double, accumulated in eight float lanes per block of 1024.
@@ -737,34 +736,3 @@ struct UncheckedSendable<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// Visits every index of `shape` (row-major), passing the two strided offsets.
-@inline(__always)
-func forEachIndex(_ shape: [Int], _ sa: [Int], _ sb: [Int], _ body: (Int, Int) -> Void) {
-    let rank = shape.count
-    if rank == 0 { body(0, 0); return }
-    let total = Shape.count(shape)
-    if total == 0 { return }
-    var idx = [Int](repeating: 0, count: rank)
-    var oa = 0, ob = 0
-    let last = rank - 1
-    let n = shape[last], a1 = sa[last], b1 = sb[last]
-    var done = 0
-    while done < total {
-        var ia = oa, ib = ob
-        for _ in 0..<n {
-            body(ia, ib)
-            ia += a1; ib += b1
-        }
-        done += n
-        // advance the outer index
-        var d = last - 1
-        while d >= 0 {
-            idx[d] += 1
-            oa += sa[d]; ob += sb[d]
-            if idx[d] < shape[d] { break }
-            oa -= sa[d] * shape[d]; ob -= sb[d] * shape[d]
-            idx[d] = 0
-            d -= 1
-        }
-    }
-}

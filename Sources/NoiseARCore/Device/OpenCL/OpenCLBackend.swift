@@ -132,23 +132,15 @@ public final class OpenCLBackend: KernelBackend {
         let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.size)
         try require(!overflow, "allocation of \(count) floats overflows")
         // Freed buffers wait in the pool for the next request of their size class.
-        if let bucket = pool.bucket(bytes) {
-            if let (mem, actual) = pool.take(bucket: bucket) {
-                return OpenCLBuffer(mem: mem, count: count, pool: pool, bucket: actual)
-            }
-            guard let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE), bucket, nil, &err),
+        let (mem, bucket) = try pool.obtain(bytes) { size in
+            guard let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE), size, nil, &err),
                 err == CL_SUCCESS
             else {
-                throw NoiseError.openCL(call: "clCreateBuffer(\(bucket) bytes)", code: err, name: CL.name(err))
+                throw NoiseError.openCL(call: "clCreateBuffer(\(size) bytes)", code: err, name: CL.name(err))
             }
-            return OpenCLBuffer(mem: mem, count: count, pool: pool, bucket: bucket)
+            return mem
         }
-        guard let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE), bytes, nil, &err),
-            err == CL_SUCCESS
-        else {
-            throw NoiseError.openCL(call: "clCreateBuffer(\(bytes) bytes)", code: err, name: CL.name(err))
-        }
-        return OpenCLBuffer(mem: mem, count: count)
+        return OpenCLBuffer(mem: mem, count: count, pool: bucket == nil ? nil : pool, bucket: bucket ?? 0)
     }
 
     func mem(_ r: BufRef) -> cl_mem { (r.buffer as! OpenCLBuffer).mem }
