@@ -7,44 +7,14 @@ typealias F8 = SIMD8<Float>
 /// Vectorised float32 math for the CPU backend's hot loops (softmax, SiLU, GELU, sigmoid):
 /// Cephes-style range reduction and polynomials, within a few ulp of libm over the float range.
 enum VectorMath {
-    /// e^x per lane: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n through the
-    /// exponent bits. Below -87.3 the result is 0 (e^-inf included), above 88.7 +inf, NaN stays NaN.
-    @inline(__always)
-    static func exp(_ x: F8) -> F8 {
-        let hi: Float = 88.72283, lo: Float = -87.33654
-        // (compare-and-select: SIMD clamped/pointwiseMin are not inlined)
-        var xc = x.replacing(with: hi, where: x .> hi)
-        xc.replace(with: lo, where: xc .< lo)
-        // n = round(x / ln2) by the 1.5 * 2^23 trick: the sum's low mantissa bits are n.
-        let magic = F8(repeating: 12_582_912)
-        let t = xc * 1.442_695_04 + magic
-        let n = t - magic
-        var r = xc - n * 0.693_359_375
-        r = r - n * -2.121_944_4e-4
-        var p = F8(repeating: 1.987_569_1e-4)
-        p = p * r + 1.398_199_9e-3
-        p = p * r + 8.333_452e-3
-        p = p * r + 4.166_579_6e-2
-        p = p * r + 1.666_666_5e-1
-        p = p * r + 0.5
-        let r2 = r * r
-        let er = p * r2 + r + 1
-        // 2^n as 2^(n-1) * 2, so that n in [-126, 128] (what the clamp allows) fits the
-        // exponent field: n - 1 + 127 into bits 23...30.
-        let n1 = unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 126
-        var y = er * unsafeBitCast(n1 &<< 23, to: F8.self) * 2
-        y.replace(with: 0, where: x .< lo)
-        y.replace(with: .infinity, where: x .> hi)
-        y.replace(with: x, where: x .!= x)
-        return y
-    }
+    static let expHi: Float = 88.72283, expLo: Float = -87.33654
 
-    /// e^x per lane for x <= 0 or NaN-free shifted inputs (softmax's x - max): only the lower
-    /// clamp, whose 2^n underflows to exactly 0, so -inf gives 0 without the other guards.
+    /// e^x per lane for x already within [expLo, expHi]: x = n ln2 + r, |r| <= ln2/2, e^r by a
+    /// degree-6 polynomial, 2^n through the exponent bits (2^(n-1) * 2, so that n in
+    /// [-126, 128] fits the exponent field; n = -126 underflows to exactly 0).
     @inline(__always)
-    static func expNonPositive(_ x: F8) -> F8 {
-        let lo: Float = -87.33654
-        let xc = x.replacing(with: lo, where: x .< lo)
+    static func expInRange(_ xc: F8) -> F8 {
+        // n = round(x / ln2) by the 1.5 * 2^23 trick: the sum's low mantissa bits are n.
         let magic = F8(repeating: 12_582_912)
         let t = xc * 1.442_695_04 + magic
         let n = t - magic
@@ -59,6 +29,26 @@ enum VectorMath {
         let er = p * (r * r) + r + 1
         let n1 = unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 126
         return er * unsafeBitCast(n1 &<< 23, to: F8.self) * 2
+    }
+
+    /// e^x per lane. Below -87.3 the result is 0 (e^-inf included), above 88.7 +inf, NaN stays NaN.
+    @inline(__always)
+    static func exp(_ x: F8) -> F8 {
+        // (compare-and-select: SIMD clamped/pointwiseMin are not inlined)
+        var xc = x.replacing(with: expHi, where: x .> expHi)
+        xc.replace(with: expLo, where: xc .< expLo)
+        var y = expInRange(xc)
+        y.replace(with: 0, where: x .< expLo)
+        y.replace(with: .infinity, where: x .> expHi)
+        y.replace(with: x, where: x .!= x)
+        return y
+    }
+
+    /// e^x per lane for x <= 0 or NaN-free shifted inputs (softmax's x - max): only the lower
+    /// clamp, whose 2^n underflows to exactly 0, so -inf gives 0 without the other guards.
+    @inline(__always)
+    static func expNonPositive(_ x: F8) -> F8 {
+        expInRange(x.replacing(with: expLo, where: x .< expLo))
     }
 
     /// 1 / (1 + e^-x) per lane.
