@@ -87,16 +87,6 @@ final class BufferPool<Handle>: @unchecked Sendable {
         return BufferPoolStatistics(hits: hits, misses: misses, idleBytes: idleBytes, idleLimit: idleLimit)
     }
 
-    /// Hands every idle allocation back to the system.
-    func trim() {
-        lock.lock()
-        let all = free.values.flatMap { $0 }
-        free = [:]
-        idleBytes = 0
-        lock.unlock()
-        for h in all { release(h) }
-    }
-
     deinit { for h in free.values.joined() { release(h) } }
 
     /// The default idle limit: an eighth of the memory named, between 256 MiB and 4 GiB.

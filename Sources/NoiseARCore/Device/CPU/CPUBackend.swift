@@ -478,10 +478,6 @@ public final class CPUBackend: Backend {
     public func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws {
         let px = ptr(x), pc = ptr(col)
         let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw
-        if g.strideH == 1 && g.strideW == 1 && oh == g.height && ow == g.width {
-            im2colSame(g, batch: batch, px: px, pc: pc)
-            return
-        }
         // Row by row of the output: the zero borders, then the inside read in one run (a copy
         // when the stride is 1).
         parallelFor(g.channels) { c in
@@ -510,44 +506,6 @@ public final class CPUBackend: Backend {
                             } else {
                                 for ox in lo..<hi { dst[ox] = src[(ox - lo) * g.strideW] }
                             }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// im2col of a stride-1 "same" convolution (output size = input size): each (channel, tap)
-    /// row of an image is the input plane shifted by (ky - padH, kx - padW), so the inside is
-    /// one contiguous copy; then the columns that wrapped across a row edge and the rows
-    /// outside the plane are zeroed.
-    private func im2colSame(_ g: ConvGeometry, batch: Int, px: UnsafeMutablePointer<Float>,
-                            pc: UnsafeMutablePointer<Float>) {
-        let h = g.height, w = g.width, plane = h * w, cols = batch * plane
-        parallelFor(g.channels) { c in
-            for ky in 0..<g.kernelH {
-                let dy = ky - g.padH
-                let yLo = max(0, -dy), yHi = min(h, h - dy)
-                for kx in 0..<g.kernelW {
-                    let dx = kx - g.padW
-                    let row = (c * g.kernelH + ky) * g.kernelW + kx
-                    for n in 0..<batch {
-                        let dst = pc + row * cols + n * plane
-                        let src = px + (n * g.channels + c) * plane
-                        guard yLo < yHi, abs(dx) < w else {
-                            dst.update(repeating: 0, count: plane)
-                            continue
-                        }
-                        // Output span [yLo*w, yHi*w) reads input o + dy*w + dx; clip it to the plane.
-                        let shift = dy * w + dx
-                        let lo = max(yLo * w, -shift), hi = min(yHi * w, plane - shift)
-                        if lo > 0 { dst.update(repeating: 0, count: lo) }
-                        if hi > lo { (dst + lo).update(from: src + lo + shift, count: hi - lo) }
-                        if hi < plane { (dst + hi).update(repeating: 0, count: plane - hi) }
-                        // Columns whose source column fell off the row.
-                        if dx != 0 {
-                            let c0 = dx > 0 ? w - dx : 0, len = abs(dx)
-                            for y in yLo..<yHi { (dst + y * w + c0).update(repeating: 0, count: len) }
                         }
                     }
                 }

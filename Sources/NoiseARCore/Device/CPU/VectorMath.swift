@@ -79,16 +79,9 @@ enum VectorMath {
                     _ f: (F8) -> F8) {
         parallelChunks(count) { lo, hi in
             var i = lo
-            while i + 8 <= hi {
-                let v = UnsafeRawPointer(src + i).loadUnaligned(as: F8.self)
-                UnsafeMutableRawPointer(dst + i).storeBytes(of: f(v), as: F8.self)
+            while i < hi {
+                store(f(load(src + i, hi - i)), dst + i, hi - i)
                 i += 8
-            }
-            if i < hi {
-                var v = F8(repeating: 0)
-                for j in 0..<(hi - i) { v[j] = src[i + j] }
-                let y = f(v)
-                for j in 0..<(hi - i) { dst[i + j] = y[j] }
             }
         }
     }

@@ -82,7 +82,7 @@ func parallelFor(_ n: Int, _ body: (Int) -> Void) {
             pool.condition.broadcast()
             pool.condition.unlock()
             job.work()
-            while job.done.load(ordering: .acquiring) < n { spinPause() }
+            while job.done.load(ordering: .acquiring) < n {}
             // Every claimed index has finished; no worker reads the body again.
             job.body = nil
             pool.condition.lock()
@@ -96,10 +96,7 @@ func parallelFor(_ n: Int, _ body: (Int) -> Void) {
             while true {
                 // Spin a little for the next job, then sleep until one is published.
                 var spins = 0
-                while generation.load(ordering: .acquiring) == seen && spins < 200_000 {
-                    spinPause()
-                    spins += 1
-                }
+                while generation.load(ordering: .acquiring) == seen && spins < 200_000 { spins += 1 }
                 condition.lock()
                 while generation.load(ordering: .acquiring) == seen { condition.wait() }
                 seen = generation.load(ordering: .acquiring)
@@ -108,15 +105,6 @@ func parallelFor(_ n: Int, _ body: (Int) -> Void) {
                 job?.work()
             }
         }
-
-        @inline(__always)
-        private static func spinPause() {
-            #if arch(x86_64) || arch(arm64)
-                _ = 0  // (a plain re-load; the atomics above are the memory traffic)
-            #endif
-        }
-        @inline(__always)
-        private func spinPause() { Self.spinPause() }
     }
 #else
     /// Elsewhere Dispatch's concurrentPerform spreads the loop.
