@@ -35,6 +35,9 @@ let package = Package(
         .systemLibrary(
             name: "CVulkan", path: "Sources/CVulkan",
             providers: [.apt(["libvulkan-dev"])]),
+        // Vectorised float math for the CPU backend's hot loops (exp, SiLU, GELU, softmax rows,
+        // binary rows), with AVX2 and AVX-512 clones picked at load time by CPU capability.
+        .target(name: "CVectorMath", path: "Sources/CVectorMath"),
         // Build-time tool: turns Kernels/*.cl and the SPIR-V of Kernels/vulkan/*.comp (compiled by
         // glslc in the EmbedKernels plugin) into a Swift source.
         .executableTarget(name: "embed-kernels", path: "Sources/embed-kernels"),
@@ -45,7 +48,7 @@ let package = Package(
         // tape, Philox randomness, file formats.
         .target(
             name: "NoiseARCore",
-            dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG", "CVulkan"],
+            dependencies: ["COpenCL", "CBLAS", "CCrypto", "CPNG", "CVulkan", "CVectorMath"],
             path: "Sources/NoiseARCore",
             plugins: ["EmbedKernels"]),
         // The models as their papers name them (NoiseAR, NPNet, Swin, UNet), the schedulers and

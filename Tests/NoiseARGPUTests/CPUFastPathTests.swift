@@ -3,8 +3,9 @@ import NoiseARGPU
 import Testing
 
 /// Issue 11's CPU paths (vector exp/erf, row-parallel elementwise and norms, GEMM panels split
-/// over the cores, attention per (batch, head) pair, the stride-1 im2col, the fused linear and
-/// convolution bias, the worker pool, the OpenCL buffer pool) against plain references written
+/// over the cores, the batch-reduce GEMM and the shifted-tap convolution, GEGLU, attention per
+/// (batch, head) pair, the fused linear and convolution bias, the worker pool, the OpenCL
+/// buffer pool) against plain references written
 /// here, at odd sizes that straddle the parallel thresholds.
 @Suite(.serialized) struct CPUFastPathTests {
     let cpu = Device.cpuDevice()
@@ -124,10 +125,13 @@ import Testing
 
     @Test func convolutionPathsMatchTheDefinition() throws {
         var rng = TestRNG(13)
-        // Same-padding 3x3 and 5x5 (the stride-1 im2col), a strided one and a valid one; the
-        // batch split into im2col chunks and per-image GEMMs over the bias.
-        for (k, pad, stride, h, wd) in [(3, 1, 1, 9, 7), (5, 2, 1, 6, 11), (3, 1, 2, 9, 7), (3, 0, 1, 5, 6), (1, 0, 1, 4, 3)] {
-            let n = 3, c = 5, cout = 6
+        // Same-padding 3x3 and 5x5, a strided one and a valid one (im2col chunks and per-image
+        // GEMMs over the bias).
+        // Same-padding ones go through the shifted-tap batch-reduce GEMM (the last one large
+        // enough for several panels); 1x1 through a GEMM on the input itself.
+        for (k, pad, stride, h, wd) in [(3, 1, 1, 9, 7), (5, 2, 1, 6, 11), (3, 1, 2, 9, 7), (3, 0, 1, 5, 6), (1, 0, 1, 4, 3),
+                                        (3, 1, 1, 33, 29)] {
+            let n = h > 30 ? 4 : 3, c = 5, cout = 6
             let x = rng.values(n * c * h * wd), w = rng.values(cout * c * k * k), b = rng.values(cout)
             let y = try Tensor.conv2d(Tensor(x, shape: [n, c, h, wd], on: cpu), weight: Tensor(w, shape: [cout, c, k, k], on: cpu),
                                       bias: Tensor(b, shape: [cout], on: cpu), stride: stride, padding: pad).toArray()
@@ -194,6 +198,78 @@ import Testing
             }
             #expect(nmse(o, ref) < 1e-10, "attention b\(bsz) h\(heads) \(tq)x\(tk) d\(dim): nmse \(nmse(o, ref))")
         }
+    }
+
+    /// The batch-reduce GEMM (C = alpha * sum_b A_b B_b + beta * C) against a plain sum of
+    /// products, split into column panels and into row panels, with guard regions around C; on
+    /// OpenCL and Vulkan devices (which leave it to the CPU backend) the same.
+    @Test func batchReduceGemmSumsItsProducts() throws {
+        var rng = TestRNG(29)
+        for (m, n, k, b0, b1, transB) in [(9, 3001, 7, 3, 2, false), (301, 5, 6, 2, 3, false), (13, 1501, 5, 1, 4, true)] {
+            let sa1 = m * k + 1, sb1 = k * n + 2, sa0 = b1 * sa1 + 3, sb0 = b1 * sb1 + 5
+            let a = rng.values(b0 * sa0), b = rng.values(b0 * sb0)
+            let guardCount = 17, c0 = rng.values(m * n)
+            var ref = [Float](repeating: 0, count: m * n)
+            for i in 0..<m {
+                for j in 0..<n {
+                    var s = 0.0
+                    for p in 0..<b0 {
+                        for q in 0..<b1 {
+                            for l in 0..<k {
+                                let bv = transB ? b[p * sb0 + q * sb1 + j * k + l] : b[p * sb0 + q * sb1 + l * n + j]
+                                s += Double(a[p * sa0 + q * sa1 + i * k + l]) * Double(bv)
+                            }
+                        }
+                    }
+                    ref[i * n + j] = Float(0.5 * s + 0.25 * Double(c0[i * n + j]))
+                }
+            }
+            var d = GemmDesc(m: m, n: n, k: k, transB: transB, alpha: 0.5, beta: 0.25)
+            d.batch0 = b0; d.strideA0 = sa0; d.strideB0 = sb0
+            d.batch1 = b1; d.strideA1 = sa1; d.strideB1 = sb1
+            d.reduceBatch = true
+            var devices = [cpu]
+            try withCL { backends in devices += backends.map { Device(backend: $0) } }
+            devices += try vulkanBackends().map { Device(backend: $0) }
+            for dev in devices {
+                let ta = try Tensor(a, shape: [a.count], on: dev), tb = try Tensor(b, shape: [b.count], on: dev)
+                let fence = [Float](repeating: 7.5, count: guardCount)
+                let tc = try Tensor(fence + c0 + fence, shape: [m * n + 2 * guardCount], on: dev)
+                try dev.run(Op.Gemm(d, a: ta.ref, b: tb.ref, c: BufRef(tc.ref.buffer, tc.ref.offset + guardCount)))
+                let out = try tc.toArray()
+                #expect(Array(out.prefix(guardCount)) == fence && Array(out.suffix(guardCount)) == fence,
+                        "\(dev.info.id): batch-reduce GEMM wrote outside C")
+                let got = Array(out[guardCount..<(guardCount + m * n)])
+                #expect(!got.contains { $0.isNaN } && nmse(got, ref) < 1e-10,
+                        "\(dev.info.id) batch-reduce \(m)x\(n)x\(k) b\(b0)x\(b1): nmse \(nmse(got, ref))")
+            }
+        }
+    }
+
+    /// GEGLU without a tape (one batched GEMM into both halves, the gate's GELU in place) equals
+    /// the recorded form (linear, slices, GELU, product) and the definition.
+    @Test func gegluMatchesItsDefinition() throws {
+        var rng = TestRNG(31)
+        let rows = 37, k = 13, inner = 21
+        let x = rng.values(rows * k), w = rng.values(2 * inner * k), b = rng.values(2 * inner)
+        let fast = try Tensor.geglu(Tensor(x, shape: [rows, k], on: cpu), weight: Tensor(w, shape: [2 * inner, k], on: cpu),
+                                    bias: Tensor(b, shape: [2 * inner], on: cpu))
+        let xr = try Tensor(x, shape: [rows, k], on: cpu, requiresGrad: true)
+        let taped = try Tensor.geglu(xr, weight: Tensor(w, shape: [2 * inner, k], on: cpu), bias: Tensor(b, shape: [2 * inner], on: cpu))
+        #expect(fast.shape == [rows, inner] && taped.shape == [rows, inner])
+        var ref = [Float](repeating: 0, count: rows * inner)
+        for r in 0..<rows {
+            for o in 0..<inner {
+                var h = Double(b[o]), g = Double(b[inner + o])
+                for l in 0..<k {
+                    h += Double(x[r * k + l]) * Double(w[o * k + l])
+                    g += Double(x[r * k + l]) * Double(w[(inner + o) * k + l])
+                }
+                ref[r * inner + o] = Float(h * 0.5 * g * (1 + Foundation.erf(g / 2.0.squareRoot())))
+            }
+        }
+        let fv = try fast.toArray(), tv = try taped.toArray()
+        #expect(nmse(fv, ref) < 1e-10 && nmse(tv, ref) < 1e-10, "geglu nmse \(nmse(fv, ref)), taped \(nmse(tv, ref))")
     }
 
     @Test func parallelWorkFromManyThreadsAtOnce() throws {

@@ -69,6 +69,11 @@ public struct GemmDesc: Sendable, Equatable {
     public var strideA0 = 0, strideA1 = 0
     public var strideB0 = 0, strideB1 = 0
     public var strideC0 = 0, strideC1 = 0
+    /// Batch-reduce GEMM (oneDNN's "brgemm"): C = alpha * sum over the batch pairs of
+    /// op(A_b) op(B_b) + beta * C, into one C (the C strides are not used), summed in batch
+    /// order. The CPU backend implements it (a stride-1 convolution as one product per kernel
+    /// tap); the GPU backends leave it to the CPU.
+    public var reduceBatch = false
 
     /// A plain (optionally transposed) contiguous GEMM.
     public init(m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false,

@@ -23,28 +23,34 @@ extension Tensor {
         // take the batch at once.
         let perImage = max(g.colRows * hw, 1)
         let chunked = !recording && x.device.isCPU
-        let chunk = chunked ? max(1, min(n, (2 << 20) / perImage)) : n
+        if chunked && stride == 1 && g.kernelH * g.kernelW > 1
+            && g.kernelH == 2 * padding + 1 && g.kernelW == 2 * padding + 1 {
+            return try conv2dShiftedTaps(x, weight: weight, bias: bias, g)
+        }
+        // A 1x1 stride-1 convolution's im2col matrix is the input itself: no copy.
+        let pointwise = chunked && g.kernelH == 1 && g.kernelW == 1 && stride == 1 && padding == 0
+        let chunk = chunked && !pointwise ? max(1, min(n, (2 << 20) / perImage)) : n
         let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
-        var col = try Tensor.empty([g.colRows, chunk * hw], on: x.device)
+        var col = try Tensor.empty(pointwise ? [1] : [g.colRows, chunk * hw], on: x.device)  // ([1]: unused)
         var start = 0
         while start < n {
             let nc = min(chunk, n - start)
             if nc != chunk { col = try Tensor.empty([g.colRows, nc * hw], on: x.device) }
             let xs = BufRef(x.buffer, x.offset + start * g.channels * g.height * g.width)
             let os = BufRef(out.buffer, out.offset + start * cout * hw)
-            try x.device.run(Op.Im2col(g, batch: nc, x: xs, col: col.ref))
+            if !pointwise { try x.device.run(Op.Im2col(g, batch: nc, x: xs, col: col.ref)) }
             if chunked {
                 // Each image's y [Cout, HW] = W [Cout, CKK] col[:, image] straight into the
                 // output (one GEMM batched over the chunk's images), over the bias copied in
                 // first (beta 1): no transposed intermediate, no separate bias pass.
                 var d = GemmDesc(m: cout, n: hw, k: g.colRows, beta: bias == nil ? 0 : 1)
-                    .batched(nc, strideA: 0, strideB: hw, strideC: cout * hw)
-                d.ldb = nc * hw
+                    .batched(nc, strideA: 0, strideB: pointwise ? g.channels * hw : hw, strideC: cout * hw)
+                d.ldb = pointwise ? hw : nc * hw
                 if let bias {
                     try x.device.run(Op.Copy(shape: [nc, cout, hw], src: Strided(bias.ref, strides: [0, 1, 0]),
                                              dst: Strided(os, strides: Shape.strides([nc, cout, hw]))))
                 }
-                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: os))
+                try x.device.run(Op.Gemm(d, a: weight.ref, b: pointwise ? xs : col.ref, c: os))
                 start += nc
                 continue
             }
@@ -83,6 +89,55 @@ extension Tensor {
             if bias != nil { grads.append(try gyT.sum(axes: [1, 2])) }
             return grads
         }
+    }
+
+    /// A stride-1 "same" convolution (kernel 2p+1, padding p) without an im2col matrix (CPU
+    /// inference). The batch is copied once into zero-padded channel rows xp [C, L] where the
+    /// rows of the images follow each other R = W + p apart and the images S = (H + p) * R apart
+    /// (the p zeros after a row are the left padding of the next; the p zero rows after an image
+    /// the top padding of the next). Output pixel (b, y, x) is column b*S + y*R + x of
+    /// yp [Cout, N], and kernel tap (ky, kx) reads xp shifted by ky*R + kx, so
+    /// yp = sum over taps of W[:, :, ky, kx] [Cout, C] times a shifted view of xp: one batch-reduce
+    /// GEMM. The columns of the padding are computed and dropped when yp is copied to NCHW with
+    /// the bias added. The input is copied once instead of kh*kw times.
+    static func conv2dShiftedTaps(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvGeometry) throws -> Tensor {
+        let n = x.shape[0], c = g.channels, cout = weight.shape[0]
+        let kh = g.kernelH, kw = g.kernelW, taps = kh * kw, ph = g.padH, pw = g.padW
+        let rowStride = g.width + pw, plane = (g.height + ph) * rowStride
+        let (images, o1) = n.multipliedReportingOverflow(by: plane)
+        let cols = images - ph * rowStride  // (the last image's bottom padding is not needed)
+        let (rowLen, o2) = images.addingReportingOverflow(2 * ph * rowStride + 2 * pw)
+        let (padded, o3) = rowLen.multipliedReportingOverflow(by: c)
+        try require(!o1 && !o2 && !o3, "conv2d of \(x.shape): padded input too large")
+        let dev = x.device
+        // xp [C, rowLen]: zeros, then x [N, C, H, W] at its pixels.
+        let xp = try Tensor.empty([padded], on: dev)
+        try dev.run(Op.Fill(dst: xp.ref, count: padded, value: 0))
+        try dev.run(Op.Copy(shape: [n, c, g.height, g.width], src: Strided(x.ref, strides: Shape.strides(x.shape)),
+                            dst: Strided(BufRef(xp.buffer, xp.offset + ph * rowStride + pw),
+                                         strides: [plane, rowLen, rowStride, 1])))
+        // wt [kh, kw, Cout, C] from weight [Cout, C, kh, kw].
+        let wt = try Tensor.empty([taps, cout, c], on: dev)
+        try dev.run(Op.Copy(shape: [taps, cout, c], src: Strided(weight.ref, strides: [1, c * taps, taps]),
+                            dst: Strided(wt.ref, strides: [cout * c, c, 1])))
+        // yp [Cout, cols] = sum over (ky, kx) of wt[ky, kx] xp[:, ky*R + kx ..< ky*R + kx + cols].
+        let yp = try Tensor.empty([cout, cols], on: dev)
+        var d = GemmDesc(m: cout, n: cols, k: c)
+        d.ldb = rowLen
+        d.batch0 = kh; d.strideA0 = kw * cout * c; d.strideB0 = rowStride
+        d.batch1 = kw; d.strideA1 = cout * c; d.strideB1 = 1
+        d.reduceBatch = true
+        try dev.run(Op.Gemm(d, a: wt.ref, b: xp.ref, c: yp.ref))
+        // yp's pixel columns -> out [N, Cout, H, W] (+ bias).
+        let shape = [n, cout, g.outH, g.outW]
+        let out = try Tensor.empty(shape, on: dev)
+        let src = Strided(yp.ref, strides: [plane, cols, rowStride, 1])
+        if let bias {
+            try dev.run(Op.Binary(.add, shape: shape, a: src, b: Strided(bias.ref, strides: [0, 1, 0, 0]), out: out.ref))
+        } else {
+            try dev.run(Op.Copy(shape: shape, src: src, dst: Strided(out.ref, strides: Shape.strides(shape))))
+        }
+        return out
     }
 
     /// Resize of [..., H, W] to [..., outH, outW] (PyTorch interpolate, align_corners=False).

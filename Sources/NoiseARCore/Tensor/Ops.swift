@@ -202,6 +202,41 @@ extension Tensor {
         let y = try matmul(x, weight, transposeB: true)
         return try bias.map { try y + $0 } ?? y
     }
+
+    /// GEGLU (diffusers' feed-forward): with weight [2*inner, in] = [W_h; W_g] and bias [2*inner],
+    /// (x W_h^T + b_h) * gelu(x W_g^T + b_g), [..., inner].
+    public static func geglu(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) throws -> Tensor {
+        try requireShape(x.rank >= 1 && weight.rank == 2 && weight.shape[0] % 2 == 0
+                         && x.shape[x.rank - 1] == weight.shape[1],
+                         "geglu of \(x.shape) with weight \(weight.shape)")
+        if let bias { try requireShape(bias.shape == [weight.shape[0]], "geglu bias \(bias.shape) for weight \(weight.shape)") }
+        let inner = weight.shape[0] / 2, k = weight.shape[1], rows = x.count / max(k, 1)
+        let recording = x.device.gradEnabled && ([x, weight] + (bias.map { [$0] } ?? [])).contains { $0.requiresGrad }
+        guard !recording else {
+            let proj = try linear(x, weight: weight, bias: bias)
+            let last = proj.rank - 1
+            return try proj.slice(axis: last, 0, inner) * proj.slice(axis: last, inner, 2 * inner).gelu()
+        }
+        try x.sameDevice(weight, "geglu")
+        if let bias { try x.sameDevice(bias, "geglu") }
+        // Both halves as one GEMM batched over [W_h; W_g] into [2, rows, inner] (over the bias),
+        // the gate's GELU in place, then the product: no strided copies of the halves.
+        let dev = x.device
+        let halves = try Tensor.empty([2, rows, inner], on: dev)
+        if let bias {
+            try dev.run(Op.Copy(shape: [2, rows, inner], src: Strided(bias.ref, strides: [inner, 0, 1]),
+                                dst: Strided(halves.ref, strides: [rows * inner, inner, 1])))
+        }
+        let d = GemmDesc(m: rows, n: inner, k: k, transB: true, beta: bias == nil ? 0 : 1)
+            .batched(2, strideA: 0, strideB: inner * k, strideC: rows * inner)
+        try dev.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: halves.ref))
+        let gate = BufRef(halves.buffer, halves.offset + rows * inner)
+        try dev.run(Op.Unary(.gelu, count: rows * inner, x: gate, y: gate))
+        let out = try Tensor.empty(Array(x.shape.dropLast()) + [inner], on: dev)
+        try dev.run(Op.Binary(.mul, shape: [rows * inner], a: Strided(halves.ref, strides: [1]),
+                              b: Strided(gate, strides: [1]), out: out.ref))
+        return out
+    }
 }
 
 // MARK: - softmax and normalisation

@@ -85,14 +85,13 @@ public struct CrossAttention {
 public struct BasicTransformerBlock {
     let norm1: LayerNorm, attn1: CrossAttention, norm2: LayerNorm, attn2: CrossAttention
     let norm3: LayerNorm, ffIn: Linear, ffOut: Linear
-    let inner: Int
     public init(_ p: Parameters, _ prefix: String, dim: Int, contextDim: Int, heads: Int) throws {
         norm1 = try LayerNorm(p, prefix + ".norm1", dim)
         attn1 = try CrossAttention(p, prefix + ".attn1", queryDim: dim, contextDim: nil, heads: heads)
         norm2 = try LayerNorm(p, prefix + ".norm2", dim)
         attn2 = try CrossAttention(p, prefix + ".attn2", queryDim: dim, contextDim: contextDim, heads: heads)
         norm3 = try LayerNorm(p, prefix + ".norm3", dim)
-        inner = 4 * dim
+        let inner = 4 * dim
         ffIn = try Linear(p, prefix + ".ff.net.0.proj", dim, 2 * inner)
         ffOut = try Linear(p, prefix + ".ff.net.2", inner, dim)
     }
@@ -100,9 +99,7 @@ public struct BasicTransformerBlock {
         var h = try attn1(norm1(x)) + x
         h = try attn2(norm2(h), context: context) + h
         // GEGLU: hidden * gelu(gate), from one projection split in two halves.
-        let proj = try ffIn(norm3(h))
-        let last = proj.rank - 1
-        let ff = try proj.slice(axis: last, 0, inner) * proj.slice(axis: last, inner, 2 * inner).gelu()
+        let ff = try Tensor.geglu(norm3(h), weight: ffIn.weight, bias: ffIn.bias)
         return try ffOut(ff) + h
     }
 }

@@ -1,4 +1,5 @@
 import CBLAS
+import CVectorMath
 import Foundation
 
 /// Host memory buffer of the CPU backend.
@@ -93,7 +94,8 @@ public final class CPUBackend: Backend {
     public func synchronize() throws {}
 
     public func fill(_ dst: BufRef, count: Int, value: Float) throws {
-        ptr(dst).update(repeating: value, count: count)
+        let p = ptr(dst)
+        parallelChunks(count, minimum: 65_536) { lo, hi in (p + lo).update(repeating: value, count: hi - lo) }
     }
 
     public func copy(shape: [Int], src: Strided, dst: Strided) throws {
@@ -114,27 +116,21 @@ public final class CPUBackend: Backend {
     public func binary(_ op: BinaryOp, shape: [Int], a: Strided, b: Strided, out: BufRef) throws {
         let pa = ptr(a.ref), pb = ptr(b.ref), po = ptr(out)
         let (cs, st) = Shape.collapse(shape, [a.strides, b.strides])
-        switch op {
-        case .add: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 + $1 }
-        case .sub: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 - $1 }
-        case .mul: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 * $1 }
-        case .div: binaryRows(cs, st[0], st[1], pa, pb, po) { $0 / $1 }
+        let n = cs[cs.count - 1], sa = st[0][cs.count - 1], sb = st[1][cs.count - 1]
+        forEachRow(cs, st[0], st[1]) { r, oa, ob in
+            nar_vm_binary(op.rawValue, pa + oa, sa, pb + ob, sb, po + r * n, n)
         }
     }
 
     public func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws {
         let px = ptr(x), py = ptr(y)
-        // Eight lanes at a time where the op has a vector form (the exponential through
-        // VectorMath.exp, within a few ulp of libm); the rest element by element.
+        // The ops with a vector form go through CVectorMath (exp within 2 ulp of libm, erf
+        // within 1.5e-7); log, clamp and tanh element by element.
         switch op {
-        case .exp: VectorMath.map(count, px, py) { VectorMath.exp($0) }
-        case .silu: VectorMath.map(count, px, py) { $0 / (1 + VectorMath.exp(-$0)) }
-        case .sigmoid: VectorMath.map(count, px, py) { VectorMath.sigmoid($0) }
-        case .gelu: VectorMath.map(count, px, py) { 0.5 * $0 * (1 + VectorMath.erf($0 * 0.707_106_781_186_547_52)) }
-        case .affine: VectorMath.map(count, px, py) { $0 * p0 + p1 }
-        case .square: VectorMath.map(count, px, py) { $0 * $0 }
-        case .sqrt: VectorMath.map(count, px, py) { $0.squareRoot() }
-        case .relu: VectorMath.map(count, px, py) { $0.replacing(with: 0, where: $0 .< 0) }
+        case .exp, .silu, .sigmoid, .gelu, .affine, .square, .sqrt, .relu:
+            parallelChunks(count) { lo, hi in
+                _ = nar_vm_unary(op.rawValue, px + lo, py + lo, hi - lo, p0, p1)
+            }
         case .log, .clamp, .tanh:
             parallelChunks(count) { lo, hi in
                 for i in lo..<hi { py[i] = Self.unaryForward(op, px[i], p0, p1) }
@@ -206,6 +202,10 @@ public final class CPUBackend: Backend {
     static func sgemm(_ d: GemmDesc, _ pa: UnsafePointer<Float>, _ pb: UnsafePointer<Float>,
                       _ pc: UnsafeMutablePointer<Float>, threads: Int) {
         let batches = d.batch0 * d.batch1
+        if d.reduceBatch && batches > 1 {
+            reduceBatchGemm(d, pa, pb, pc, threads: threads)
+            return
+        }
         let flops = 2.0 * Double(d.m) * Double(d.n) * Double(d.k)
         let split = batches >= threads || flops < 1e6 ? 1 : threads
         let splitN = d.n >= d.m
@@ -215,25 +215,10 @@ public final class CPUBackend: Backend {
         let run = { (task: Int) in
             let bi = task / parts, part = task % parts
             let i0 = bi / d.batch1, i1 = bi % d.batch1
-            var a0 = pa + i0 * d.strideA0 + i1 * d.strideA1
-            var b0 = pb + i0 * d.strideB0 + i1 * d.strideB1
-            var c0 = pc + i0 * d.strideC0 + i1 * d.strideC1
-            let lo = part * per, len = min(span, lo + per) - lo
-            var m = d.m, n = d.n
-            if splitN {
-                n = len
-                b0 += d.transB ? lo * d.ldb : lo
-                c0 += lo
-            } else {
-                m = len
-                a0 += d.transA ? lo : lo * d.lda
-                c0 += lo * d.ldc
-            }
-            cblas_sgemm(
-                CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans,
-                d.transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(d.k), d.alpha, a0, Int32(d.lda), b0, Int32(d.ldb), d.beta,
-                c0, Int32(d.ldc))
+            let lo = part * per
+            gemmPanel(d, pa + i0 * d.strideA0 + i1 * d.strideA1, pb + i0 * d.strideB0 + i1 * d.strideB1,
+                      pc + i0 * d.strideC0 + i1 * d.strideC1, splitN: splitN, lo: lo,
+                      len: min(span, lo + per) - lo, beta: d.beta)
         }
         if threads > 1 {
             parallelFor(batches * parts, run)
@@ -242,10 +227,59 @@ public final class CPUBackend: Backend {
         }
     }
 
+    /// One cblas_sgemm of d's shape on the panel lo..<lo+len of C's columns (splitN) or rows.
+    @inline(__always)
+    static func gemmPanel(_ d: GemmDesc, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                          _ c: UnsafeMutablePointer<Float>, splitN: Bool, lo: Int, len: Int, beta: Float) {
+        var a0 = a, b0 = b, c0 = c, m = d.m, n = d.n
+        if splitN {
+            n = len
+            b0 += d.transB ? lo * d.ldb : lo
+            c0 += lo
+        } else {
+            m = len
+            a0 += d.transA ? lo : lo * d.lda
+            c0 += lo * d.ldc
+        }
+        cblas_sgemm(
+            CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans, d.transB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(d.k), d.alpha, a0, Int32(d.lda), b0, Int32(d.ldb), beta,
+            c0, Int32(d.ldc))
+    }
+
+    /// The batch-reduce GEMM: C is cut into panels (of columns when n >= m, else of rows) of at
+    /// most 64K floats, which stay in cache while every batch entry's product accumulates into
+    /// them in batch order; the panels are spread over the cores. (With one product per panel
+    /// after another, each entry would stream the whole C through memory again: the products of
+    /// a convolution's taps have only K = channels and are memory-bound that way.)
+    static func reduceBatchGemm(_ d: GemmDesc, _ pa: UnsafePointer<Float>, _ pb: UnsafePointer<Float>,
+                                _ pc: UnsafeMutablePointer<Float>, threads: Int) {
+        let splitN = d.n >= d.m
+        let span = splitN ? d.n : d.m, other = splitN ? d.m : d.n
+        let fit = max(16, (65_536 / max(other, 1)) / 16 * 16)
+        let share = ((span + max(threads, 1) - 1) / max(threads, 1) + 15) / 16 * 16
+        let per = max(16, min(fit, share))
+        let parts = (span + per - 1) / per
+        let run = { (part: Int) in
+            let lo = part * per, len = min(span, lo + per) - lo
+            for i0 in 0..<d.batch0 {
+                for i1 in 0..<d.batch1 {
+                    gemmPanel(d, pa + i0 * d.strideA0 + i1 * d.strideA1, pb + i0 * d.strideB0 + i1 * d.strideB1,
+                              pc, splitN: splitN, lo: lo, len: len, beta: i0 == 0 && i1 == 0 ? d.beta : 1)
+                }
+            }
+        }
+        if threads > 1 {
+            parallelFor(parts, run)
+        } else {
+            for p in 0..<parts { run(p) }
+        }
+    }
+
     public func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
         let px = ptr(x), py = ptr(y)
         forEachRow([rows, cols], [cols, 1], [cols, 1]) { r, _, _ in
-            VectorMath.softmaxRow(px + r * cols, py + r * cols, cols, log: log)
+            nar_vm_softmax_row(px + r * cols, py + r * cols, cols, log ? 1 : 0)
         }
     }
 
@@ -428,16 +462,17 @@ public final class CPUBackend: Backend {
         let cores = WorkerPool.cores
         let pairs = d.batch * d.heads
         let inner = pairs >= cores ? 1 : cores
-        // Score rows for one group of pairs at a time (a group per core count), allocated once
-        // per call: a fresh allocation per pair would fault in new pages every time.
-        let group = inner == 1 ? cores : 1
+        // Score rows for each core (the pairs are dealt out to the cores in turn, each core
+        // reusing its rows), allocated once per call: a fresh allocation per pair would fault in
+        // new pages every time.
+        let lanes = inner == 1 ? min(cores, pairs) : 1
         let plane = d.tq * d.tk
-        let (scratchCount, overflow) = plane.multipliedReportingOverflow(by: group)
+        let (scratchCount, overflow) = plane.multipliedReportingOverflow(by: lanes)
         guard !overflow else { throw NoiseError.device("attention scores of \(d.tq) x \(d.tk) overflow") }
         let scratch = try CPUBuffer(count: scratchCount)
-        let body = { (pair: Int) in
+        let body = { (pair: Int, lane: Int) in
             let b = pair / d.heads, h = pair % d.heads
-            let scores = scratch.pointer + (pair % group) * plane
+            let scores = scratch.pointer + lane * plane
             var qk = GemmDesc(m: d.tq, n: d.tk, k: d.headDim, transB: true, alpha: d.scale)
             qk.lda = d.qStrides[2]; qk.ldb = d.kStrides[2]
             Self.sgemm(qk, pq + b * d.qStrides[0] + h * d.qStrides[1],
@@ -445,19 +480,15 @@ public final class CPUBackend: Backend {
             for i in 0..<d.tq {
                 let row = scores + i * d.tk
                 Self.maskScores(d, row: row, i: i, b: b, h: h, pb: pb)
-                VectorMath.softmaxRow(row, row, d.tk, log: false)
+                nar_vm_softmax_row(row, row, d.tk, 0)
             }
             var pvd = GemmDesc(m: d.tq, n: d.valueDim, k: d.tk)
             pvd.ldb = d.vStrides[2]; pvd.ldc = d.oStrides[2]
             Self.sgemm(pvd, scores, pv + b * d.vStrides[0] + h * d.vStrides[1],
                        po + b * d.oStrides[0] + h * d.oStrides[1], threads: inner)
         }
-        var start = 0
-        while start < pairs {
-            let n = min(group, pairs - start)
-            // (pair % group is distinct within a group: each task has its own rows)
-            parallelFor(n) { body(start + $0) }
-            start += n
+        parallelFor(lanes) { lane in
+            for pair in stride(from: lane, to: pairs, by: lanes) { body(pair, lane) }
         }
     }
 
@@ -529,15 +560,23 @@ public final class CPUBackend: Backend {
         let px = ptr(x), py = ptr(y)
         let ys = (0..<outH).map { ResizeTaps(mode, $0, inH, outH) }
         let xs = (0..<outW).map { ResizeTaps(mode, $0, inW, outW) }
-        for p in 0..<planes {
-            let xp = px + p * inH * inW, yp = py + p * outH * outW
-            for oy in 0..<outH {
-                let ty = ys[oy]
-                for ox in 0..<outW {
-                    let tx = xs[ox]
-                    let top = xp[ty.i0 * inW + tx.i0] * tx.w0 + xp[ty.i0 * inW + tx.i1] * tx.w1
-                    let bot = xp[ty.i1 * inW + tx.i0] * tx.w0 + xp[ty.i1 * inW + tx.i1] * tx.w1
-                    yp[oy * outW + ox] = top * ty.w0 + bot * ty.w1
+        // Output rows (over all planes) spread over the cores; nearest reads one tap.
+        parallelChunks(planes * outH, minimum: max(2, 16_384 / max(outW, 1))) { lo, hi in
+            xs.withUnsafeBufferPointer { xs in
+                for r in lo..<hi {
+                    let p = r / outH, oy = r % outH, ty = ys[oy]
+                    let xp = px + p * inH * inW, yr = py + r * outW
+                    if mode == .nearest {
+                        let src = xp + ty.i0 * inW
+                        for ox in 0..<outW { yr[ox] = src[xs[ox].i0] }
+                        continue
+                    }
+                    for ox in 0..<outW {
+                        let tx = xs[ox]
+                        let top = xp[ty.i0 * inW + tx.i0] * tx.w0 + xp[ty.i0 * inW + tx.i1] * tx.w1
+                        let bot = xp[ty.i1 * inW + tx.i0] * tx.w0 + xp[ty.i1 * inW + tx.i1] * tx.w1
+                        yr[ox] = top * ty.w0 + bot * ty.w1
+                    }
                 }
             }
         }

@@ -168,7 +168,8 @@ public final class VulkanBackend: KernelBackend {
     /// (maxStorageBufferRange), within the kernels' own limits as on OpenCL (group norm takes
     /// gamma and beta together, fused attention head dims up to 256), with at most
     /// maxComputeWorkGroupCount[0] groups for the group-norm kernels (they have no count to
-    /// stop spare groups of a folded launch), and, on a CPU Vulkan device, `withinLoopBudget`.
+    /// stop spare groups of a folded launch), no batch-reduce GEMM, and, on a CPU Vulkan device,
+    /// `withinLoopBudget`.
     public func supports(_ op: any PrimitiveOp) -> Bool {
         guard enables(op.kind) else { return false }
         for r in op.reads + op.writes {
@@ -180,6 +181,7 @@ public final class VulkanBackend: KernelBackend {
         case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil) && g.n * g.groups <= maxGroups
         case let g as Op.GroupNormBackward: return g.n * g.groups <= maxGroups
         case let a as Op.Attention: return a.desc.headDim <= 256 && a.desc.valueDim <= 256
+        case let g as Op.Gemm: return !g.desc.reduceBatch || g.desc.batch0 * g.desc.batch1 == 1
         default: return true
         }
     }

@@ -1,0 +1,45 @@
+// Float32 vector math for the CPU backend's hot loops (exp, SiLU, GELU, sigmoid, softmax rows,
+// elementwise binary rows). One portable C implementation, compiled by the package's clang for
+// baseline x86-64 and, as target clones, for x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the
+// loader picks the widest clone the CPU supports (a capability check, no vendor list). Other
+// architectures get one build. The clones compute the same operations in the same order, except
+// that the wider ones fuse multiply-adds (FMA): results may differ in the last bits by CPU.
+#ifndef NOISEAR_VECTORMATH_H
+#define NOISEAR_VECTORMATH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Unary ops, numbered as the Swift `UnaryOp` raw values they implement.
+enum {
+    NAR_VM_EXP = 0, NAR_VM_SQRT = 2, NAR_VM_AFFINE = 3, NAR_VM_SILU = 5, NAR_VM_GELU = 6,
+    NAR_VM_RELU = 7, NAR_VM_SIGMOID = 8, NAR_VM_SQUARE = 10
+};
+
+/// Binary ops, numbered as the Swift `BinaryOp` raw values.
+enum { NAR_VM_ADD = 0, NAR_VM_SUB = 1, NAR_VM_MUL = 2, NAR_VM_DIV = 3 };
+
+/// y[i] = f(x[i]) for i < n (y is x or does not overlap it). Returns 0, or -1 for an op without a vector form.
+///   exp: e^x (0 below -87.34, +inf above 88.72, NaN stays NaN; within 2 ulp of libm)
+///   silu: x / (1 + e^-x); sigmoid: 1 / (1 + e^-x)
+///   gelu: 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26 (1.5e-7 absolute)
+///   affine: p0 x + p1; square: x x; sqrt; relu: max(x, 0)
+int nar_vm_unary(int op, const float *x, float *y, long n, float p0, float p1);
+
+/// Softmax (log = 0) or log-softmax (log = 1) of one row of n floats from x into y (y may be
+/// x): the maximum subtracted first; -inf entries give exactly 0; an all -inf row gives NaN.
+void nar_vm_softmax_row(const float *x, float *y, long n, int log);
+
+/// out[i] = a[i * sa] (op) b[i * sb] for i < n, the strides 0 (broadcast) or any other value;
+/// out is a (or b) itself or does not overlap it.
+void nar_vm_binary(int op, const float *a, long sa, const float *b, long sb, float *out, long n);
+
+/// The instruction set level the loader picked: "x86-64-v4", "x86-64-v3", "x86-64" or, on
+/// other architectures, "generic".
+const char *nar_vm_level(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
