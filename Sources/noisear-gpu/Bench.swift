@@ -10,9 +10,11 @@ struct BenchCommand: ParsableCommand {
             OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd, npnet.
             `npnet` times one NPNet forward at the authors' SDXL size (4x128x128 latent, swin_tiny,
             77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side.
-            `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32 patches,
+            `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32-pixel patches,
             d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
-            the key/value cache and without; --batch (default 1 here), --size for the latent side.
+            the key/value cache and without, after its bandwidth floor (weight bytes x patches at the
+            device's bandwidth, measured by a 256 MiB copy: the last column is then floor / time);
+            --batch (default 1 here), --size for the latent side.
             `svd` times the batched Jacobi SVD of --batch random --size x --size matrices (default 256)
             and reports ms per matrix, matrices per second and the sweeps used.
             `sampler` times one guided sampler step of the shapes-world model (random weights of the

@@ -143,6 +143,20 @@ import Testing
     @Test func gemmPanelsLinearAndAttentionMatchReferences() throws {
         var rng = TestRNG(17)
         // Big enough to be split over the cores, by columns and by rows.
+        // One row (a GEMV in OpenBLAS), plain and with A stored transposed.
+        for (m, n, k) in [(1, 1111, 29), (1, 7, 301)] {
+            let a = rng.values(m * k), b = rng.values(k * n)
+            var ref = [Float](repeating: 0, count: n)
+            for j in 0..<n {
+                var s = 0.0
+                for l in 0..<k { s += Double(a[l]) * Double(b[l * n + j]) }
+                ref[j] = Float(s)
+            }
+            let c = try Tensor.matmul(Tensor(a, shape: [m, k], on: cpu), Tensor(b, shape: [k, n], on: cpu)).toArray()
+            let ct = try Tensor.matmul(Tensor(a, shape: [k, m], on: cpu), Tensor(b, shape: [k, n], on: cpu),
+                                       transposeA: true).toArray()
+            #expect(nmse(c, ref) < 1e-10 && nmse(ct, ref) < 1e-10, "one-row matmul \(n)x\(k)")
+        }
         for (m, n, k) in [(37, 1111, 29), (1111, 37, 29), (3, 5, 7)] {
             let a = rng.values(m * k), b = rng.values(k * n)
             let c = try Tensor.matmul(Tensor(a, shape: [m, k], on: cpu), Tensor(b, shape: [k, n], on: cpu)).toArray()
@@ -156,17 +170,19 @@ import Testing
             }
             #expect(nmse(c, ref) < 1e-10, "matmul \(m)x\(n)x\(k)")
         }
-        // Linear with bias (the bias copied in, GEMM accumulating onto it).
-        let x = rng.values(2 * 9 * 13), w = rng.values(11 * 13), bias = rng.values(11)
-        let y = try Tensor.linear(Tensor(x, shape: [2, 9, 13], on: cpu), weight: Tensor(w, shape: [11, 13], on: cpu),
-                                  bias: Tensor(bias, shape: [11], on: cpu))
-        #expect(y.shape == [2, 9, 11])
-        let yv = try y.toArray()
-        for r in 0..<18 {
-            for o in 0..<11 {
-                var s = Double(bias[o])
-                for l in 0..<13 { s += Double(x[r * 13 + l]) * Double(w[o * 13 + l]) }
-                #expect(abs(Double(yv[r * 11 + o]) - s) <= 1e-5)
+        // Linear with bias (the bias copied in, GEMM accumulating onto it), many rows and one.
+        for rows in [18, 1] {
+            let x = rng.values(rows * 13), w = rng.values(11 * 13), bias = rng.values(11)
+            let y = try Tensor.linear(Tensor(x, shape: rows == 1 ? [1, 13] : [2, 9, 13], on: cpu),
+                                      weight: Tensor(w, shape: [11, 13], on: cpu), bias: Tensor(bias, shape: [11], on: cpu))
+            #expect(y.shape == (rows == 1 ? [1, 11] : [2, 9, 11]))
+            let yv = try y.toArray()
+            for r in 0..<rows {
+                for o in 0..<11 {
+                    var s = Double(bias[o])
+                    for l in 0..<13 { s += Double(x[r * 13 + l]) * Double(w[o * 13 + l]) }
+                    #expect(abs(Double(yv[r * 11 + o]) - s) <= 1e-5)
+                }
             }
         }
         // Attention: many pairs (spread over the cores) and a single pair (products threaded).

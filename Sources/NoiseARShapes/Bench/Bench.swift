@@ -223,6 +223,20 @@ extension Bench {
             out.append(result("noisear", device.info.id, cached ? "kv-cached" : "uncached", shape, t,
                               bytes: weightBytes * Double(c.patches)))
         }
+        // The floor: the same compulsory traffic at the device's measured bandwidth (a 256 MiB
+        // copy, beyond every cache; read plus written bytes, as STREAM counts them). It goes
+        // first, so the last column of the other rows is floor / time.
+        let count = 64 << 20
+        let src = try Tensor.zeros([count], on: device), dst = try Tensor.empty([count], on: device)
+        let copy = try time {
+            try device.run(Op.Copy(shape: [count], src: Strided(src.ref, strides: [1]), dst: Strided(dst.ref, strides: [1])))
+            try device.backend.synchronize()
+        }
+        let copyBytes = Double(count) * 8
+        let floorMs = weightBytes * Double(c.patches) / (copyBytes / copy.0)
+        out.insert(result("noisear", device.info.id, "bandwidth floor", shape, (floorMs, floorMs),
+                          bytes: weightBytes * Double(c.patches)), at: 0)
+        out.append(result("memory", device.info.id, "copy 256 MiB", "64M floats", copy, bytes: copyBytes))
         return out
     }
 

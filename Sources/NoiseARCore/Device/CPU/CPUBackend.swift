@@ -241,6 +241,15 @@ public final class CPUBackend: Backend {
             a0 += d.transA ? lo : lo * d.lda
             c0 += lo * d.ldc
         }
+        if m == 1 {
+            // A single row is a matrix-vector product, memory-bound on B: OpenBLAS's GEMV
+            // streams B's rows (its GEMM would pack B first). y = B^T a, or B a when B is
+            // stored transposed ([n, k]).
+            cblas_sgemv(CblasRowMajor, d.transB ? CblasNoTrans : CblasTrans,
+                        Int32(d.transB ? n : d.k), Int32(d.transB ? d.k : n), d.alpha, b0, Int32(d.ldb),
+                        a0, Int32(d.transA ? d.lda : 1), beta, c0, 1)
+            return
+        }
         cblas_sgemm(
             CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans, d.transB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(d.k), d.alpha, a0, Int32(d.lda), b0, Int32(d.ldb), beta,
