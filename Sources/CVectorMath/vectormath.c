@@ -150,6 +150,20 @@ void nar_vm_binary(int op, const float *a, long sa, const float *b, long sb, flo
     }
 }
 
+NAR_CLONES
+void nar_vm_copy(const float *src, long ss, float *dst, long n) {
+    if (ss == 1) {
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) dst[i] = src[i];
+    } else if (ss == 0) {
+        float v = src[0];
+        for (long i = 0; i < n; i++) dst[i] = v;
+    } else {
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) dst[i] = src[i * ss];
+    }
+}
+
 const char *nar_vm_level(void) {
 #if defined(__x86_64__) && defined(__clang__)
     __builtin_cpu_init();

@@ -7,7 +7,7 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
         discussion: """
-            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd, npnet.
+            OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, train, noisear, svd, npnet.
             `npnet` times one NPNet forward at the authors' SDXL size (4x128x128 latent, swin_tiny,
             77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side.
             `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32-pixel patches,
@@ -20,16 +20,19 @@ struct BenchCommand: ParsableCommand {
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
             shipped configuration) at --batch and prints each op family's share of the step (with its op count), the
             primitive ops per step and, on OpenCL and Vulkan, the kernel launches per step.
+            `train` times one `train diffusion` step (render the batch, text encoder and UNet forward,
+            v-prediction loss, backward, AdamW, EMA) of a freshly initialised model of the shipped
+            configuration at --batch (default 16 here).
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
             attention reports the fused kernel and the same computation as GEMM + softmax + GEMM.
             Figures are medians of --repeats timed runs after --warmup runs.
             """)
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
-        case gemm, attention, conv2d, layernorm, softmax, sampler, noisear, svd, npnet
+        case gemm, attention, conv2d, layernorm, softmax, sampler, train, noisear, svd, npnet
     }
 
-    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | noisear | svd | npnet")
+    @Argument(help: "gemm | attention | conv2d | layernorm | softmax | sampler | train | noisear | svd | npnet")
     var op: Op
 
     @OptionGroup var options: DeviceOptions
@@ -39,7 +42,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "GEMM rows (M).") var m: Int?
     @Option(help: "GEMM columns (N).") var n: Int?
     @Option(help: "GEMM inner size (K).") var k: Int?
-    @Option(name: .customLong("batch"), help: "Batch (attention, conv2d, sampler, svd: default 4; noisear, npnet: default 1).")
+    @Option(name: .customLong("batch"), help: "Batch (attention, conv2d, sampler, svd: default 4; train: 16; noisear, npnet: 1).")
     var batchOption: Int?
     /// The batch of the ops whose default is 4.
     var batch: Int { batchOption ?? 4 }
@@ -119,6 +122,8 @@ struct BenchCommand: ParsableCommand {
                     let (r, s) = try bench.samplerStep(batch: batch, device: d)
                     results.append(r)
                     shares.append((d.info.id, s))
+                case .train:
+                    results.append(try bench.trainStep(batch: batchOption ?? 16, device: d))
                 case .svd:
                     svdResults.append(try bench.svd(size: size ?? 256, batch: batch, device: d))
                 }
@@ -178,6 +183,10 @@ struct BenchCommand: ParsableCommand {
             counts = [p([6, batch, s, s])]
         case .sampler:
             return UNetConfig().estimatedSamplingBytes(batch: batch)
+        case .train:
+            // The recorded activations of a training step: a few times a sampling step's.
+            return UNetConfig().estimatedSamplingBytes(batch: batchOption ?? 16).map { $0.multipliedReportingOverflow(by: 8) }
+                .flatMap { $0.overflow ? nil : $0.partialValue }
         case .noisear, .npnet:
             // The authors' SDXL sizes: weights and activations are dominated by the fixed model.
             let s = size ?? 128

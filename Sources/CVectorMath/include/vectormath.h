@@ -1,5 +1,5 @@
 // Float32 vector math for the CPU backend's hot loops (exp, SiLU, GELU, sigmoid, softmax rows,
-// elementwise binary rows). One portable C implementation, compiled by the package's clang for
+// elementwise binary rows, strided row copies). One portable C implementation, compiled by the package's clang for
 // baseline x86-64 and, as target clones, for x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the
 // loader picks the widest clone the CPU supports (a capability check, no vendor list). Other
 // architectures get one build. The clones compute the same operations in the same order, except
@@ -34,6 +34,9 @@ void nar_vm_softmax_row(const float *x, float *y, long n, int log);
 /// out[i] = a[i * sa] (op) b[i * sb] for i < n, the strides 0 (broadcast) or any other value;
 /// out is a (or b) itself or does not overlap it.
 void nar_vm_binary(int op, const float *a, long sa, const float *b, long sb, float *out, long n);
+
+/// dst[i] = src[i * ss] for i < n (ss 0 broadcasts src[0]); dst does not overlap src.
+void nar_vm_copy(const float *src, long ss, float *dst, long n);
 
 /// The instruction set level the loader picked: "x86-64-v4", "x86-64-v3", "x86-64" or, on
 /// other architectures, "generic".

@@ -202,6 +202,22 @@ extension Bench {
         return (r, shares)
     }
 
+    /// One `train diffusion` step at `batch` (the batch rendered, text encoder and UNet forward,
+    /// loss, backward, AdamW, EMA) of a freshly initialised model of the shipped configuration;
+    /// each timed run is the trainer's next step.
+    public func trainStep(batch: Int, device: Device) throws -> BenchResult {
+        try require(batch >= 1, "bench train needs --batch of at least 1")
+        let model = try TextToImageModel(config: DiffusionModelConfig(), device: device, seed: 1)
+        var settings = DiffusionTrainingSettings()
+        settings.batch = batch
+        let trainer = try DiffusionTrainer(model: model, settings: settings)
+        let t = try time {
+            _ = try trainer.trainStep()
+            try device.backend.synchronize()
+        }
+        return result("train-step", device.info.id, "v-pred AdamW EMA", "batch \(batch) 3x32x32", t)
+    }
+
     /// The authors' SDXL-size NoiseAR (4x128x128 latent, P 32, d_model 2048, d_ff 4096, 1 layer,
     /// 1 head, 77x2048 prompt embeddings; random weights) unless `config` says otherwise: one
     /// batch-`batch` sample with the key/value cache and without it.

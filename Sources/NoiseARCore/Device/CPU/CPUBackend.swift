@@ -103,10 +103,13 @@ public final class CPUBackend: Backend {
         let (cs, st) = Shape.collapse(shape, [src.strides, dst.strides])
         let n = cs[cs.count - 1], s1 = st[0][st[0].count - 1], d1 = st[1][st[1].count - 1]
         forEachRow(cs, st[0], st[1]) { _, i, j in
-            if s1 == 1 && d1 == 1 {
+            if d1 == 1 && s1 >= 0 && (s1 != 1 || n < 4096)
+                && (d + j >= s + i + (n - 1) * s1 + 1 || s + i >= d + j + n) {
+                // Short rows, broadcasts and gathers of disjoint rows in one vector loop
+                // (memmove's call costs more than a short row).
+                nar_vm_copy(s + i, s1, d + j, n)
+            } else if s1 == 1 && d1 == 1 {
                 (d + j).update(from: s + i, count: n)
-            } else if s1 == 0 && d1 == 1 {
-                (d + j).update(repeating: s[i], count: n)
             } else {
                 for k in 0..<n { d[j + k * d1] = s[i + k * s1] }
             }
@@ -555,11 +558,35 @@ public final class CPUBackend: Backend {
 
     public func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
         let pd = ptr(dx), pc = ptr(col)
-        pd.update(repeating: 0, count: batch * g.channels * g.height * g.width)
         // Each channel's pixels are written only by that channel's rows: channels in parallel.
+        // The transpose of im2col, row by row of the output: each (tap, image, output row)
+        // adds its run of in-range columns to one input row (a vector add when the stride is 1).
+        let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw, plane = g.height * g.width
         parallelFor(g.channels) { c in
-            forEachColEntry(g, batch: batch, channel: c) { i, pixel in
-                if let pixel { pd[pixel] += pc[i] }
+            for n in 0..<batch { (pd + (n * g.channels + c) * plane).update(repeating: 0, count: plane) }
+            for ky in 0..<g.kernelH {
+                for kx in 0..<g.kernelW {
+                    let row = (c * g.kernelH + ky) * g.kernelW + kx
+                    let lo = max(0, (g.padW - kx + g.strideW - 1) / g.strideW)
+                    let last = g.width - 1 + g.padW - kx  // (floor division: may be negative)
+                    let hi = last < 0 ? 0 : min(ow, last / g.strideW + 1)
+                    guard lo < hi else { continue }
+                    for n in 0..<batch {
+                        let dPlane = pd + (n * g.channels + c) * plane
+                        let cBase = pc + row * cols + n * hw
+                        for oy in 0..<oh {
+                            let iy = oy * g.strideH - g.padH + ky
+                            guard iy >= 0 && iy < g.height else { continue }
+                            let src = cBase + oy * ow + lo
+                            let dst = dPlane + iy * g.width + lo * g.strideW - g.padW + kx
+                            if g.strideW == 1 {
+                                nar_vm_binary(BinaryOp.add.rawValue, dst, 1, src, 1, dst, hi - lo)
+                            } else {
+                                for j in 0..<(hi - lo) { dst[j * g.strideW] += src[j] }
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -710,31 +737,6 @@ struct ResizeTaps {
     }
 }
 
-/// Visits the im2col entries of one input channel: each entry's offset in
-/// col [C*kh*kw, batch*outH*outW] and the offset of the input pixel it reads in
-/// x [batch, C, H, W] (nil inside the zero padding).
-@inline(__always)
-func forEachColEntry(_ g: ConvGeometry, batch: Int, channel: Int, _ body: (Int, Int?) -> Void) {
-    let oh = g.outH, ow = g.outW, hw = oh * ow, cols = batch * hw
-    let taps = g.kernelH * g.kernelW
-    for row in (channel * taps)..<((channel + 1) * taps) {
-        let c = row / (g.kernelH * g.kernelW)
-        let ky = (row / g.kernelW) % g.kernelH, kx = row % g.kernelW
-        for n in 0..<batch {
-            let xBase = (n * g.channels + c) * g.height * g.width
-            let cBase = row * cols + n * hw
-            for oy in 0..<oh {
-                let iy = oy * g.strideH - g.padH + ky
-                let rowInside = iy >= 0 && iy < g.height
-                for ox in 0..<ow {
-                    let ix = ox * g.strideW - g.padW + kx
-                    let inside = rowInside && ix >= 0 && ix < g.width
-                    body(cBase + oy * ow + ox, inside ? xBase + iy * g.width + ix : nil)
-                }
-            }
-        }
-    }
-}
 
 /// Carries a value into concurrent work whose safety the caller guarantees.
 struct UncheckedSendable<T>: @unchecked Sendable {
