@@ -262,6 +262,31 @@ import Testing
         }
     }
 
+    /// GroupNorm + SiLU as one op (fused on the CPU backend, two kernels elsewhere) equals the
+    /// two ops, and with a tape it records them (its gradient is the two ops' gradient).
+    @Test func groupNormSiLUMatchesTheTwoOps() throws {
+        var rng = TestRNG(37)
+        let (n, c, h, w, groups) = (3, 12, 9, 7, 4)
+        let x = rng.values(n * c * h * w), g = rng.values(c), b = rng.values(c)
+        var devices = [cpu]
+        try withCL { backends in devices += backends.map { Device(backend: $0) } }
+        devices += try vulkanBackends().map { Device(backend: $0) }
+        for dev in devices {
+            let tx = try Tensor(x, shape: [n, c, h, w], on: dev)
+            let tg = try Tensor(g, shape: [c], on: dev), tb = try Tensor(b, shape: [c], on: dev)
+            let fused = try tx.groupNormSiLU(groups: groups, gamma: tg, beta: tb).toArray()
+            let two = try tx.groupNorm(groups: groups, gamma: tg, beta: tb).silu().toArray()
+            #expect(!fused.contains { $0.isNaN } && nmse(fused, two) < 1e-12, "\(dev.info.id): nmse \(nmse(fused, two))")
+        }
+        let xr = try Tensor(x, shape: [n, c, h, w], on: cpu, requiresGrad: true)
+        let tg = try Tensor(g, shape: [c], on: cpu), tb = try Tensor(b, shape: [c], on: cpu)
+        try xr.groupNormSiLU(groups: groups, gamma: tg, beta: tb).sum().backward()
+        let viaFused = try #require(xr.grad).toArray()
+        let xr2 = try Tensor(x, shape: [n, c, h, w], on: cpu, requiresGrad: true)
+        try xr2.groupNorm(groups: groups, gamma: tg, beta: tb).silu().sum().backward()
+        #expect(nmse(viaFused, try #require(xr2.grad).toArray()) < 1e-12)
+    }
+
     /// GEGLU without a tape (one batched GEMM into both halves, the gate's GELU in place) equals
     /// the recorded form (linear, slices, GELU, product) and the definition.
     @Test func gegluMatchesItsDefinition() throws {

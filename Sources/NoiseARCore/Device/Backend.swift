@@ -252,6 +252,12 @@ public protocol Backend: AnyObject {
     /// Group norm of [n, channels, spatial]; saves mean/rstd per (n, group).
     func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
                    gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws
+    /// Group norm followed by a unary op on y (a ResNet block's GroupNorm + SiLU). The default
+    /// runs the two; a backend may fuse them (the CPU backend applies the op to each group's
+    /// rows while they are in cache).
+    func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
+                   gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef,
+                   activation: UnaryOp) throws
     func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
                            gamma: BufRef?, mean: BufRef, rstd: BufRef, dy: BufRef, dx: BufRef,
                            dgamma: BufRef?, dbeta: BufRef?) throws
@@ -299,6 +305,14 @@ public protocol Backend: AnyObject {
 import Foundation
 
 extension Backend {
+    public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
+                          gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef,
+                          activation: UnaryOp) throws {
+        try groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                      gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd)
+        try unary(activation, count: n * channels * spatial, x: y, y: y, p0: 0, p1: 0)
+    }
+
     /// Throws when `n` elements from `r` would fall outside its buffer.
     func checkRange(_ r: BufRef, _ n: Int) throws {
         try require(r.offset >= 0 && r.offset + n <= r.buffer.count,

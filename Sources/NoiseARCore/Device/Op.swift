@@ -199,11 +199,14 @@ public enum Op {
         public static let kind = OpKind.groupNorm
         public var n: Int, channels: Int, spatial: Int, groups: Int, eps: Float
         public var x: BufRef, gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef
+        /// A unary op applied to y afterwards (SiLU in the ResNet blocks), nil for none.
+        public var activation: UnaryOp?
         public init(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
-                    gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) {
+                    gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef,
+                    activation: UnaryOp? = nil) {
             self.n = n; self.channels = channels; self.spatial = spatial; self.groups = groups
             self.eps = eps; self.x = x; self.gamma = gamma; self.beta = beta; self.y = y
-            self.mean = mean; self.rstd = rstd
+            self.mean = mean; self.rstd = rstd; self.activation = activation
         }
         public var reads: [BufRef] { [x] + [gamma, beta].compactMap { $0 } }
         public var writes: [BufRef] { [y, mean, rstd] }
@@ -214,8 +217,13 @@ public enum Op {
             return o
         }
         public func execute(on b: any Backend) throws {
-            try b.groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
-                            gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd)
+            if let activation {
+                try b.groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                                gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd, activation: activation)
+            } else {
+                try b.groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                                gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd)
+            }
         }
     }
 

@@ -288,7 +288,19 @@ extension Tensor {
 
     /// Group norm of [N, C, ...] over groups of C/groups channels and all spatial positions,
     /// with optional per-channel affine gamma/beta [C].
+    /// Group norm, then SiLU (a ResNet block's norm and activation): one op without a tape
+    /// (fused on the CPU backend), the two recorded ops with one.
+    public func groupNormSiLU(groups: Int, gamma: Tensor?, beta: Tensor?, eps: Float = 1e-5) throws -> Tensor {
+        let recording = device.gradEnabled && ([self] + [gamma, beta].compactMap { $0 }).contains { $0.requiresGrad }
+        if recording { return try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps).silu() }
+        return try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps, activation: .silu)
+    }
+
     public func groupNorm(groups: Int, gamma: Tensor?, beta: Tensor?, eps: Float = 1e-5) throws -> Tensor {
+        try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps, activation: nil)
+    }
+
+    func groupNorm(groups: Int, gamma: Tensor?, beta: Tensor?, eps: Float, activation: UnaryOp?) throws -> Tensor {
         try requireShape(rank >= 2, "group norm of \(shape): expected [N, C, ...]")
         let n = shape[0], c = shape[1], spatial = count / (n * c)
         try require(groups > 0 && c % groups == 0, "\(c) channels do not split into \(groups) groups")
@@ -299,7 +311,9 @@ extension Tensor {
         let y = try Tensor.empty(shape, on: device)
         let mean = try Tensor.empty([n * groups], on: device), rstd = try Tensor.empty([n * groups], on: device)
         try device.run(Op.GroupNorm(n: n, channels: c, spatial: spatial, groups: groups, eps: eps, x: ref,
-                                    gamma: gamma?.ref, beta: beta?.ref, y: y.ref, mean: mean.ref, rstd: rstd.ref))
+                                    gamma: gamma?.ref, beta: beta?.ref, y: y.ref, mean: mean.ref, rstd: rstd.ref,
+                                    activation: activation))
+        if activation != nil { return y }  // (never recorded: groupNormSiLU records the two ops)
         let inputs = [self] + [gamma, beta].compactMap { $0 }
         return record(y, inputs, "groupNorm") { gy in
             let dx = try Tensor.empty(self.shape, on: self.device)

@@ -157,6 +157,10 @@ public struct GroupNorm {
         self.groups = groups
         self.eps = eps
     }
+    /// GroupNorm then SiLU, fused where no tape records them.
+    public func silu(_ x: Tensor) throws -> Tensor {
+        try x.groupNormSiLU(groups: groups, gamma: weight, beta: bias, eps: eps)
+    }
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
         try x.groupNorm(groups: groups, gamma: weight, beta: bias, eps: eps)
     }

@@ -150,7 +150,7 @@ public struct UNet2DConditionModel {
             }
             if let u = upsamplers[i] { h = try u(h) }
         }
-        return try convOut(convNormOut(h).silu())
+        return try convOut(convNormOut.silu(h))
     }
 }
 

@@ -47,10 +47,10 @@ public struct ResnetBlock2D {
     }
     /// x [B, Cin, H, W], temb [B, T] -> [B, Cout, H, W]
     public func callAsFunction(_ x: Tensor, _ temb: Tensor) throws -> Tensor {
-        var h = try conv1(norm1(x).silu())
+        var h = try conv1(norm1.silu(x))
         let t = try timeEmbProj(temb.silu())  // [B, Cout]
         h = try h + t.reshaped([t.shape[0], t.shape[1], 1, 1])
-        h = try conv2(norm2(h).silu())
+        h = try conv2(norm2.silu(h))
         return try (shortcut.map { try $0(x) } ?? x) + h
     }
 }

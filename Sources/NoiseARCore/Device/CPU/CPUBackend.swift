@@ -368,6 +368,22 @@ public final class CPUBackend: Backend {
     public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float,
                           x: BufRef, gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef,
                           rstd: BufRef) throws {
+        try groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                      gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd, activation: nil)
+    }
+
+    public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float,
+                          x: BufRef, gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef,
+                          rstd: BufRef, activation: UnaryOp) throws {
+        try groupNorm(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                      gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd, activation: Optional(activation))
+    }
+
+    /// Group norm with the activation (if any) applied to each group's rows while they are in
+    /// cache.
+    func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float,
+                   x: BufRef, gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef,
+                   rstd: BufRef, activation: UnaryOp?) throws {
         let px = ptr(x), py = ptr(y), pm = ptr(mean), pr = ptr(rstd)
         let g = gamma.map(ptr), b = beta.map(ptr)
         let cpg = channels / groups, len = cpg * spatial
@@ -384,6 +400,12 @@ public final class CPUBackend: Backend {
                 let shift = (b?[c0 + c] ?? 0) - m * scale
                 let xr = xs + c * spatial, yr = py + i * len + c * spatial
                 for s in 0..<spatial { yr[s] = xr[s] * scale + shift }
+            }
+            if let activation {
+                let yg = py + i * len
+                if nar_vm_unary(activation.rawValue, yg, yg, len, 0, 0) != 0 {
+                    for s in 0..<len { yg[s] = Self.unaryForward(activation, yg[s], 0, 0) }
+                }
             }
         }
     }
