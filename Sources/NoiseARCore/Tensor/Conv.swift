@@ -110,12 +110,21 @@ extension Tensor {
         let (padded, o3) = rowLen.multipliedReportingOverflow(by: c)
         try require(!o1 && !o2 && !o3, "conv2d of \(x.shape): padded input too large")
         let dev = x.device
-        // xp [C, rowLen]: zeros, then x [N, C, H, W] at its pixels.
+        // xp [C, rowLen]: x [N, C, H, W] at its pixels, zeros everywhere else (written as such,
+        // not filled first: the lead, the gap after each row, the rows below each image, the tail).
         let xp = try Tensor.empty([padded], on: dev)
-        try dev.run(Op.Fill(dst: xp.ref, count: padded, value: 0))
+        let base = ph * rowStride + pw
+        func at(_ offset: Int) -> BufRef { BufRef(xp.buffer, xp.offset + offset) }
         try dev.run(Op.Copy(shape: [n, c, g.height, g.width], src: Strided(x.ref, strides: Shape.strides(x.shape)),
-                            dst: Strided(BufRef(xp.buffer, xp.offset + ph * rowStride + pw),
-                                         strides: [plane, rowLen, rowStride, 1])))
+                            dst: Strided(at(base), strides: [plane, rowLen, rowStride, 1])))
+        let zero = try Tensor.zeros([1], on: dev)
+        for (shape, offset, strides) in [([c, base], 0, [rowLen, 1]),
+                                         ([c, n, g.height, pw], base + g.width, [rowLen, plane, rowStride, 1]),
+                                         ([c, n, ph * rowStride], base + g.height * rowStride, [rowLen, plane, 1]),
+                                         ([c, rowLen - base - images], base + images, [rowLen, 1])] {
+            try dev.run(Op.Copy(shape: shape, src: Strided(zero.ref, strides: shape.map { _ in 0 }),
+                                dst: Strided(at(offset), strides: strides)))
+        }
         // wt [kh, kw, Cout, C] from weight [Cout, C, kh, kw].
         let wt = try Tensor.empty([taps, cout, c], on: dev)
         try dev.run(Op.Copy(shape: [taps, cout, c], src: Strided(weight.ref, strides: [1, c * taps, taps]),
