@@ -12,17 +12,8 @@
 set -euo pipefail
 py="${1:?usage: tools/bench-more-vs-pytorch.sh PYTHON [ROUNDS]}"
 rounds="${2:-3}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/.build/release/noisear-gpu"
-model="$root/Sources/NoiseARShapes/weights/shapes-diffusion.safetensors"
-ref="${NOISEAR_PYTORCH_REFERENCE:-$root/../shared/tools/pytorch_reference.py}"
-[ -x "$bin" ] || { echo "bench-more-vs-pytorch: build first: swift build -c release" >&2; exit 1; }
-[ -f "$ref" ] || { echo "bench-more-vs-pytorch: no PyTorch reference at $ref (set NOISEAR_PYTORCH_REFERENCE)" >&2; exit 1; }
-"$py" -c "import torch, timm, diffusers, transformers, safetensors" 2>/dev/null \
-    || { echo "bench-more-vs-pytorch: $py lacks torch/timm/diffusers/transformers/safetensors" >&2; exit 1; }
-export NOISEAR_PYTORCH_REFERENCE_DIR="$(dirname "$ref")"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+source "$(dirname "$0")/pytorch-common.sh"
+pytorch_setup bench-more-vs-pytorch "$py" "torch timm diffusers transformers safetensors"
 for r in $(seq 1 "$rounds"); do
     "$py" "$root/tools/pytorch_side.py" train "$model" 16 > "$out/torch-train-$r.json"
     "$bin" bench train --batch 16 --device cpu --no-reference --json --warmup 1 --repeats 5 > "$out/ours-train-$r.json" 2>/dev/null

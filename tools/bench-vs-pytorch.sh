@@ -13,16 +13,8 @@ py="${1:?usage: tools/bench-vs-pytorch.sh PYTHON [ROUNDS] [BATCHES] [DEVICE]}"
 rounds="${2:-3}"
 batches="${3:-1,4,8}"
 device="${4:-cpu}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/.build/release/noisear-gpu"
-model="$root/Sources/NoiseARShapes/weights/shapes-diffusion.safetensors"
-ref="${NOISEAR_PYTORCH_REFERENCE:-$root/../shared/tools/pytorch_reference.py}"
-[ -x "$bin" ] || { echo "bench-vs-pytorch: build first: swift build -c release" >&2; exit 1; }
-[ -f "$ref" ] || { echo "bench-vs-pytorch: no PyTorch reference at $ref (set NOISEAR_PYTORCH_REFERENCE)" >&2; exit 1; }
-"$py" -c "import torch, diffusers, transformers, safetensors" 2>/dev/null \
-    || { echo "bench-vs-pytorch: $py lacks torch/diffusers/transformers/safetensors" >&2; exit 1; }
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+source "$(dirname "$0")/pytorch-common.sh"
+pytorch_setup bench-vs-pytorch "$py" "torch diffusers transformers safetensors"
 for r in $(seq 1 "$rounds"); do
     "$py" "$ref" "$model" time "$batches" > "$out/torch-$r.json"
     for b in ${batches//,/ }; do

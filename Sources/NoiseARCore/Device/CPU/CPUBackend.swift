@@ -549,10 +549,7 @@ public final class CPUBackend: Backend {
             for ky in 0..<g.kernelH {
                 for kx in 0..<g.kernelW {
                     let row = (c * g.kernelH + ky) * g.kernelW + kx
-                    // Output columns ox whose input column ix = ox*s - pad + kx is inside.
-                    let lo = max(0, (g.padW - kx + g.strideW - 1) / g.strideW)
-                    let last = g.width - 1 + g.padW - kx  // (floor division: may be negative)
-                    let hi = last < 0 ? 0 : min(ow, last / g.strideW + 1)
+                    let (lo, hi) = g.insideColumns(kx)
                     for n in 0..<batch {
                         let xPlane = px + (n * g.channels + c) * g.height * g.width
                         let cBase = pc + row * cols + n * hw
@@ -589,9 +586,7 @@ public final class CPUBackend: Backend {
             for ky in 0..<g.kernelH {
                 for kx in 0..<g.kernelW {
                     let row = (c * g.kernelH + ky) * g.kernelW + kx
-                    let lo = max(0, (g.padW - kx + g.strideW - 1) / g.strideW)
-                    let last = g.width - 1 + g.padW - kx  // (floor division: may be negative)
-                    let hi = last < 0 ? 0 : min(ow, last / g.strideW + 1)
+                    let (lo, hi) = g.insideColumns(kx)
                     guard lo < hi else { continue }
                     for n in 0..<batch {
                         let dPlane = pd + (n * g.channels + c) * plane
@@ -761,6 +756,17 @@ struct ResizeTaps {
 
 
 /// Carries a value into concurrent work whose safety the caller guarantees.
+extension ConvGeometry {
+    /// The output columns lo..<hi whose input column ox * stride - pad + kx is inside the image
+    /// (im2col's and col2im's runs; empty when hi <= lo).
+    @inline(__always)
+    func insideColumns(_ kx: Int) -> (Int, Int) {
+        let lo = max(0, (padW - kx + strideW - 1) / strideW)
+        let last = width - 1 + padW - kx  // (floor division: may be negative)
+        return (lo, last < 0 ? 0 : min(outW, last / strideW + 1))
+    }
+}
+
 struct UncheckedSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
