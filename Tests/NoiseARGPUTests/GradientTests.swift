@@ -147,6 +147,29 @@ func gradCheck(_ name: String, _ inputs: [(shape: [Int], values: [Float])], h: F
         try gradCheck("conv2d 1x1", [([1, 2, 3, 3], rng.values(18)), ([3, 2, 1, 1], rng.values(6))]) {
             try Tensor.conv2d($0[0], weight: $0[1])
         }
+        // Stride-1 "same" convolutions: on the plain CPU backend they are recorded as shifted
+        // kernel taps (gradCheck's wrapped CPU backend and the GPUs take the im2col path), so
+        // compare that tape's gradients with gradCheck's device and with finite differences.
+        for (k, pad, h, w) in [(3, 1, 5, 6), (5, 2, 7, 4)] {
+            let xv = rng.values(2 * 3 * h * w), wv = rng.values(4 * 3 * k * k), bv = rng.values(4)
+            try gradCheck("conv2d same k\(k)", [([2, 3, h, w], xv), ([4, 3, k, k], wv), ([4], bv)]) {
+                try Tensor.conv2d($0[0], weight: $0[1], bias: $0[2], stride: 1, padding: pad)
+            }
+            let r = rng.values(2 * 4 * h * w)
+            func grads(_ dev: Device) throws -> [[Float]] {
+                let ts = try [(xv, [2, 3, h, w]), (wv, [4, 3, k, k]), (bv, [4])].map {
+                    try Tensor($0.0, shape: $0.1, on: dev, requiresGrad: true)
+                }
+                let y = try Tensor.conv2d(ts[0], weight: ts[1], bias: ts[2], stride: 1, padding: pad)
+                try y.backward(seed: Tensor(r, shape: y.shape, on: dev))
+                return try ts.map { try #require($0.grad).toArray() }
+            }
+            let shifted = try grads(Device.cpuDevice())
+            let im2col = try grads(Device(backend: RecordingBackend(CPUBackend(), label: "cpu", coverage: OpCoverageScope.gradient)))
+            for (a, b) in zip(shifted, im2col) {
+                #expect(!a.contains { $0.isNaN } && nmse(a, b) < 1e-10, "conv2d same k\(k) gradient: nmse \(nmse(a, b))")
+            }
+        }
         for mode in [ResizeMode.nearest, .bilinear] {
             try gradCheck("resize \(mode)", [([1, 2, 3, 4], rng.values(24))]) {
                 try $0[0].resized(height: 7, width: 5, mode: mode)

@@ -23,10 +23,16 @@ extension Tensor {
         Tensor.record(out, inputs, name, backward)
     }
 
+    /// Whether an op on these inputs (on `device`) is recorded: gradients are on and some input
+    /// requires them. Ops with a faster untaped form check this first.
+    static func isRecorded(on device: Device, _ inputs: [Tensor?]) -> Bool {
+        device.gradEnabled && inputs.contains { $0?.requiresGrad == true }
+    }
+
     @discardableResult
     static func record(_ out: Tensor, _ inputs: [Tensor], _ name: String,
                        _ backward: @escaping (Tensor) throws -> [Tensor?]) -> Tensor {
-        guard out.device.gradEnabled, inputs.contains(where: { $0.requiresGrad }) else { return out }
+        guard isRecorded(on: out.device, inputs) else { return out }
         out.requiresGrad = true
         out.gradFn = GradNode(name: name, inputs: inputs, backward: backward)
         return out

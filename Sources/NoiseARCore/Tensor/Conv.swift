@@ -1,3 +1,10 @@
+/// Where a shifted-tap convolution put its padded input (kept for the weight gradient).
+struct ShiftedTapsLayout {
+    /// xp [C, rowLen]: the images' rows rowStride apart, the images plane apart.
+    let xp: Tensor
+    let rowStride: Int, plane: Int, cols: Int, rowLen: Int
+}
+
 /// Convolution, resize and embedding lookup.
 extension Tensor {
     /// 2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] and bias [Cout]
@@ -16,16 +23,21 @@ extension Tensor {
         let hw = g.colCols, cols = n * hw
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
-        let recording = x.device.gradEnabled && inputs.contains { $0.requiresGrad }
-        // On the CPU backend without a tape the images go through in chunks whose im2col matrix
-        // stays near 8 MiB (peak memory and cache), one GEMM per chunk. A recorded convolution
-        // (the backward pass needs the whole matrix) and other devices (fewer, larger launches)
-        // take the batch at once.
+        let recording = isRecorded(on: x.device, inputs)
+        // On the CPU backend stride-1 "same" convolutions go as shifted kernel taps (no im2col,
+        // recorded or not); without a tape 1x1 ones as a GEMM on the input and the others in
+        // chunks whose im2col matrix stays near 8 MiB (peak memory and cache), one GEMM per
+        // chunk. Other recorded convolutions (the backward pass needs the whole matrix) and
+        // other devices (fewer, larger launches) take the batch at once.
         let perImage = max(g.colRows * hw, 1)
         let chunked = !recording && x.device.isCPU
-        if chunked && stride == 1 && g.kernelH * g.kernelW > 1
+        if x.device.isCPU && stride == 1 && g.kernelH * g.kernelW > 1
             && g.kernelH == 2 * padding + 1 && g.kernelW == 2 * padding + 1 {
-            return try conv2dShiftedTaps(x, weight: weight, bias: bias, g)
+            let (out, layout) = try conv2dShiftedTaps(x, weight: weight, bias: bias, g)
+            guard recording else { return out }
+            return record(out, inputs, "conv2d") { gy in
+                try conv2dShiftedTapsBackward(gy, x: x, weight: weight, bias: bias, g, layout)
+            }
         }
         // A 1x1 stride-1 convolution's im2col matrix is the input itself: no copy.
         let pointwise = chunked && g.kernelH == 1 && g.kernelW == 1 && stride == 1 && padding == 0
@@ -100,7 +112,8 @@ extension Tensor {
     /// yp = sum over taps of W[:, :, ky, kx] [Cout, C] times a shifted view of xp: one batch-reduce
     /// GEMM. The columns of the padding are computed and dropped when yp is copied to NCHW with
     /// the bias added. The input is copied once instead of kh*kw times.
-    static func conv2dShiftedTaps(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvGeometry) throws -> Tensor {
+    static func conv2dShiftedTaps(_ x: Tensor, weight: Tensor, bias: Tensor?,
+                                  _ g: ConvGeometry) throws -> (Tensor, ShiftedTapsLayout) {
         let n = x.shape[0], c = g.channels, cout = weight.shape[0]
         let kh = g.kernelH, kw = g.kernelW, taps = kh * kw, ph = g.padH, pw = g.padW
         let rowStride = g.width + pw, plane = (g.height + ph) * rowStride
@@ -146,7 +159,45 @@ extension Tensor {
         } else {
             try dev.run(Op.Copy(shape: shape, src: src, dst: Strided(out.ref, strides: Shape.strides(shape))))
         }
-        return out
+        return (out, ShiftedTapsLayout(xp: xp, rowStride: rowStride, plane: plane, cols: cols, rowLen: rowLen))
+    }
+
+    /// The gradients of a shifted-tap convolution (x, weight, bias order) for gy [N, Cout, H, W]:
+    ///     dx = the same convolution of gy with the kernel flipped and its channels swapped
+    ///     dW[:, :, ky, kx] = gyp [Cout, cols] xp[:, ky*R + kx ...]^T   (gy on the padded grid,
+    ///                        zero in the padding columns; one GEMM per tap, K = the pixels)
+    ///     db = the sum of gy over images and pixels
+    static func conv2dShiftedTapsBackward(_ gy: Tensor, x: Tensor, weight: Tensor, bias: Tensor?,
+                                          _ g: ConvGeometry, _ layout: ShiftedTapsLayout) throws -> [Tensor?] {
+        let dev = x.device, c = g.channels, cout = weight.shape[0]
+        let kh = g.kernelH, kw = g.kernelW, taps = kh * kw
+        // W'[c, o, ky, kx] = W[o, c, kh-1-ky, kw-1-kx] (a few thousand floats, on the host).
+        let w = try weight.toArray()
+        var flipped = [Float](repeating: 0, count: w.count)
+        for o in 0..<cout {
+            for ci in 0..<c {
+                for t in 0..<taps { flipped[(ci * cout + o) * taps + t] = w[(o * c + ci) * taps + taps - 1 - t] }
+            }
+        }
+        let gt = ConvGeometry(channels: cout, height: g.height, width: g.width, kernelH: kh, kernelW: kw,
+                              stride: 1, padding: g.padH)
+        let (dx, _) = try conv2dShiftedTaps(gy, weight: Tensor(flipped, shape: [c, cout, kh, kw], on: dev),
+                                            bias: nil, gt)
+        // gyp [Cout, cols]: gy at its pixels' columns, zeros elsewhere.
+        let gyp = try Tensor.zeros([cout, layout.cols], on: dev)
+        try dev.run(Op.Copy(shape: gy.shape, src: Strided(gy.ref, strides: Shape.strides(gy.shape)),
+                            dst: Strided(gyp.ref, strides: [layout.plane, layout.cols, layout.rowStride, 1])))
+        // dWt [kh, kw, Cout, C], one product per tap, then [Cout, C, kh, kw].
+        let dwt = try Tensor.empty([taps, cout, c], on: dev)
+        var d = GemmDesc(m: cout, n: c, k: layout.cols, transB: true)
+        d.ldb = layout.rowLen
+        d.batch0 = kh; d.strideB0 = layout.rowStride; d.strideC0 = kw * cout * c
+        d.batch1 = kw; d.strideB1 = 1; d.strideC1 = cout * c
+        try dev.run(Op.Gemm(d, a: gyp.ref, b: layout.xp.ref, c: dwt.ref))
+        let dw = try Tensor.empty(weight.shape, on: dev)
+        try dev.run(Op.Copy(shape: [cout, c, taps], src: Strided(dwt.ref, strides: [c, 1, cout * c]),
+                            dst: Strided(dw.ref, strides: [c * taps, taps, 1])))
+        return [dx, dw] + (bias == nil ? [] : [try gy.sum(axes: [0, 2, 3])])
     }
 
     /// Resize of [..., H, W] to [..., outH, outW] (PyTorch interpolate, align_corners=False).

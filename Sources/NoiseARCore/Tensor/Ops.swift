@@ -188,7 +188,7 @@ extension Tensor {
         // it (beta 1), one pass fewer than GEMM then add.
         if let bias, x.rank >= 1, weight.rank == 2, bias.shape == [weight.shape[0]],
            x.shape[x.rank - 1] == weight.shape[1],
-           !(x.device.gradEnabled && (x.requiresGrad || weight.requiresGrad || bias.requiresGrad)) {
+           !isRecorded(on: x.device, [x, weight, bias]) {
             try x.sameDevice(weight, "linear")
             try x.sameDevice(bias, "linear")
             let k = weight.shape[1], n = weight.shape[0], rows = x.count / max(k, 1)
@@ -211,8 +211,7 @@ extension Tensor {
                          "geglu of \(x.shape) with weight \(weight.shape)")
         if let bias { try requireShape(bias.shape == [weight.shape[0]], "geglu bias \(bias.shape) for weight \(weight.shape)") }
         let inner = weight.shape[0] / 2, k = weight.shape[1], rows = x.count / max(k, 1)
-        let recording = x.device.gradEnabled && ([x, weight] + (bias.map { [$0] } ?? [])).contains { $0.requiresGrad }
-        guard !recording else {
+        guard !isRecorded(on: x.device, [x, weight, bias]) else {
             let proj = try linear(x, weight: weight, bias: bias)
             let last = proj.rank - 1
             return try proj.slice(axis: last, 0, inner) * proj.slice(axis: last, inner, 2 * inner).gelu()
@@ -286,16 +285,17 @@ extension Tensor {
         }
     }
 
-    /// Group norm of [N, C, ...] over groups of C/groups channels and all spatial positions,
-    /// with optional per-channel affine gamma/beta [C].
     /// Group norm, then SiLU (a ResNet block's norm and activation): one op without a tape
     /// (fused on the CPU backend), the two recorded ops with one.
     public func groupNormSiLU(groups: Int, gamma: Tensor?, beta: Tensor?, eps: Float = 1e-5) throws -> Tensor {
-        let recording = device.gradEnabled && ([self] + [gamma, beta].compactMap { $0 }).contains { $0.requiresGrad }
-        if recording { return try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps).silu() }
+        if Tensor.isRecorded(on: device, [self, gamma, beta]) {
+            return try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps).silu()
+        }
         return try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps, activation: .silu)
     }
 
+    /// Group norm of [N, C, ...] over groups of C/groups channels and all spatial positions,
+    /// with optional per-channel affine gamma/beta [C].
     public func groupNorm(groups: Int, gamma: Tensor?, beta: Tensor?, eps: Float = 1e-5) throws -> Tensor {
         try groupNorm(groups: groups, gamma: gamma, beta: beta, eps: eps, activation: nil)
     }

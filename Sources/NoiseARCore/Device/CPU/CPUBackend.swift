@@ -59,7 +59,8 @@ public final class CPUBackend: Backend {
         _ = BLASCore.correction  // (once per process, before the first BLAS call)
         let cores = ProcessInfo.processInfo.activeProcessorCount
         info = DeviceInfo(
-            id: "cpu", backend: "cpu", name: "CPU (Swift + OpenBLAS, \(cores) threads)",
+            id: "cpu", backend: "cpu",
+            name: "CPU (Swift + OpenBLAS, \(cores) threads, \(String(cString: nar_vm_level())) vector loops)",
             vendor: "host", kind: .cpu, platform: "host",
             memoryBytes: ProcessInfo.processInfo.physicalMemory, computeUnits: cores,
             openCLCVersion: "-", driverVersion: "-", fp16: false, fp64: true)
