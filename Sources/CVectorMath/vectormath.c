@@ -89,6 +89,40 @@ int nar_vm_unary(int op, const float *x, float *y, long n, float p0, float p1) {
 }
 
 NAR_CLONES
+int nar_vm_unary_backward(int op, const float *x, const float *dy, float *dx, long n) {
+    switch (op) {
+    case NAR_VM_EXP:
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) dx[i] = dy[i] * vexp(x[i]);
+        return 0;
+    case NAR_VM_SILU:
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) {
+            float s = 1.0f / (1.0f + vexp(-x[i]));
+            dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
+        }
+        return 0;
+    case NAR_VM_SIGMOID:
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) {
+            float s = 1.0f / (1.0f + vexp(-x[i]));
+            dx[i] = dy[i] * (s * (1.0f - s));
+        }
+        return 0;
+    case NAR_VM_GELU:
+        _Pragma("clang loop vectorize(assume_safety)")
+        for (long i = 0; i < n; i++) {
+            float v = x[i];
+            float cdf = 0.5f * (1.0f + verf(v * 0.70710678118654752f));
+            float pdf = vexp(-0.5f * v * v) * 0.39894228040143268f;
+            dx[i] = dy[i] * (cdf + v * pdf);
+        }
+        return 0;
+    default: return -1;
+    }
+}
+
+NAR_CLONES
 void nar_vm_softmax_row(const float *x, float *y, long n, int log) {
     // The maximum and the sum in 16 partial lanes (a fixed order, whatever the vector width),
     // then folded.

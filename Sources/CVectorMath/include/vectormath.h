@@ -27,6 +27,10 @@ enum { NAR_VM_ADD = 0, NAR_VM_SUB = 1, NAR_VM_MUL = 2, NAR_VM_DIV = 3 };
 ///   affine: p0 x + p1; square: x x; sqrt; relu: max(x, 0)
 int nar_vm_unary(int op, const float *x, float *y, long n, float p0, float p1);
 
+/// dx[i] = dy[i] * f'(x[i]) for i < n, for exp, SiLU, GELU and sigmoid (dx is dy or does not
+/// overlap it). Returns 0, or -1 for another op.
+int nar_vm_unary_backward(int op, const float *x, const float *dy, float *dx, long n);
+
 /// Softmax (log = 0) or log-softmax (log = 1) of one row of n floats from x into y (y may be
 /// x): the maximum subtracted first; -inf entries give exactly 0; an all -inf row gives NaN.
 void nar_vm_softmax_row(const float *x, float *y, long n, int log);

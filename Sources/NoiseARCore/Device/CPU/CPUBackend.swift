@@ -145,7 +145,9 @@ public final class CPUBackend: Backend {
     public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                               p0: Float, p1: Float) throws {
         let px = ptr(x), pdy = ptr(dy), pdx = ptr(dx)
+        // exp, SiLU, GELU and sigmoid through CVectorMath; the rest element by element.
         parallelChunks(count) { lo, hi in
+            guard nar_vm_unary_backward(op.rawValue, px + lo, pdy + lo, pdx + lo, hi - lo) != 0 else { return }
             for i in lo..<hi { pdx[i] = pdy[i] * Self.unaryDerivative(op, px[i], p0, p1) }
         }
     }
