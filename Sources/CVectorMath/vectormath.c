@@ -8,7 +8,7 @@
 // kernels for different CPUs do.
 #pragma clang fp contract(fast)
 
-#if defined(__x86_64__) && defined(__clang__)
+#if defined(__x86_64__) && defined(__clang__) && defined(__ELF__)
 #define NAR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NAR_CLONES
@@ -199,7 +199,7 @@ void nar_vm_copy(const float *src, long ss, float *dst, long n) {
 }
 
 const char *nar_vm_level(void) {
-#if defined(__x86_64__) && defined(__clang__)
+#if defined(__x86_64__) && defined(__clang__) && defined(__ELF__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
     if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";

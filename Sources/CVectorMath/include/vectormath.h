@@ -1,9 +1,10 @@
 // Float32 vector math for the CPU backend's hot loops (exp, SiLU, GELU, sigmoid, softmax rows,
-// elementwise binary rows, strided row copies). One portable C implementation, compiled by the package's clang for
-// baseline x86-64 and, as target clones, for x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the
-// loader picks the widest clone the CPU supports (a capability check, no vendor list). Other
-// architectures get one build. The clones compute the same operations in the same order, except
-// that the wider ones fuse multiply-adds (FMA): results may differ in the last bits by CPU.
+// elementwise binary rows, strided row copies). One portable C implementation, compiled by the
+// package's clang for baseline x86-64 and, on ELF systems (Linux: ifunc target clones), also for
+// x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the loader picks the widest clone the CPU
+// supports (a capability check, no vendor list). Elsewhere (macOS, other architectures) one
+// build. The clones compute the same operations in the same order, except that the wider ones
+// fuse multiply-adds (FMA): results may differ in the last bits by CPU.
 #ifndef NOISEAR_VECTORMATH_H
 #define NOISEAR_VECTORMATH_H
 
@@ -42,8 +43,8 @@ void nar_vm_binary(int op, const float *a, long sa, const float *b, long sb, flo
 /// dst[i] = src[i * ss] for i < n (ss 0 broadcasts src[0]); dst does not overlap src.
 void nar_vm_copy(const float *src, long ss, float *dst, long n);
 
-/// The instruction set level the loader picked: "x86-64-v4", "x86-64-v3", "x86-64" or, on
-/// other architectures, "generic".
+/// The clone the loader picked: "x86-64-v4", "x86-64-v3" or "x86-64"; "generic" where there
+/// are no clones (not x86-64, or not ELF).
 const char *nar_vm_level(void);
 
 #ifdef __cplusplus
