@@ -188,9 +188,10 @@ struct BenchCommand: ParsableCommand {
             return UNetConfig().estimatedSamplingBytes(batch: batchOption ?? 16).map { $0.multipliedReportingOverflow(by: 8) }
                 .flatMap { $0.overflow ? nil : $0.partialValue }
         case .noisear, .npnet:
-            // The authors' SDXL sizes: weights and activations are dominated by the fixed model.
+            // The authors' SDXL sizes: weights and activations are dominated by the fixed model;
+            // noisear also copies 256 MiB for its bandwidth floor.
             let s = size ?? 128
-            counts = [p([64, batchOption ?? 1, 4, s, s]), p([160_000_000])]
+            counts = [p([64, batchOption ?? 1, 4, s, s]), p([160_000_000]), op == .noisear ? p([2, 64 << 20]) : 0]
         }
         var ints: [Int] = []
         for c in counts {
