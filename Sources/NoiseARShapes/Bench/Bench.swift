@@ -243,7 +243,8 @@ extension Bench {
         // copy, beyond every cache; read plus written bytes, as STREAM counts them). It goes
         // first, so the last column of the other rows is floor / time.
         let count = 64 << 20
-        let src = try Tensor.zeros([count], on: device), dst = try Tensor.empty([count], on: device)
+        // (both written first: the timed copies never fault in fresh pages, even without warm-up)
+        let src = try Tensor.zeros([count], on: device), dst = try Tensor.zeros([count], on: device)
         let copy = try time {
             try device.run(Op.Copy(shape: [count], src: Strided(src.ref, strides: [1]), dst: Strided(dst.ref, strides: [1])))
             try device.backend.synchronize()
