@@ -54,6 +54,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "conv2d input channels.") var channels: Int = 64
     @Option(help: "conv2d output channels.") var outChannels: Int = 64
     @Option(help: "conv2d kernel size.") var kernel: Int = 3
+    @Flag(help: "svd: the plain Jacobi, without the QR preconditioning (for comparison).") var plainJacobi = false
     @Option(help: "Untimed runs first.") var warmup: Int = 2
     @Option(help: "Timed runs.") var repeats: Int = 10
     @Option(help: ArgumentHelp("More devices to time in the same run, comma-separated (e.g. opencl:0,vulkan:0).",
@@ -125,7 +126,7 @@ struct BenchCommand: ParsableCommand {
                 case .train:
                     results.append(try bench.trainStep(batch: batchOption ?? 16, device: d))
                 case .svd:
-                    svdResults.append(try bench.svd(size: size ?? 256, batch: batch, device: d))
+                    svdResults.append(try bench.svd(size: size ?? 256, batch: batch, precondition: !plainJacobi, device: d))
                 }
             }
             if op == .svd {

@@ -115,9 +115,11 @@ final class RecordingBackend: Backend {
     func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef, v: BufRef) throws {
         note(.adamw); try inner.adamw(count: count, step: step, param: param, grad: grad, m: m, v: v)
     }
-    func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float, maxSweeps: Int) throws -> Int {
+    func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float, maxSweeps: Int,
+             precondition: Bool) throws -> Int {
         note(.svd)
-        return try inner.svd(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps)
+        return try inner.svd(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps,
+                             precondition: precondition)
     }
 }
 

@@ -447,10 +447,11 @@ public enum Op {
     public struct SVD: PrimitiveOp {
         public static let kind = OpKind.svd
         public var batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef
-        public var tolerance: Float, maxSweeps: Int
-        public init(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float, maxSweeps: Int) {
+        public var tolerance: Float, maxSweeps: Int, precondition: Bool
+        public init(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float, maxSweeps: Int,
+                    precondition: Bool = true) {
             self.batch = batch; self.n = n; self.a = a; self.u = u; self.s = s; self.vt = vt
-            self.tolerance = tolerance; self.maxSweeps = maxSweeps
+            self.tolerance = tolerance; self.maxSweeps = maxSweeps; self.precondition = precondition
         }
         public var reads: [BufRef] { [a] }
         public var writes: [BufRef] { [u, s, vt] }
@@ -458,7 +459,8 @@ public enum Op {
             var o = self; o.a = try f(a); o.u = try f(u); o.s = try f(s); o.vt = try f(vt); return o
         }
         public func execute(on b: any Backend) throws -> Int {
-            try b.svd(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps)
+            try b.svd(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps,
+                      precondition: precondition)
         }
     }
 }

@@ -21,16 +21,16 @@ public struct SVDBenchResult: Codable, Sendable {
 
 extension Bench {
     /// The batched one-sided Jacobi SVD of `batch` random size x size matrices (default
-    /// tolerance and sweep limit), including reading nothing back: the timed runs wait for the
+    /// tolerance and sweep limit; QR-preconditioned unless `precondition` is false), including reading nothing back: the timed runs wait for the
     /// device.
-    public func svd(size: Int, batch: Int, device: Device) throws -> SVDBenchResult {
+    public func svd(size: Int, batch: Int, precondition: Bool = true, device: Device) throws -> SVDBenchResult {
         let a = try Self.random([batch, size, size], 1, on: device)
         var sweeps = 0
         let t = try time {
-            sweeps = try Tensor.svdReportingSweeps(a).sweeps
+            sweeps = try Tensor.svdReportingSweeps(a, precondition: precondition).sweeps
             try device.backend.synchronize()
         }
-        return SVDBenchResult(backend: device.info.id, variant: variantName(device, "svd"), size: size, batch: batch,
+        return SVDBenchResult(backend: device.info.id, variant: variantName(device, "svd") + (precondition ? "" : " plain-jacobi"), size: size, batch: batch,
                               sweeps: sweeps, medianMs: t.0, minMs: t.1, msPerMatrix: t.0 / Double(batch),
                               matricesPerSecond: Double(batch) * 1000 / t.0, repeats: repeats)
     }

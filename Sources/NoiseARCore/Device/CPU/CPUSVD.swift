@@ -306,10 +306,22 @@ enum JacobiSVD {
 }
 
 extension CPUBackend {
-    /// One-sided Jacobi SVD of `batch` row-major n x n matrices (see `JacobiSVD`).
+    /// One-sided Jacobi SVD of `batch` row-major n x n matrices (see `JacobiSVD`), with
+    /// `precondition` on R of the pivoted QR factorisation of a^T (see `PivotedQR`).
     public func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
-                    tolerance: Float, maxSweeps: Int) throws -> Int {
+                    tolerance: Float, maxSweeps: Int, precondition: Bool) throws -> Int {
         guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
+        guard precondition && n >= 2 else {
+            return try jacobiSVD(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps)
+        }
+        return try preconditionedSVD(batch: batch, n: n, a: a, u: u, vt: vt) { r, ur, vr in
+            try jacobiSVD(batch: batch, n: n, a: r, u: ur, s: s, vt: vr, tolerance: tolerance, maxSweeps: maxSweeps)
+        }
+    }
+
+    /// The plain one-sided Jacobi SVD of `a` (arguments checked by `svd`).
+    func jacobiSVD(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
+                   tolerance: Float, maxSweeps: Int) throws -> Int {
         let nn = n * n
         let pa = ptr(a), pu = ptr(u), ps = ptr(s), pv = ptr(vt)
         let w = UnsafeMutablePointer<Float>.allocate(capacity: batch * nn)

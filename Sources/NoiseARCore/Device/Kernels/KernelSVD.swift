@@ -17,9 +17,22 @@ extension KernelBackend {
     /// One-sided Jacobi SVD (`Kernels/svd.cl`): sweeps of block round-robin launches with a
     /// per-matrix rotation flag read back after each sweep, then norms, ranks, one batched GEMM
     /// (A Vh^T) and a Gram-Schmidt kernel for U.
+    /// With `precondition` the sweeps run on R of the pivoted QR factorisation of a^T, which is
+    /// computed on the host (`PivotedQR`).
     public func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
-                    tolerance: Float, maxSweeps: Int) throws -> Int {
+                    tolerance: Float, maxSweeps: Int, precondition: Bool) throws -> Int {
         guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
+        guard precondition && n >= 2 else {
+            return try jacobiSVD(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps)
+        }
+        return try preconditionedSVD(batch: batch, n: n, a: a, u: u, vt: vt) { r, ur, vr in
+            try jacobiSVD(batch: batch, n: n, a: r, u: ur, s: s, vt: vr, tolerance: tolerance, maxSweeps: maxSweeps)
+        }
+    }
+
+    /// The plain Jacobi SVD on the device (arguments checked by `svd`).
+    func jacobiSVD(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
+                   tolerance: Float, maxSweeps: Int) throws -> Int {
         let nn = n * n
         let wg = svdWorkGroup
         try require(wg > 0 && wg & (wg - 1) == 0, "SVD_WG=\(wg) must be a power of two")
