@@ -74,13 +74,15 @@ kernel void softmax_rows_backward(global const float* y, int yoff, global const 
 }
 
 /* Normalisation over contiguous groups: [count, cpg, spatial] with (mean, rstd) per group,
- * affine per channel (channel = (group % groups) * cpg + c). Layer norm is groups = 1,
- * cpg = 1, spatial = cols, with the affine per column applied by layer_norm_affine.
- * CPU twin: CPUBackend.groupNorm. */
+ * affine per channel (channel = (group % groups) * cpg + c), then SiLU when silu != 0 (a
+ * ResNet block's GroupNorm + SiLU in one pass). Layer norm is groups = 1, cpg = 1,
+ * spatial = cols, with the affine per column applied by layer_norm_affine.
+ * CPU twin: CPUBackend.groupNorm (with activation: its fused form). */
 kernel void group_norm(global const float* x, int xoff, global const float* gamma, int goff,
                        global const float* beta, int boff, int has_affine,
                        global float* y, int yoff, global float* mean, int moff,
-                       global float* rstd, int roff, int groups, int cpg, int spatial, float eps) {
+                       global float* rstd, int roff, int groups, int cpg, int spatial, float eps,
+                       int silu) {
     local float red[ROW_WG];
     int grp = get_group_id(0), l = get_local_id(0);
     int len = cpg * spatial;
@@ -97,6 +99,7 @@ kernel void group_norm(global const float* x, int xoff, global const float* gamm
     for (int j = l; j < len; j += ROW_WG) {
         float h = (xg[j] - mu) * rs;
         if (has_affine) { int c = c0 + j / spatial; h = h * gamma[goff + c] + beta[boff + c]; }
+        if (silu) h = h / (1.0f + exp(-h));
         yg[j] = h;
     }
 }

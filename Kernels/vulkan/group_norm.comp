@@ -2,7 +2,7 @@
 #include "common.glsl"
 /* Twin of group_norm (Kernels/softmax.cl): normalisation over contiguous groups
  * [count, cpg, spatial] with (mean, rstd) per group and an optional affine per channel
- * (channel = (group % groups) * cpg + c); one work-group of ROW_WG items per group (a 1-D
+ * (channel = (group % groups) * cpg + c), then SiLU when silu != 0; one work-group of ROW_WG items per group (a 1-D
  * launch of count * groups * ROW_WG items).
  * Differences: the group index comes from group0(). The kernel has no count argument, so a
  * folded launch with spare work-groups cannot be bounded exactly: as a safety net a group
@@ -29,6 +29,7 @@ layout(push_constant) uniform PC {
     int cpg;
     int spatial;
     float eps;
+    int silu;
 } pc;
 
 shared float red[ROW_WG];
@@ -67,6 +68,7 @@ void main() {
     for (int j = l; j < len; j += ROW_WG) {
         float h = (x[xg + j] - mu) * rs;
         if (pc.has_affine != 0) { int c = c0 + j / spatial; h = h * gamma[pc.goff + c] + beta[pc.boff + c]; }
+        if (pc.silu != 0) h = h / (1.0 + exp(-h));
         y[yg + j] = h;
     }
 }

@@ -19,7 +19,8 @@ struct BenchCommand: ParsableCommand {
             and reports ms per matrix, matrices per second and the sweeps used.
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
             shipped configuration) at --batch and prints each op family's share of the step (with its op count), the
-            primitive ops per step and, on OpenCL and Vulkan, the kernel launches per step.
+            primitive ops per guided step and, on OpenCL and Vulkan, its kernel launches (a two-step
+            run less a one-step run; the set-up, prompt encoding and noise, is counted apart).
             `train` times one `train diffusion` step (render the batch, text encoder and UNet forward,
             v-prediction loss, backward, AdamW, EMA) of a freshly initialised model of the shipped
             configuration at --batch (default 16 here).
@@ -154,7 +155,9 @@ struct BenchCommand: ParsableCommand {
             }
             for r in results {
                 if let ops = r.ops {
-                    print("per step on \(r.backend): \(ops) primitive ops" + (r.launches.map { ", \($0) kernel launches" } ?? ""))
+                    print("per guided step on \(r.backend): \(ops) primitive ops" + (r.launches.map { ", \($0) kernel launches" } ?? "")
+                          + (r.setupOps.map { "; set-up (prompt encoding, noise): \($0) ops" } ?? "")
+                          + (r.setupLaunches.map { ", \($0) launches" } ?? ""))
                 }
             }
         }

@@ -21,6 +21,10 @@ public struct BenchResult: Codable, Sendable {
     public var ops: Int? = nil
     /// Kernel launches per run on an OpenCL or Vulkan device (the sampler step), else nil.
     public var launches: Int? = nil
+    /// The sampler step's set-up (prompt encoding, noise): primitive ops and kernel launches of
+    /// a one-step run besides its step.
+    public var setupOps: Int? = nil
+    public var setupLaunches: Int? = nil
 }
 
 /// Benchmarks of single ops: warm-up runs, then `repeats` timed runs (each waits for the
@@ -188,17 +192,30 @@ extension Bench {
         device.profiling = true
         defer { device.profiling = false }
         try run()
-        let launches = kernels.map { $0.launches - launchesBefore }
-        let ops = device.profile.values.reduce(0) { $0 + $1.count }
+        let launches1 = kernels.map { $0.launches - launchesBefore }
+        let ops1 = device.profile.values.reduce(0) { $0 + $1.count }
         let total = device.profile.values.reduce(0) { $0 + $1.seconds }
+        let profile = device.profile
+        // A guided step's own ops and launches: a two-step run's count less the one-step run's
+        // (which also encodes the prompts and draws the noise: the set-up).
+        var two = settings
+        two.steps = 2
+        let before2 = kernels?.launches ?? 0
+        device.resetProfile()
+        _ = try DiffusionSampler.sample(model: model, prompts: prompts, noise: noise, seed: 1, settings: two)
+        try device.backend.synchronize()
+        let ops = device.profile.values.reduce(0) { $0 + $1.count } - ops1
+        let launches = kernels.map { $0.launches - before2 - (launches1 ?? 0) }
         // Each op family's share of the step, with its op count.
-        var shares: [(String, Double)] = device.profile.map { kind, v in
+        var shares: [(String, Double)] = profile.map { kind, v in
             ("\(kind.rawValue) (\(v.count))", v.seconds / max(total, 1e-12))
         }
         shares.sort { $0.1 > $1.1 }
         var r = result("sampler-step", device.info.id, "dpmpp2m cfg5 (UNet x2B)", "batch \(batch) 3x32x32", t)
         r.ops = ops
         r.launches = launches
+        r.setupOps = ops1 - ops
+        r.setupLaunches = launches1.flatMap { l1 in launches.map { l1 - $0 } }
         return (r, shares)
     }
 

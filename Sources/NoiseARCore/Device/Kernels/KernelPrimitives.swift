@@ -181,12 +181,30 @@ extension KernelBackend {
 
     public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
                           gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
+        try groupNormKernel(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                            gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd, silu: false)
+    }
+
+    /// GroupNorm + SiLU is one kernel (the `silu` flag of group_norm); other activations run
+    /// as a second kernel.
+    public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
+                          gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef,
+                          activation: UnaryOp) throws {
+        try groupNormKernel(n: n, channels: channels, spatial: spatial, groups: groups, eps: eps, x: x,
+                            gamma: gamma, beta: beta, y: y, mean: mean, rstd: rstd, silu: activation == .silu)
+        if activation != .silu {
+            try unary(activation, count: n * channels * spatial, x: y, y: y, p0: 0, p1: 0)
+        }
+    }
+
+    func groupNormKernel(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
+                         gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef, silu: Bool) throws {
         let affine = gamma != nil && beta != nil
         try require(affine || (gamma == nil && beta == nil), "group norm needs both gamma and beta or neither")
         try launch("softmax.cl", "group_norm", global: [n * groups * params["ROW_WG"]], local: rowLocal,
                    ref(x) + (try optRef(gamma)) + (try optRef(beta)) + [.i32(affine ? 1 : 0)]
                        + ref(y) + ref(mean) + ref(rstd)
-                       + [.i32(groups), .i32(channels / groups), .i32(spatial), .f32(eps)])
+                       + [.i32(groups), .i32(channels / groups), .i32(spatial), .f32(eps), .i32(silu ? 1 : 0)])
     }
 
     public func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,
