@@ -64,10 +64,13 @@ kernel void gemm_pack_b(global const float* B, int boff, int N, int K, int ldb, 
     }
 }
 
-/* One GEMM_MR x GEMM_NR block of C per work item from packed panels. */
+/* One GEMM_MR x GEMM_NR block of C per work item from packed panels. With has_bias, every
+ * row of C gets bias[biasoff + (b / batch1) * sbias0 + n] added (a linear layer's bias, the
+ * GEMM's epilogue; CPU twin: CPUBackend.gemm's bias rows). */
 kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, int mpanels,
                         int npanels, global float* C, int coff, int M, int N, int ldc,
-                        int batch1, int sC0, int sC1, float alpha, float beta) {
+                        int batch1, int sC0, int sC1, float alpha, float beta,
+                        global const float* bias, int biasoff, int has_bias, int sbias0) {
     int mp = get_global_id(0), np = get_global_id(1), b = get_global_id(2);
     if (mp >= mpanels || np >= npanels) return;
     global const float* a = Ap + (size_t)(b * mpanels + mp) * K * GEMM_MR;
@@ -100,14 +103,19 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
     }
     global float* Cb = C + coff + (b / batch1) * sC0 + (b % batch1) * sC1;
     int n0 = np * GEMM_NR;
+    int lim = min(GEMM_NR, N - n0);
+    /* The bias of this block's columns (zeros past N or without a bias). */
+    float bvals[GEMM_NR];
+    global const float* brow = bias + biasoff + (b / batch1) * sbias0 + n0;
+    for (int c = 0; c < GEMM_NR; ++c) bvals[c] = (has_bias && c < lim) ? brow[c] : 0.0f;
     for (int r = 0; r < GEMM_MR; ++r) {
         int m = mp * GEMM_MR + r;
         if (m >= M) break;
         global float* crow = Cb + m * ldc + n0;
-        if (beta == 0.0f && n0 + GEMM_NR <= N) {
-            vstore16(alpha * acc0[r], 0, crow);
+        if (beta == 0.0f && lim == GEMM_NR) {
+            vstore16(alpha * acc0[r] + vload16(0, bvals), 0, crow);
 #if GEMM_NV > 1
-            vstore16(alpha * acc1[r], 1, crow);
+            vstore16(alpha * acc1[r] + vload16(1, bvals), 1, crow);
 #endif
             continue;
         }
@@ -116,20 +124,21 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
 #if GEMM_NV > 1
         vstore16(acc1[r], 1, vals);
 #endif
-        int lim = min(GEMM_NR, N - n0);
         if (beta == 0.0f) {
-            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c];
+            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + bvals[c];
         } else {
-            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * crow[c];
+            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * crow[c] + bvals[c];
         }
     }
 }
 
-/* GPU-style tiled GEMM. Local size (GEMM_RTSM, GEMM_RTSN); global rounded up to tiles. */
+/* GPU-style tiled GEMM. Local size (GEMM_RTSM, GEMM_RTSN); global rounded up to tiles. The
+ * bias epilogue as in gemm_packed. */
 kernel void gemm_tiled(global const float* A, int aoff, global const float* B, int boff,
                        global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
                        int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
-                       int sC0, int sC1, float alpha, float beta) {
+                       int sC0, int sC1, float alpha, float beta,
+                       global const float* bias, int biasoff, int has_bias, int sbias0) {
     local float As[GEMM_TSK][GEMM_TSM];
     local float Bs[GEMM_TSK][GEMM_TSN + 1];
     int tm = get_local_id(0), tn = get_local_id(1);
@@ -177,6 +186,7 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
             if (n >= N) continue;
             float v = alpha * acc[i][j];
             if (beta != 0.0f) v += beta * Cb[m * ldc + n];
+            if (has_bias) v += bias[biasoff + (b / batch1) * sbias0 + n];
             Cb[m * ldc + n] = v;
         }
     }
@@ -194,7 +204,8 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
 kernel void gemm_skinny(global const float* A, int aoff, global const float* B, int boff,
                         global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
                         int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
-                        int sC0, int sC1, float alpha, float beta) {
+                        int sC0, int sC1, float alpha, float beta,
+                        global const float* bias, int biasoff, int has_bias, int sbias0) {
 #if ROW_WG > 1
     local float red[SKINNY_M * ROW_WG];
 #endif
@@ -257,10 +268,11 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
     for (int m = 0; m < SKINNY_M; ++m) acc[m] = red[m * ROW_WG];
 #endif
     if (l == 0 && n < N) {
+        float bn = has_bias ? bias[biasoff + b0 * sbias0 + n] : 0.0f;
         for (int m = 0; m < SKINNY_M; ++m) {
             if (m < M) {
                 float r = alpha * acc[m];
-                c[m * ldc + n] = beta == 0.0f ? r : fma(beta, c[m * ldc + n], r);
+                c[m * ldc + n] = (beta == 0.0f ? r : fma(beta, c[m * ldc + n], r)) + bn;
             }
         }
     }

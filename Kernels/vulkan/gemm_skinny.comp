@@ -1,6 +1,7 @@
 #version 450
 #include "common.glsl"
-/* Twin of gemm_skinny (Kernels/gemm.cl): C = alpha op(A) op(B) + beta C for M <= SKINNY_M (4)
+/* Twin of gemm_skinny (Kernels/gemm.cl): C = alpha op(A) op(B) + beta C (+ the bias row when
+ * has_bias) for M <= SKINNY_M (4)
  * rows. Launched 2-D, global (N * ROW_WG, batch), work-group (ROW_WG, 1) when ROW_WG > 1
  * (one group per output column n, the items splitting K, partial sums meeting in a shared
  * tree), else work-group (min(16, limit), 1) with one item per column.
@@ -12,6 +13,7 @@
 layout(std430, set = 0, binding = 0) buffer B0 { float A[]; };
 layout(std430, set = 0, binding = 1) buffer B1 { float B[]; };
 layout(std430, set = 0, binding = 2) buffer B2 { float C[]; };
+layout(std430, set = 0, binding = 3) buffer B3 { float bias[]; };
 
 layout(push_constant) uniform PC {
     int aoff;
@@ -34,6 +36,9 @@ layout(push_constant) uniform PC {
     int sC1;
     float alpha;
     float beta;
+    int biasoff;
+    int has_bias;
+    int sbias0;
 } pc;
 
 const int SKINNY_M = 4;
@@ -116,11 +121,12 @@ void main() {
         for (int m = 0; m < SKINNY_M; ++m) acc[m] = red[m * ROW_WG];
     }
     if (l == 0) {
+        float bn = pc.has_bias != 0 ? bias[pc.biasoff + b0 * pc.sbias0 + n] : 0.0;
         for (int m = 0; m < SKINNY_M; ++m) {
             if (m < M) {
                 float r = pc.alpha * acc[m];
                 int ci = c + m * pc.ldc + n;
-                C[ci] = pc.beta == 0.0 ? r : fma(pc.beta, C[ci], r);
+                C[ci] = (pc.beta == 0.0 ? r : fma(pc.beta, C[ci], r)) + bn;
             }
         }
     }

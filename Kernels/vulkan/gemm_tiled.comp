@@ -1,6 +1,7 @@
 #version 450
 #include "common.glsl"
 /* Twin of gemm_tiled (Kernels/gemm.cl): batched row-major GEMM C = alpha op(A) op(B) + beta C
+ * (+ the bias row when has_bias)
  * with local-memory tiles GEMM_TSK x GEMM_TSM of op(A) and GEMM_TSK x GEMM_TSN (+1 padding) of
  * op(B); each item computes GEMM_WPTM x GEMM_WPTN outputs. Launched 3-D: work-group
  * (GEMM_TSM / GEMM_WPTM, GEMM_TSN / GEMM_WPTN, 1), groups (tiles of M, tiles of N, batch).
@@ -11,6 +12,7 @@
 layout(std430, set = 0, binding = 0) buffer B0 { float A[]; };
 layout(std430, set = 0, binding = 1) buffer B1 { float B[]; };
 layout(std430, set = 0, binding = 2) buffer B2 { float C[]; };
+layout(std430, set = 0, binding = 3) buffer B3 { float bias[]; };
 
 layout(push_constant) uniform PC {
     int aoff;
@@ -33,6 +35,9 @@ layout(push_constant) uniform PC {
     int sC1;
     float alpha;
     float beta;
+    int biasoff;
+    int has_bias;
+    int sbias0;
 } pc;
 
 const int RTSM = GEMM_TSM / GEMM_WPTM;
@@ -98,6 +103,7 @@ void main() {
             if (n >= N) continue;
             float v = pc.alpha * acc[i * GEMM_WPTN + j];
             if (pc.beta != 0.0) v += pc.beta * C[Cb + m * pc.ldc + n];
+            if (pc.has_bias != 0) v += bias[pc.biasoff + bq * pc.sbias0 + n];
             C[Cb + m * pc.ldc + n] = v;
         }
     }

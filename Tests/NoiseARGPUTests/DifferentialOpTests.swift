@@ -118,6 +118,50 @@ import Testing
         }
     }
 
+    /// The bias epilogue (`Op.Gemm.bias`): plain, transposed, with beta, skinny (M <= 4), past
+    /// panel and tile edges, and batched with a bias per batch0 entry (GEGLU's two halves)
+    /// over a two-level batch.
+    @Test func gemmBiasEpilogue() throws {
+        var rng = TestRNG(55)
+        for (m, n, k) in [(17, 33, 9), (3, 41, 30), (65, 130, 67), (1, 7, 5)] {
+            for (tb, alpha, beta) in [(true, Float(1), Float(0)), (false, Float(0.5), Float(-1.25))] {
+                let d = GemmDesc(m: m, n: n, k: k, transB: tb, alpha: alpha, beta: beta)
+                try differential("gemm+bias \(m)x\(n)x\(k) tB=\(tb) beta=\(beta)",
+                                 inputs: [rng.values(m * k), rng.values(k * n), rng.values(n)],
+                                 outputs: [rng.values(m * n)]) { be, i, o in
+                    try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2])
+                }
+            }
+        }
+        for m in [2, 19] {
+            let (n, k, b0, b1) = (23, 13, 2, 3)
+            var d = GemmDesc(m: m, n: n, k: k, transB: true)
+            d.batch0 = b0; d.batch1 = b1
+            d.strideA0 = b1 * m * k; d.strideA1 = m * k
+            d.strideB0 = n * k; d.strideB1 = 0
+            d.strideC0 = b1 * m * n; d.strideC1 = m * n
+            d.biasStride0 = n
+            try differential("gemm+bias batched \(m)x\(n)x\(k) b\(b0)x\(b1)",
+                             inputs: [rng.values(b0 * b1 * m * k), rng.values(b0 * n * k), rng.values(b0 * n)],
+                             outputs: [rng.values(b0 * b1 * m * n)]) { be, i, o in
+                try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2])
+            }
+        }
+        // The CPU reference itself against the definition: an untaped linear layer (the
+        // epilogue) equals the product plus a broadcast add, on the CPU and OpenCL devices.
+        let (rows, inF, outF) = (7, 13, 5)
+        let x = rng.values(rows * inF), w = rng.values(outF * inF), bias = rng.values(outF)
+        var devices = [Device.cpuDevice()]
+        try withCL { backends in devices += backends.map { Device(backend: $0) } }
+        for dev in devices {
+            let tx = try Tensor(x, shape: [rows, inF], on: dev), tw = try Tensor(w, shape: [outF, inF], on: dev)
+            let tb = try Tensor(bias, shape: [outF], on: dev)
+            let fused = try Tensor.linear(tx, weight: tw, bias: tb).toArray()
+            let twoOps = try (Tensor.matmul(tx, tw, transposeB: true) + tb).toArray()
+            #expect(nmse(fused, twoOps) < 1e-12, "\(dev.info.id): linear bias epilogue nmse \(nmse(fused, twoOps))")
+        }
+    }
+
     @Test(arguments: [(1, 1), (7, 13), (5, 300), (64, 65)])
     func softmax(rows: Int, cols: Int) throws {
         var rng = TestRNG(6)

@@ -74,6 +74,10 @@ public struct GemmDesc: Sendable, Equatable {
     /// order. The CPU backend implements it (a stride-1 convolution as one product per kernel
     /// tap); the GPU backends leave it to the CPU.
     public var reduceBatch = false
+    /// With a bias operand (`Op.Gemm.bias`): every row of C of batch entry (i0, i1) gets
+    /// bias[i0 * biasStride0 + column] added after the product (a linear layer's bias as the
+    /// GEMM's epilogue).
+    public var biasStride0 = 0
 
     /// A plain (optionally transposed) contiguous GEMM.
     public init(m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false,
@@ -237,7 +241,8 @@ public protocol Backend: AnyObject {
     /// dx = dy * f'(x).
     func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                        p0: Float, p1: Float) throws
-    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws
+    /// C = alpha op(A) op(B) + beta C (+ the bias row, see `GemmDesc.biasStride0`, when given).
+    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws
     /// Row-wise (log-)softmax over the last axis of a [rows, cols] matrix.
     func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws
     /// dx from y = (log-)softmax(x) and dy.
@@ -306,6 +311,11 @@ public protocol Backend: AnyObject {
 import Foundation
 
 extension Backend {
+    /// A GEMM without a bias.
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
+        try gemm(d, a: a, b: b, c: c, bias: nil)
+    }
+
     public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,
                           gamma: BufRef?, beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef,
                           activation: UnaryOp) throws {

@@ -105,14 +105,18 @@ public enum Op {
     public struct Gemm: PrimitiveOp {
         public static let kind = OpKind.gemm
         public var desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef
-        public init(_ desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef) { self.desc = desc; self.a = a; self.b = b; self.c = c }
-        public var reads: [BufRef] { [a, b] }
+        /// Added to every row of C after the product (`GemmDesc.biasStride0`).
+        public var bias: BufRef?
+        public init(_ desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef? = nil) {
+            self.desc = desc; self.a = a; self.b = b; self.c = c; self.bias = bias
+        }
+        public var reads: [BufRef] { [a, b] + (bias.map { [$0] } ?? []) }
         // C is read too when beta != 0; a written buffer is always moved both ways.
         public var writes: [BufRef] { [c] }
         public func rebased(_ f: (BufRef) throws -> BufRef) rethrows -> Self {
-            var o = self; o.a = try f(a); o.b = try f(b); o.c = try f(c); return o
+            var o = self; o.a = try f(a); o.b = try f(b); o.c = try f(c); o.bias = try bias.map(f); return o
         }
-        public func execute(on be: any Backend) throws { try be.gemm(desc, a: a, b: b, c: c) }
+        public func execute(on be: any Backend) throws { try be.gemm(desc, a: a, b: b, c: c, bias: bias) }
     }
 
     /// Row-wise (log-)softmax of a [rows, cols] matrix.

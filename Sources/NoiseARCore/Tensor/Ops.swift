@@ -184,8 +184,8 @@ extension Tensor {
 
     /// x @ weight^T + bias, with PyTorch's Linear layout: weight [out, in], bias [out].
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) throws -> Tensor {
-        // Not recorded: the bias is copied into the output rows and the GEMM accumulates onto
-        // it (beta 1), one pass fewer than GEMM then add.
+        // Not recorded: the bias is the GEMM's epilogue (`Op.Gemm.bias`), one pass fewer than
+        // GEMM then add.
         if let bias, x.rank >= 1, weight.rank == 2, bias.shape == [weight.shape[0]],
            x.shape[x.rank - 1] == weight.shape[1],
            !isRecorded(on: x.device, [x, weight, bias]) {
@@ -193,10 +193,8 @@ extension Tensor {
             try x.sameDevice(bias, "linear")
             let k = weight.shape[1], n = weight.shape[0], rows = x.count / max(k, 1)
             let out = try Tensor.empty(Array(x.shape.dropLast()) + [n], on: x.device)
-            try x.device.run(Op.Copy(shape: [rows, n], src: Strided(bias.ref, strides: [0, 1]),
-                                     dst: Strided(out.ref, strides: [n, 1])))
-            let d = GemmDesc(m: rows, n: n, k: k, transB: true, beta: 1)
-            try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref))
+            let d = GemmDesc(m: rows, n: n, k: k, transB: true)
+            try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref, bias: bias.ref))
             return out
         }
         let y = try matmul(x, weight, transposeB: true)
@@ -218,17 +216,15 @@ extension Tensor {
         }
         try x.sameDevice(weight, "geglu")
         if let bias { try x.sameDevice(bias, "geglu") }
-        // Both halves as one GEMM batched over [W_h; W_g] into [2, rows, inner] (over the bias),
-        // the gate's GELU in place, then the product: no strided copies of the halves.
+        // Both halves as one GEMM batched over [W_h; W_g] into [2, rows, inner] (each half's
+        // bias as the epilogue), the gate's GELU in place, then the product: no strided copies
+        // of the halves.
         let dev = x.device
         let halves = try Tensor.empty([2, rows, inner], on: dev)
-        if let bias {
-            try dev.run(Op.Copy(shape: [2, rows, inner], src: Strided(bias.ref, strides: [inner, 0, 1]),
-                                dst: Strided(halves.ref, strides: [rows * inner, inner, 1])))
-        }
-        let d = GemmDesc(m: rows, n: inner, k: k, transB: true, beta: bias == nil ? 0 : 1)
+        var d = GemmDesc(m: rows, n: inner, k: k, transB: true)
             .batched(2, strideA: 0, strideB: inner * k, strideC: rows * inner)
-        try dev.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: halves.ref))
+        d.biasStride0 = inner
+        try dev.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: halves.ref, bias: bias?.ref))
         let gate = BufRef(halves.buffer, halves.offset + rows * inner)
         try dev.run(Op.Unary(.gelu, count: rows * inner, x: gate, y: gate))
         let out = try Tensor.empty(Array(x.shape.dropLast()) + [inner], on: dev)

@@ -198,8 +198,38 @@ public final class CPUBackend: Backend {
         }
     }
 
-    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
-        Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: WorkerPool.cores)
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
+        guard let bias else {
+            Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: WorkerPool.cores)
+            return
+        }
+        // The bias rows first (over C when beta is 0, so the product accumulates onto them),
+        // else after the product.
+        let pc = ptr(c), pbias = ptr(bias)
+        let entries = d.reduceBatch ? 1 : d.batch0 * d.batch1
+        let addBias = { (overwrite: Bool) in
+            parallelFor(entries) { e in
+                let i0 = e / d.batch1, i1 = e % d.batch1
+                let cb = pc + i0 * d.strideC0 + i1 * d.strideC1, row = pbias + i0 * d.biasStride0
+                for m in 0..<d.m {
+                    let cr = cb + m * d.ldc
+                    if overwrite {
+                        cr.update(from: row, count: d.n)
+                    } else {
+                        for j in 0..<d.n { cr[j] += row[j] }
+                    }
+                }
+            }
+        }
+        if d.beta == 0 {
+            addBias(true)
+            var accumulate = d
+            accumulate.beta = 1
+            Self.sgemm(accumulate, ptr(a), ptr(b), pc, threads: WorkerPool.cores)
+        } else {
+            Self.sgemm(d, ptr(a), ptr(b), pc, threads: WorkerPool.cores)
+            addBias(false)
+        }
     }
 
     /// The batched GEMM on `threads` cores. OpenBLAS runs single-threaded here (BLASCore); the

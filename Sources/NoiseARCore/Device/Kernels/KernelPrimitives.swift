@@ -99,8 +99,10 @@ extension KernelBackend {
                    ref(x) + ref(dy) + ref(dx) + [.i32(count), .i32(Int(op.rawValue)), .f32(p0), .f32(p1)])
     }
 
-    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
         let batch = d.batch0 * d.batch1
+        // The bias epilogue's arguments (a dummy buffer without one).
+        let biasArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)]
         if d.m <= 4 {
             let wg = params["ROW_WG"]
             try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
@@ -108,7 +110,7 @@ extension KernelBackend {
                        ref(a) + ref(b) + ref(c)
                            + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
                               d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)])
+                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
             return
         }
         if params["GEMM_VARIANT"] == 1 {
@@ -121,7 +123,7 @@ extension KernelBackend {
                 ref(a) + ref(b) + ref(c)
                     + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
                        d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                       d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)])
+                       d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
             return
         }
         let mr = params["GEMM_MR"], nr = 16 * params["GEMM_NV"]
@@ -137,7 +139,7 @@ extension KernelBackend {
         try launch("gemm.cl", "gemm_packed", global: [mp, np, batch], local: [max(params["GEMM_LWG"], 1), 1, 1],
                    [.buf(ap), .buf(bp), .i32(d.k), .i32(mp), .i32(np)] + ref(c)
                        + [d.m, d.n, d.ldc, d.batch1, d.strideC0, d.strideC1].map { KArg.i32($0) }
-                       + [.f32(d.alpha), .f32(d.beta)])
+                       + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
     }
 
     var rowLocal: [Int] { [params["ROW_WG"]] }
