@@ -151,14 +151,16 @@ import Testing
         // epilogue) equals the product plus a broadcast add, on the CPU and OpenCL devices.
         let (rows, inF, outF) = (7, 13, 5)
         let x = rng.values(rows * inF), w = rng.values(outF * inF), bias = rng.values(outF)
-        var devices = [Device.cpuDevice()]
-        try withCL { backends in devices += backends.map { Device(backend: $0) } }
-        for dev in devices {
+        func check(_ dev: Device) throws {
             let tx = try Tensor(x, shape: [rows, inF], on: dev), tw = try Tensor(w, shape: [outF, inF], on: dev)
             let tb = try Tensor(bias, shape: [outF], on: dev)
             let fused = try Tensor.linear(tx, weight: tw, bias: tb).toArray()
             let twoOps = try (Tensor.matmul(tx, tw, transposeB: true) + tb).toArray()
             #expect(nmse(fused, twoOps) < 1e-12, "\(dev.info.id): linear bias epilogue nmse \(nmse(fused, twoOps))")
+        }
+        try check(Device.cpuDevice())
+        try withBackends { backends in
+            for be in backends { try check(Device(backend: be)) }
         }
     }
 
