@@ -1,4 +1,4 @@
-/* Elementwise kernels. CPU twins: CPUBackend.fill/copy/binary/unary/unaryBackward/adamw. */
+/* Elementwise kernels. CPU twins: CPUBackend.fill/copy/binary/unary/unaryBackward/adamw/combine. */
 
 kernel void fill_f32(global float* dst, int doff, int n, float value) {
     int i = get_global_id(0);
@@ -18,6 +18,22 @@ kernel void copy_1d(global const float* src, int soff, int sstride, global float
                     int dstride, int n) {
     int i = get_global_id(0);
     if (i < n) dst[doff + i * dstride] = src[soff + i * sstride];
+}
+
+/* out[i] = c0 x0[i] + c1 x1[i] + c2 x2[i] + c3 x3[i] over the first `terms` operands (a
+ * guidance combination or a scheduler step in one pass; out may alias an input). CPU twin:
+ * CPUBackend.combine (same order of operations). */
+kernel void combine_f32(global const float* x0, int off0, global const float* x1, int off1,
+                        global const float* x2, int off2, global const float* x3, int off3,
+                        global float* out, int ooff, int n, int terms,
+                        float c0, float c1, float c2, float c3) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    float v = c0 * x0[off0 + i];
+    if (terms > 1) v += c1 * x1[off1 + i];
+    if (terms > 2) v += c2 * x2[off2 + i];
+    if (terms > 3) v += c3 * x3[off3 + i];
+    out[ooff + i] = v;
 }
 
 inline float binary_f(int op, float x, float y) {

@@ -117,6 +117,9 @@ final class RecordingBackend: Backend {
     func adamw(count: Int, step: AdamWStep, param: BufRef, grad: BufRef, m: BufRef, v: BufRef) throws {
         note(.adamw); try inner.adamw(count: count, step: step, param: param, grad: grad, m: m, v: v)
     }
+    func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws {
+        note(.combine); try inner.combine(count: count, coefficients: coefficients, inputs: inputs, out: out)
+    }
     func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, tolerance: Float, maxSweeps: Int,
              precondition: Bool) throws -> Int {
         note(.svd)
@@ -135,7 +138,7 @@ extension OpKind {
             .gatherBackward:
             return .backwardKernel
         case .copy, .binary, .unary, .gemm, .softmax, .layerNorm, .groupNorm, .attention, .im2col, .resize, .reduce,
-            .gather:
+            .gather, .combine:
             return .differentiable
         case .fill, .randn, .adamw, .samplePatch, .svd:
             return .none
@@ -168,6 +171,7 @@ extension OpKind {
             try d.randnIsBitwiseIdentical()
             try d.adamw()
             try d.samplePatch()
+            try d.combine()
             try SVDTests().backendGuardsAndOffsets()
             let g = GradientTests()
             try g.elementwiseBroadcast()
@@ -178,6 +182,7 @@ extension OpKind {
             try g.attention()
             try g.convAndResize()
             try g.shapeOps()
+            try g.linearCombination()
         }
         var labels = ["cpu"]
         try withBackends { labels += $0.map(\.label) }

@@ -118,6 +118,31 @@ import Testing
         }
     }
 
+    /// Linear combinations of one to four buffers at an odd size, at offsets, and in place
+    /// (out is the first input, as the later passes of `Tensor.linearCombination` run).
+    @Test func combine() throws {
+        var rng = TestRNG(61)
+        let n = 1037
+        let coefficients: [Float] = [1.5, -0.75, 0.3, 2.25]
+        for terms in 1...Op.Combine.maxTerms {
+            let xs = (0..<terms).map { _ in rng.values(n) }
+            try differential("combine \(terms) terms", inputs: xs, outputs: [rng.values(n)]) { be, i, o in
+                try be.combine(count: n, coefficients: Array(coefficients.prefix(terms)), inputs: i, out: o[0])
+            }
+            try differential("combine \(terms) terms in place", inputs: Array(xs.dropFirst()), outputs: [xs[0]]) { be, i, o in
+                try be.combine(count: n, coefficients: Array(coefficients.prefix(terms)), inputs: [o[0]] + i, out: o[0])
+            }
+        }
+        // The CPU reference against the definition, in Double.
+        let xs = (0..<4).map { _ in rng.values(n) }
+        let dev = Device.cpuDevice()
+        let got = try Tensor.linearCombination(zip(coefficients, xs).map { c, x in (c, try Tensor(x, shape: [n], on: dev)) })
+            .toArray()
+        let want = (0..<n).map { i in (0..<4).reduce(0.0) { $0 + Double(coefficients[$1]) * Double(xs[$1][i]) } }
+        let err = zip(got, want).map { abs(Double($0) - $1) }.max() ?? 0
+        #expect(err < 1e-5, "linear combination off the definition by \(err)")
+    }
+
     /// The bias epilogue (`Op.Gemm.bias`): plain, transposed, with beta, skinny (M <= 4), past
     /// panel and tile edges, and batched with a bias per batch0 entry (GEGLU's two halves)
     /// over a two-level batch.

@@ -69,6 +69,15 @@ func gradCheck(_ name: String, _ inputs: [(shape: [Int], values: [Float])], h: F
         try gradCheck("div", [a, b]) { try $0[0] / $0[1] }
     }
 
+    /// Six terms (two passes of `Op.Combine`), one tensor used twice.
+    @Test func linearCombination() throws {
+        var rng = TestRNG(12)
+        let a = ([3, 7], rng.values(21)), b = ([3, 7], rng.values(21)), c = ([3, 7], rng.values(21))
+        try gradCheck("linearCombination", [a, b, c]) {
+            try Tensor.linearCombination([(0.5, $0[0]), (-1.25, $0[1]), (2, $0[2]), (0.75, $0[0]), (1.5, $0[1]), (-0.3, $0[2])])
+        }
+    }
+
     @Test(arguments: UnaryOp.allCases)
     func unary(op: UnaryOp) throws {
         var rng = TestRNG(2)

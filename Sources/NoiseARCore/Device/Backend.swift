@@ -28,7 +28,7 @@ public enum OpKind: String, CaseIterable, Sendable {
     case layerNorm, layerNormBackward, groupNorm, groupNormBackward
     case attention, im2col, col2im, resize, resizeBackward
     case reduce, gather, gatherBackward, randn, adamw
-    case samplePatch, svd
+    case samplePatch, svd, combine
 }
 
 /// Elementwise binary operations (with broadcasting through strides).
@@ -241,6 +241,10 @@ public protocol Backend: AnyObject {
     /// dx = dy * f'(x).
     func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                        p0: Float, p1: Float) throws
+    /// out[i] = sum over t of coefficients[t] * inputs[t][i] for i < count, 1 to
+    /// `Op.Combine.maxTerms` terms (classifier-free guidance, a scheduler step; out may be one
+    /// of the inputs).
+    func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws
     /// C = alpha op(A) op(B) + beta C (+ the bias row, see `GemmDesc.biasStride0`, when given).
     func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws
     /// Row-wise (log-)softmax over the last axis of a [rows, cols] matrix.

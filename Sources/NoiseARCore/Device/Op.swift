@@ -447,6 +447,26 @@ public enum Op {
         }
     }
 
+    /// A linear combination of up to four same-sized contiguous buffers in one pass.
+    public struct Combine: PrimitiveOp {
+        public static let kind = OpKind.combine
+        public static let maxTerms = 4
+        public var count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef
+        public init(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) {
+            self.count = count; self.coefficients = coefficients; self.inputs = inputs; self.out = out
+        }
+        public var reads: [BufRef] { inputs }
+        public var writes: [BufRef] { [out] }
+        public func rebased(_ f: (BufRef) throws -> BufRef) rethrows -> Self {
+            var o = self; o.inputs = try inputs.map(f); o.out = try f(out); return o
+        }
+        public func execute(on b: any Backend) throws {
+            try require(!inputs.isEmpty && inputs.count <= Self.maxTerms && coefficients.count == inputs.count,
+                        "combine of \(inputs.count) inputs with \(coefficients.count) coefficients (1 to \(Self.maxTerms))")
+            try b.combine(count: count, coefficients: coefficients, inputs: inputs, out: out)
+        }
+    }
+
     /// Batched one-sided Jacobi SVD; the result is the most sweeps any matrix used.
     public struct SVD: PrimitiveOp {
         public static let kind = OpKind.svd
@@ -496,6 +516,7 @@ extension OpKind {
         case .randn: return Op.Randn.self
         case .adamw: return Op.AdamW.self
         case .samplePatch: return Op.SamplePatch.self
+        case .combine: return Op.Combine.self
         case .svd: return Op.SVD.self
         }
     }

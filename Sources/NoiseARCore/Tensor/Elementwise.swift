@@ -34,6 +34,32 @@ extension Tensor {
     public static func * (a: Tensor, b: Tensor) throws -> Tensor { try binary(.mul, a, b) }
     public static func / (a: Tensor, b: Tensor) throws -> Tensor { try binary(.div, a, b) }
 
+    /// The sum of coefficient x tensor over `terms` (all of one shape): one pass per four
+    /// terms (`Op.Combine`) where separate scale and add ops would take 2k - 1. Classifier-free
+    /// guidance and the schedulers' updates are such combinations.
+    public static func linearCombination(_ terms: [(Float, Tensor)]) throws -> Tensor {
+        guard let (_, first) = terms.first else { throw NoiseError.shapeMismatch("linear combination of no terms") }
+        for (c, t) in terms {
+            try first.sameDevice(t, "linearCombination")
+            try requireShape(t.shape == first.shape, "linear combination of \(first.shape) and \(t.shape)")
+            try require(c.isFinite, "linear combination coefficient \(c) is not finite")
+        }
+        let dev = first.device, n = first.count
+        let out = try Tensor.empty(first.shape, on: dev)
+        // The first pass takes up to four terms; each later one adds up to three onto out.
+        var next = 0
+        while next < terms.count {
+            let lead: [(Float, BufRef)] = next == 0 ? [] : [(Float(1), out.ref)]
+            let take = min(Op.Combine.maxTerms - lead.count, terms.count - next)
+            let part: [(Float, BufRef)] = lead + terms[next..<(next + take)].map { (c, t) in (c, t.ref) }
+            try dev.run(Op.Combine(count: n, coefficients: part.map(\.0), inputs: part.map(\.1), out: out.ref))
+            next += take
+        }
+        return record(out, terms.map(\.1), "linearCombination") { g in
+            try terms.map { c, _ in try g.scaled(c) }
+        }
+    }
+
     /// Sums a broadcast gradient back down to `target` shape.
     func sumTo(_ target: [Int]) throws -> Tensor {
         if shape == target { return self }

@@ -81,7 +81,8 @@ public enum DiffusionSampler {
 
     /// The model's prediction for x [B, ...] at timestep t with classifier-free guidance:
     /// `context` is [uncond; cond] (2B rows) when cfg != 1, else the B conditional rows;
-    /// uncond + cfg * (cond - uncond) from one batched call.
+    /// uncond + cfg * (cond - uncond) = (1 - cfg) uncond + cfg cond from one batched call (the
+    /// combination in one pass).
     public static func guidedPrediction(model: any Denoiser, _ x: Tensor, t: Double, context: Tensor,
                                         cfg: Double) throws -> Tensor {
         let b = x.shape[0]
@@ -91,7 +92,7 @@ public enum DiffusionSampler {
         let both = try model.predict(Tensor.concat([x, x], axis: 0),
                                           timesteps: [Double](repeating: t, count: 2 * b), context: context)
         let un = try both.slice(axis: 0, 0, b), co = try both.slice(axis: 0, b, 2 * b)
-        return try un + (co - un).scaled(Float(cfg))
+        return try Tensor.linearCombination([(Float(1 - cfg), un), (Float(cfg), co)])
     }
 
     /// Prompt states for guidance: [uncond; cond] when cfg != 1, else cond.

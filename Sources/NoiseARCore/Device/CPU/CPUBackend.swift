@@ -142,6 +142,19 @@ public final class CPUBackend: Backend {
         }
     }
 
+    public func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws {
+        let xs = inputs.map { UnsafePointer(ptr($0)) }, po = ptr(out), c = coefficients
+        parallelChunks(count) { lo, hi in
+            // Term by term over the chunk: the first writes, the others accumulate (the same
+            // order of operations as the kernels: ((c0 x0 + c1 x1) + c2 x2) + c3 x3).
+            for i in lo..<hi {
+                var v = c[0] * xs[0][i]
+                for t in 1..<xs.count { v += c[t] * xs[t][i] }
+                po[i] = v
+            }
+        }
+    }
+
     public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                               p0: Float, p1: Float) throws {
         let px = ptr(x), pdy = ptr(dy), pdx = ptr(dx)

@@ -93,6 +93,19 @@ extension KernelBackend {
                    ref(x) + ref(y) + [.i32(count), .i32(Int(op.rawValue)), .f32(p0), .f32(p1)])
     }
 
+    public func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws {
+        try require(!inputs.isEmpty && inputs.count <= Op.Combine.maxTerms && coefficients.count == inputs.count,
+                    "combine of \(inputs.count) inputs")
+        // Four operand slots always; unused ones get a dummy buffer and coefficient 0.
+        var args: [KArg] = []
+        for t in 0..<Op.Combine.maxTerms {
+            args += t < inputs.count ? ref(inputs[t]) : try optRef(nil)
+        }
+        let cs = (0..<Op.Combine.maxTerms).map { KArg.f32($0 < coefficients.count ? coefficients[$0] : 0) }
+        try launch("elementwise.cl", "combine_f32", global: [count],
+                   args + ref(out) + [.i32(count), .i32(inputs.count)] + cs)
+    }
+
     public func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef,
                               p0: Float, p1: Float) throws {
         try launch("elementwise.cl", "unary_backward_f32", global: [count],

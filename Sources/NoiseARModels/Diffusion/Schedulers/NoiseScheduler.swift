@@ -266,19 +266,16 @@ enum ScheduleMath {
         }
     }
 
-    /// `sum(c_i * t_i)` with Tensor ops; coefficients computed in Double, applied as Float.
-    /// Zero coefficients are skipped (a fresh tensor is returned even for a single term).
+    /// `sum(c_i * t_i)` in one pass (`Tensor.linearCombination`); coefficients computed in
+    /// Double, applied as Float. Zero coefficients are skipped (a fresh tensor is returned even
+    /// for a single term).
     static func combine(_ terms: [(Double, Tensor)]) throws -> Tensor {
         let live = terms.filter { $0.0 != 0 }
-        guard let first = live.first else {
+        guard !live.isEmpty else {
             precondition(!terms.isEmpty, "combine of no terms")
             return try terms[0].1.scaled(0)
         }
-        var acc = try first.1.scaled(Float(first.0))
-        for (c, t) in live.dropFirst() {
-            acc = try acc + t.scaled(Float(c))
-        }
-        return acc
+        return try Tensor.linearCombination(live.map { (Float($0.0), $0.1) })
     }
 
     /// x0 and epsilon as linear combinations `(coefficient of sample, coefficient of model output)`
