@@ -81,6 +81,36 @@ extension Tensor {
         }
     }
 
+    /// Multi-head attention over heads read in place from column ranges of token rows
+    /// (unrecorded): q is columns qColumn..<qColumn + heads*dim of `q` [B, Tq, Wq], k and v
+    /// likewise of [B, Tk, Wk] and [B, Tk, Wv]. They may all be one packed projection (e.g.
+    /// [B, T, 3D] holding q, k and v side by side), which then needs no split. Returns
+    /// [B, Tq, heads*dim].
+    package static func attention(q: Tensor, qColumn: Int, k: Tensor, kColumn: Int, v: Tensor, vColumn: Int,
+                                  heads: Int, dim: Int) throws -> Tensor {
+        try q.sameDevice(k, "attention")
+        try q.sameDevice(v, "attention")
+        let width = heads * dim
+        try requireShape(q.rank == 3 && k.rank == 3 && v.rank == 3 && k.shape[0] == q.shape[0]
+                            && v.shape[0] == q.shape[0] && v.shape[1] == k.shape[1] && heads > 0 && dim > 0
+                            && qColumn >= 0 && qColumn + width <= q.shape[2] && kColumn >= 0
+                            && kColumn + width <= k.shape[2] && vColumn >= 0 && vColumn + width <= v.shape[2],
+                         "attention of columns \(qColumn), \(kColumn), \(vColumn) (\(heads) heads of \(dim)) of \(q.shape), \(k.shape), \(v.shape)")
+        let b = q.shape[0], tq = q.shape[1], tk = k.shape[1]
+        var d = AttentionDesc(batch: b, heads: heads, tq: tq, tk: tk, headDim: dim)
+        d.qStrides = [tq * q.shape[2], dim, q.shape[2]]
+        d.kStrides = [tk * k.shape[2], dim, k.shape[2]]
+        d.vStrides = [tk * v.shape[2], dim, v.shape[2]]
+        d.oStrides = [tq * width, dim, width]
+        // Views at the columns (only their references are read, through the strides above).
+        func at(_ t: Tensor, _ column: Int) -> Tensor {
+            Tensor(shape: t.shape, device: t.device, buffer: t.buffer, offset: t.offset + column)
+        }
+        let out = try Tensor.empty([b, tq, width], on: q.device)
+        try attentionForward(d, at(q, qColumn), at(k, kColumn), at(v, vColumn), nil, into: out)
+        return out
+    }
+
     /// Attention of q [B, Tq, H, D] over the first `tokens` positions of key/value caches
     /// [B, capacity, H, D] (a decoding step reads its prefix in place; unrecorded, no causal mask
     /// inside the prefix). Returns [B, Tq, H, D].

@@ -25,7 +25,7 @@ extension Tensor {
 
     /// Whether an op on these inputs (on `device`) is recorded: gradients are on and some input
     /// requires them. Ops with a faster untaped form check this first.
-    static func isRecorded(on device: Device, _ inputs: [Tensor?]) -> Bool {
+    package static func isRecorded(on device: Device, _ inputs: [Tensor?]) -> Bool {
         device.gradEnabled && inputs.contains { $0?.requiresGrad == true }
     }
 

@@ -28,6 +28,33 @@ public final class Tensor {
     public var rank: Int { shape.count }
     package var ref: BufRef { BufRef(buffer, offset) }
 
+    /// Copies rank-2 tensors of one width into one buffer, rows stacked in order, and returns
+    /// the whole [sum of rows, width] and a view of each part in it (a leaf requiring gradients
+    /// where the part did): the parts' values, now sharing memory, so one GEMM can multiply by
+    /// all of them (attention's q, k and v projections).
+    package static func packRows(_ parts: [Tensor]) throws -> (whole: Tensor, views: [Tensor]) {
+        guard let first = parts.first else { throw NoiseError.shapeMismatch("packRows of no tensors") }
+        let width = first.shape.last ?? 0
+        var rows = 0
+        for p in parts {
+            try first.sameDevice(p, "packRows")
+            try requireShape(p.rank == 2 && p.shape[1] == width, "packRows of \(p.shape) with width \(width)")
+            rows += p.shape[0]
+        }
+        let whole = try Tensor.empty([rows, width], on: first.device)
+        var views: [Tensor] = []
+        var offset = 0
+        for p in parts {
+            let view = Tensor(shape: p.shape, device: p.device, buffer: whole.buffer, offset: offset,
+                              requiresGrad: p.requiresGrad)
+            try first.device.run(Op.Copy(shape: [p.count], src: Strided(p.ref, strides: [1]),
+                                         dst: Strided(view.ref, strides: [1])))
+            views.append(view)
+            offset += p.count
+        }
+        return (whole, views)
+    }
+
     /// An uninitialised tensor.
     public static func empty(_ shape: [Int], on device: Device) throws -> Tensor {
         try Shape.validate(shape)

@@ -64,6 +64,19 @@ public final class Parameters {
         return t
     }
 
+    /// Moves the rank-2 parameters `names` (one width) into one buffer, rows stacked in order,
+    /// and returns the whole [sum of rows, width] and the parameters' new tensors (views of it,
+    /// which replace them here: training, loading and saving see the same memory).
+    public func packRows(_ names: [String]) throws -> (whole: Tensor, parts: [Tensor]) {
+        let parts = try names.map { name -> Tensor in
+            guard let t = tensors[name] else { throw NoiseError.invalidArgument("packRows: no parameter \(name)") }
+            return t
+        }
+        let (whole, views) = try Tensor.packRows(parts)
+        for (name, view) in zip(names, views) { tensors[name] = view }
+        return (whole, views)
+    }
+
     /// All parameters in creation order.
     public var all: [Tensor] { names.compactMap { tensors[$0] } }
 
@@ -123,6 +136,11 @@ public final class Parameters {
 /// y = x W^T + b with W [out, in] (`weight`, `bias`).
 public struct Linear {
     public let weight: Tensor, bias: Tensor?
+    /// A layer over existing tensors.
+    public init(weight: Tensor, bias: Tensor?) {
+        self.weight = weight
+        self.bias = bias
+    }
     public init(_ p: Parameters, _ prefix: String, _ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) throws {
         weight = try p.make(prefix + ".weight", [outFeatures, inFeatures], .uniformFanIn(inFeatures))
         self.bias = bias ? try p.make(prefix + ".bias", [outFeatures], .uniformFanIn(inFeatures)) : nil

@@ -57,14 +57,28 @@ public struct ResnetBlock2D {
 
 /// diffusers' Attention (to_q, to_k, to_v without bias; to_out.0 with bias), multi-head,
 /// self-attention when `context` is nil.
+///
+/// The projection weights share one buffer, [W_q; W_k; W_v] for self-attention and
+/// [W_k; W_v] for cross-attention (`Parameters.packRows`), so without a tape the projections
+/// are one GEMM (two for cross-attention) and the heads are read in place from its output.
 public struct CrossAttention {
     let toQ: Linear, toK: Linear, toV: Linear, toOut: Linear
     let heads: Int
+    /// [W_q; W_k; W_v] [3D, D] (self-attention) or [W_k; W_v] [2D, Dc] (cross-attention).
+    let packed: Tensor
+    let selfAttention: Bool
     public init(_ p: Parameters, _ prefix: String, queryDim: Int, contextDim: Int?, heads: Int) throws {
         try require(heads > 0 && queryDim % heads == 0, "attention dim \(queryDim) not divisible by \(heads) heads")
-        toQ = try Linear(p, prefix + ".to_q", queryDim, queryDim, bias: false)
-        toK = try Linear(p, prefix + ".to_k", contextDim ?? queryDim, queryDim, bias: false)
-        toV = try Linear(p, prefix + ".to_v", contextDim ?? queryDim, queryDim, bias: false)
+        let q = try Linear(p, prefix + ".to_q", queryDim, queryDim, bias: false)
+        _ = try Linear(p, prefix + ".to_k", contextDim ?? queryDim, queryDim, bias: false)
+        _ = try Linear(p, prefix + ".to_v", contextDim ?? queryDim, queryDim, bias: false)
+        selfAttention = contextDim == nil
+        let names = (selfAttention ? [".to_q"] : []) + [".to_k", ".to_v"]
+        let (whole, views) = try p.packRows(names.map { prefix + $0 + ".weight" })
+        packed = whole
+        toQ = selfAttention ? Linear(weight: views[0], bias: nil) : q
+        toK = Linear(weight: views[views.count - 2], bias: nil)
+        toV = Linear(weight: views[views.count - 1], bias: nil)
         toOut = try Linear(p, prefix + ".to_out.0", queryDim, queryDim)
         self.heads = heads
     }
@@ -72,6 +86,20 @@ public struct CrossAttention {
     public func callAsFunction(_ x: Tensor, context: Tensor? = nil) throws -> Tensor {
         let ctx = context ?? x
         let b = x.shape[0], t = x.shape[1], d = x.shape[2], s = ctx.shape[1], hd = d / heads
+        if x.rank == 3 && ctx.rank == 3 && (context == nil) == selfAttention
+            && !Tensor.isRecorded(on: x.device, [x, ctx, packed]) {
+            let o: Tensor
+            if selfAttention {
+                let qkv = try Tensor.linear(x, weight: packed)  // [B, T, 3D]
+                o = try Tensor.attention(q: qkv, qColumn: 0, k: qkv, kColumn: d, v: qkv, vColumn: 2 * d,
+                                         heads: heads, dim: hd)
+            } else {
+                let kv = try Tensor.linear(ctx, weight: packed)  // [B, S, 2D]
+                o = try Tensor.attention(q: toQ(x), qColumn: 0, k: kv, kColumn: 0, v: kv, vColumn: d,
+                                         heads: heads, dim: hd)
+            }
+            return try toOut(o)
+        }
         let q = try toQ(x).reshaped([b, t, heads, hd])
         let k = try toK(ctx).reshaped([b, s, heads, hd])
         let v = try toV(ctx).reshaped([b, s, heads, hd])
