@@ -6,28 +6,35 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Time one op on the selected device, side by side with the CPU backend.",
-        discussion: """
+        discussion: paragraphs("""
             OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, train, noisear, svd, npnet.
+
             `npnet` times one NPNet forward at the authors' SDXL size (4x128x128 latent, swin_tiny,
             77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side.
+
             `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32-pixel patches,
             d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
             the key/value cache and without, after its bandwidth floor (weight bytes x patches at the
             device's bandwidth, measured by a 256 MiB copy: the last column is then floor / time);
             --batch (default 1 here), --size for the latent side.
-            `svd` times the batched Jacobi SVD of --batch random --size x --size matrices (default 256)
-            and reports ms per matrix, matrices per second and the sweeps used.
+
+            `svd` times the batched Jacobi SVD of --batch random --size x --size matrices (default 256),
+            QR-preconditioned (--plain-jacobi: without), and reports ms per matrix, matrices per second
+            and the sweeps used.
+
             `sampler` times one guided sampler step of the shapes-world model (random weights of the
             shipped configuration) at --batch and prints each op family's share of the step (with its op count), the
             primitive ops per guided step and, on OpenCL and Vulkan, its kernel launches (a two-step
             run less a one-step run; the set-up, prompt encoding and noise, is counted apart).
+
             `train` times one `train diffusion` step (render the batch, text encoder and UNet forward,
             v-prediction loss, backward, AdamW, EMA) of a freshly initialised model of the shipped
             configuration at --batch (default 16 here).
+
             GEMM reports GFLOP/s against OpenBLAS (cblas_sgemm called directly) and the CPU backend;
             attention reports the fused kernel and the same computation as GEMM + softmax + GEMM.
             Figures are medians of --repeats timed runs after --warmup runs.
-            """)
+            """))
 
     enum Op: String, ExpressibleByArgument, CaseIterable {
         case gemm, attention, conv2d, layernorm, softmax, sampler, train, noisear, svd, npnet

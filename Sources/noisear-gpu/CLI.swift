@@ -7,7 +7,7 @@ struct NoiseARGPUCLI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "noisear-gpu",
         abstract: "GPU compute backend for learned initial-noise priors of diffusion models.",
-        discussion: """
+        discussion: paragraphs("""
             Runs on any OpenCL 1.2 device, any Vulkan 1.1 device, or the CPU backend (Swift + OpenBLAS).
 
             Devices: --device auto|cpu|opencl|opencl:N|vulkan|vulkan:N (or NOISEAR_DEVICE). 'auto' takes
@@ -22,7 +22,7 @@ struct NoiseARGPUCLI: ParsableCommand {
               NOISEAR_KERNEL_DEFINES  NAME=INT,...: override single kernel parameters
               NOISEAR_DISABLE_OPS     op families to run on the CPU backend instead (e.g. gemm,attention)
               NOISEAR_VULKAN_LIBRARY  the Vulkan loader to open (default libvulkan.so.1)
-            """,
+            """),
         subcommands: [Devices.self, BenchCommand.self, SampleCommand.self, NoiseCommand.self, ScoreCommand.self, CollectCommand.self, EvaluateCommand.self, TrainCommand.self, RewardCommand.self, RenderCommand.self])
 
     /// Parses and runs; every error is one line on standard error (control characters escaped)
@@ -146,4 +146,19 @@ func parseShard(_ text: String) throws -> (Int, Int) {
         throw CLIError("--shard must be i/n with 0 <= i < n, got \(Text.quoted(text, limit: 40, quote: "'"))")
     }
     return (i, n)
+}
+
+/// A command's discussion as the help shows it: the source's line breaks inside a paragraph
+/// become spaces (the help wraps to the terminal itself); a blank line separates paragraphs,
+/// and an indented line or a "- " item keeps its own line (tables, lists).
+func paragraphs(_ text: String) -> String {
+    text.components(separatedBy: "\n\n").map { paragraph in
+        var out = ""
+        for line in paragraph.split(separator: "\n", omittingEmptySubsequences: false) {
+            let own = line.hasPrefix(" ") || line.hasPrefix("- ")
+            if !out.isEmpty { out += own ? "\n" : " " }
+            out += own ? String(line) : line.trimmingCharacters(in: .whitespaces)
+        }
+        return out
+    }.joined(separator: "\n\n")
 }

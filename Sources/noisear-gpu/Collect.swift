@@ -6,7 +6,7 @@ struct CollectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "collect",
         abstract: "Build a dataset of initial noises that led to good images (for training the priors).",
-        discussion: """
+        discussion: paragraphs("""
             --method inversion (NoiseAR data that carries information): for each train prompt, --candidates
             scenes are rendered with the facts right (layouts from the seeds), noised forward (seeded) to
             --inversion-start of the schedule (default 0.5) and DDIM-inverted from there with
@@ -15,18 +15,21 @@ struct CollectCommand: ParsableCommand {
             noise is sampled again with the sampler settings and kept when that image reaches --threshold
             (--keep-all skips the resampling and keeps every noise, score 1). The raw noises' statistics
             against N(0, I) are recorded in the shards and printed at the end.
+
             --method redenoise (NPNet's re-denoise sampling): each start x_T takes one DDIM step at
             --high-cfg and one DDIM inversion step at --low-cfg to x'_T; both are sampled and scored, and
             the pair is kept when x'_T scores strictly higher (--keep-all keeps every pair). Shards then
             also hold `target` (x'_T) and `target_score`.
+
             --method best-of-n: for each train prompt of the shard, --candidates Gaussian starts are sampled
             with the shipped model and scored with the exact reward; the starts whose images reach
             --threshold (default 1: every fact right) are kept. Prompts are processed in blocks of
             --block; each finished block is written to OUT/shard-I-of-N-block-K.safetensors (noise,
             prompt_embeds, score; prompts and seeds in the metadata) and recorded in
             OUT/shard-I-of-N.progress.json, so --resume skips finished blocks after a kill.
+
             Spread over machines with --shard i/n (every n-th prompt); shards never overlap.
-            """)
+            """))
 
     enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise, inversion }
 

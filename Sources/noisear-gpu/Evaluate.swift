@@ -6,7 +6,7 @@ struct EvaluateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "evaluate",
         abstract: "Measure prompt fidelity of the model on the held-out (or train) prompts with the exact reward.",
-        discussion: """
+        discussion: paragraphs("""
             Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
             --compare gaussian,noisear,npnet[,FILE...] runs every listed prior on the same prompts and seeds
             (FILE: a NoiseAR or NPNet weights file; ITEM@T samples that NoiseAR item at temperature T) and prints per prior the mean fidelity, the all-facts
@@ -14,7 +14,7 @@ struct EvaluateCommand: ParsableCommand {
             with a 95% bootstrap interval over prompts and wins/losses/ties (--json: the whole table).
             --grid FILE.png draws the first --grid-prompts prompts with every prior from --seed, side by side.
             Shard with --shard i/n --save FILE.json on several machines; --merge FILE.json,... prints the table.
-            """)
+            """))
 
     enum Split: String, ExpressibleByArgument { case heldout, train }
 

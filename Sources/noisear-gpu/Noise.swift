@@ -82,7 +82,7 @@ struct NoiseCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "noise",
         abstract: "Prompt embeddings in, initial latents out: sample a learned noise prior.",
-        discussion: """
+        discussion: paragraphs("""
             --embeds holds `prompt_embeds` [B, T, D] (.safetensors, or a .npy array); or --prompt (repeatable)
             embeds shapes-world prompts with the diffusion model's text encoder. OUT gets `noise`
             [B, C, S, S] (.safetensors, or .npy). --weights takes .safetensors or the authors' .pth.
@@ -92,7 +92,7 @@ struct NoiseCommand: ParsableCommand {
             npnet: maps an initial Gaussian noise (--init-noise, tensor `noise`, else drawn from the seed
             like noisear's) to the golden noise; --intermediates also writes text_emb, svd_branch,
             residual_branch and swin_features (safetensors output).
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions
@@ -193,10 +193,10 @@ struct ScoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Exact log-likelihood of given noises under a NoiseAR prior.",
-        discussion: """
+        discussion: paragraphs("""
             OUT gets `mu` and `logvar` (latent-shaped, teacher-forced) and `log_prob` [B]: the sum over all
             elements of the Gaussian log-density of each noise at --temperature (default 1), in nats.
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions

@@ -6,7 +6,7 @@ struct RewardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reward",
         abstract: "Score how faithfully a shapes-world image follows a prompt.",
-        discussion: """
+        discussion: paragraphs("""
             Prints the fraction of the prompt's facts that hold and each fact: per object its colour
             ("a red object is present") and its shape bound to that colour ("the red object is a
             circle"), for two objects the relation, and the object count. Images are 8-bit PNGs,
@@ -15,7 +15,7 @@ struct RewardCommand: ParsableCommand {
             Prompts: "a red circle", "a blue square to the left of a yellow triangle"; relations
             "to the left of", "to the right of", "above", "below"; colours red, green, blue, yellow;
             shapes circle, square, triangle.
-            """)
+            """))
 
     @Option(help: "The image (PNG).")
     var image: String
@@ -51,11 +51,11 @@ struct RenderCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "render",
         abstract: "Render a ground-truth shapes-world image (32x32 PNG) for a prompt.",
-        discussion: """
+        discussion: paragraphs("""
             Sizes and positions are drawn from --seed; the prompt's facts hold. Without --prompt a
             random scene (prompt included) is drawn from the seed. The PNG carries text chunks
             prompt, seed and source. --scale enlarges the image by pixel repetition for viewing.
-            """)
+            """))
 
     @Option(help: "The prompt, e.g. \"a red circle above a blue square\" (default: a random scene).")
     var prompt: String?

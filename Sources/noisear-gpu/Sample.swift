@@ -6,12 +6,12 @@ struct SampleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sample",
         abstract: "Prompt in, image out: sample the shapes-world model from a chosen noise prior.",
-        discussion: """
+        discussion: paragraphs("""
             Image i of a batch uses seed + i (Philox noise: the same on every device). A batch is
             written as one PNG grid; --individual also writes FILE-0.png, FILE-1.png, ...
             The PNG carries the settings (prompt, seed, sampler, steps, cfg, prior, device) as text.
             Model: --model, else $NOISEAR_MODEL, else the shipped shapes-diffusion.safetensors.
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "The prompt, e.g. \"a red circle to the left of a blue square\".") var prompt: String

@@ -12,12 +12,12 @@ struct TrainDiffusion: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diffusion",
         abstract: "Train the shapes-world text-to-image model (DDPM loss with v-prediction, AdamW, EMA, prompt dropout).",
-        discussion: """
+        discussion: paragraphs("""
             Each step renders a batch of train-split prompts at random positions. The checkpoint
             (weights, EMA, optimizer state) is written atomically every --checkpoint-every steps and
             at the end; --resume continues from it. --export writes the EMA weights as a model file
             for `sample --model`.
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "Total optimisation steps.") var steps = 4000
@@ -80,7 +80,7 @@ struct TrainPrior: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prior",
         abstract: "Train a NoiseAR prior on collected (noise, prompt) pairs by teacher-forced Gaussian NLL.",
-        discussion: """
+        discussion: paragraphs("""
             DATA is a folder of shards from `collect` (or one shard). Pairs whose prompt falls in a
             stable 10% of the prompts are held out for the validation NLL, reported next to a standard
             Gaussian's NLL on the same noises (nats per element). --mirror adds every pair mirrored
@@ -88,7 +88,7 @@ struct TrainPrior: ParsableCommand {
             text encoder). The checkpoint (weights, optimizer state) is written atomically every
             --checkpoint-every steps; --resume continues it. --export writes the prior (F16) with the
             weights of the best validation NLL seen at a checkpoint (the last ones without validation pairs).
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "Dataset folder or shard.") var data: String
@@ -182,7 +182,7 @@ struct TrainNPNet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "npnet",
         abstract: "Train a shapes-world NPNet on re-denoise pairs (MSE to x'_T).",
-        discussion: """
+        discussion: paragraphs("""
             DATA is a folder of shards from `collect --method redenoise`. The network sees the four-channel
             start of each pair's seed (its first three channels are the RGB start; the fourth is a spare
             channel whose target is itself) and is trained by MSE to x'_T with AdamW; alpha and beta are
@@ -193,7 +193,7 @@ struct TrainNPNet: ParsableCommand {
             branch) and --no-residual-branch (no Swin term); the exported config keeps them, so the
             network samples as it was trained. One --keep-all collection serves the filter's ablation:
             train on all its pairs, or with --improved-only on those whose x'_T scored higher.
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "Dataset folder or shard (re-denoise pairs).") var data: String

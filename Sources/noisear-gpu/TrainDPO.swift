@@ -6,7 +6,7 @@ struct TrainDPO: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dpo",
         abstract: "Fine-tune a NoiseAR prior by DPO against the exact prompt-fidelity reward.",
-        discussion: """
+        discussion: paragraphs("""
             Each round draws --samples noises from the current prior (--temperature) for each of
             --prompts train prompts, samples their images with the diffusion model (--steps, --cfg,
             --sampler) and scores them with the exact reward; every two draws of a prompt with different
@@ -17,7 +17,7 @@ struct TrainDPO: ParsableCommand {
             training commands' stable 10% validation set, fixed seeds). Held-out prompts are never used.
             The checkpoint (weights, optimizer state, finished rounds) is written atomically after every
             round; --resume continues bit-identically. --export writes the fine-tuned prior (F16).
-            """)
+            """))
 
     @OptionGroup var options: DeviceOptions
     @Option(help: "The prior to fine-tune (default: the shipped NoiseAR prior or $NOISEAR_PRIOR).") var prior: String?
