@@ -31,6 +31,11 @@ layout(constant_id = 13) const int ATT_D = 64;
 layout(constant_id = 14) const int ATT_DV = 64;
 layout(constant_id = 15) const int ATT_VW = 1;
 layout(constant_id = 16) const int SVD_WG = 64;
+layout(constant_id = 17) const int CONV_TSM = 64;
+layout(constant_id = 18) const int CONV_TSN = 64;
+layout(constant_id = 19) const int CONV_TSK = 16;
+layout(constant_id = 20) const int CONV_WPTM = 4;
+layout(constant_id = 21) const int CONV_WPTN = 4;
 
 /* Linear index of a 1-D launch (folded over x and y by the host when needed). */
 int gid0() {

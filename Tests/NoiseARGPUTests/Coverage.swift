@@ -91,6 +91,11 @@ final class RecordingBackend: Backend {
     func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws {
         note(.col2im); try inner.col2im(g, batch: batch, col: col, dx: dx)
     }
+    func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef, bias: BufRef?,
+                out: BufRef) throws {
+        note(.conv2d)
+        try inner.conv2d(g, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias, out: out)
+    }
     func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int, x: BufRef, y: BufRef) throws {
         note(.resize); try inner.resize(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW, x: x, y: y)
     }
@@ -140,7 +145,8 @@ extension OpKind {
         case .copy, .binary, .unary, .gemm, .softmax, .layerNorm, .groupNorm, .attention, .im2col, .resize, .reduce,
             .gather, .combine:
             return .differentiable
-        case .fill, .randn, .adamw, .samplePatch, .svd:
+        // (conv2d runs only untaped: recorded convolutions take im2col + GEMM)
+        case .fill, .randn, .adamw, .samplePatch, .svd, .conv2d:
             return .none
         }
     }
@@ -165,6 +171,7 @@ extension OpKind {
             try d.groupNorm(groups: 3)
             try d.attention(DifferentialOpTests.AttnCase(b: 2, h: 3, tq: 5, tk: 7, d: 8, dv: 8))
             try d.im2colAndCol2im()
+            try ConvDirectTests().directConvolution(ConvDirectTests.cases[0])
             try d.resize(mode: .bilinear)
             try d.reduce(outer: 3, reduce: 5, inner: 7)
             try d.gatherRows()

@@ -26,7 +26,7 @@ public enum OpKind: String, CaseIterable, Sendable {
     case fill, copy, binary, unary, unaryBackward
     case gemm, softmax, softmaxBackward
     case layerNorm, layerNormBackward, groupNorm, groupNormBackward
-    case attention, im2col, col2im, resize, resizeBackward
+    case attention, im2col, col2im, conv2d, resize, resizeBackward
     case reduce, gather, gatherBackward, randn, adamw
     case samplePatch, svd, combine
 }
@@ -277,6 +277,11 @@ public protocol Backend: AnyObject {
     func im2col(_ g: ConvGeometry, batch: Int, x: BufRef, col: BufRef) throws
     /// dx [batch, C, H, W] (overwritten) = sum of col entries that read each pixel.
     func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws
+    /// out [batch, Cout, outH, outW] (overwritten) = the convolution of x [batch, C, H, W] with
+    /// weight [Cout, C, kh, kw] (groups = 1), plus bias [Cout] when given: one pass, no im2col
+    /// matrix in memory where the backend can (an implicit GEMM on the kernel backends).
+    func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
+                bias: BufRef?, out: BufRef) throws
     /// [planes, inH, inW] -> [planes, outH, outW].
     func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
                 x: BufRef, y: BufRef) throws

@@ -304,6 +304,29 @@ public enum Op {
         public func execute(on b: any Backend) throws { try b.col2im(geometry, batch: batch, col: col, dx: dx) }
     }
 
+    /// out [batch, Cout, outH, outW] = conv2d(x [batch, C, H, W], weight [Cout, C, kh, kw]) + bias
+    /// (groups = 1; bias [Cout] optional), without an im2col matrix where the backend can.
+    public struct Conv2d: PrimitiveOp {
+        public static let kind = OpKind.conv2d
+        public var geometry: ConvGeometry, batch: Int, outChannels: Int
+        public var x: BufRef, weight: BufRef, bias: BufRef?, out: BufRef
+        public init(_ geometry: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
+                    bias: BufRef?, out: BufRef) {
+            self.geometry = geometry; self.batch = batch; self.outChannels = outChannels
+            self.x = x; self.weight = weight; self.bias = bias; self.out = out
+        }
+        public var reads: [BufRef] { [x, weight] + [bias].compactMap { $0 } }
+        public var writes: [BufRef] { [out] }
+        public func rebased(_ f: (BufRef) throws -> BufRef) rethrows -> Self {
+            var o = self
+            o.x = try f(x); o.weight = try f(weight); o.bias = try bias.map(f); o.out = try f(out)
+            return o
+        }
+        public func execute(on b: any Backend) throws {
+            try b.conv2d(geometry, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias, out: out)
+        }
+    }
+
     /// [planes, inH, inW] -> [planes, outH, outW].
     public struct Resize: PrimitiveOp {
         public static let kind = OpKind.resize
@@ -508,6 +531,7 @@ extension OpKind {
         case .attention: return Op.Attention.self
         case .im2col: return Op.Im2col.self
         case .col2im: return Op.Col2im.self
+        case .conv2d: return Op.Conv2d.self
         case .resize: return Op.Resize.self
         case .resizeBackward: return Op.ResizeBackward.self
         case .reduce: return Op.Reduce.self

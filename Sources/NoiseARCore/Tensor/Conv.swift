@@ -8,7 +8,9 @@ struct ShiftedTapsLayout {
 /// Convolution, resize and embedding lookup.
 extension Tensor {
     /// 2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] and bias [Cout]
-    /// (groups = 1), as im2col + GEMM.
+    /// (groups = 1): on the OpenCL and Vulkan backends without a tape one direct convolution
+    /// (`Op.Conv2d`, an implicit GEMM with the bias fused) where the backend supports the call;
+    /// otherwise shifted kernel taps (CPU backend, stride-1 "same") or im2col + GEMM.
     public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
                               padding: Int = 0) throws -> Tensor {
         try x.sameDevice(weight, "conv2d")
@@ -24,6 +26,19 @@ extension Tensor {
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
         let recording = isRecorded(on: x.device, inputs)
+        // Other devices without a tape: one kernel, no im2col matrix, where the backend takes
+        // the call (recorded convolutions keep im2col: the backward pass needs the matrix).
+        var preallocated: Tensor? = nil
+        if !recording && !x.device.isCPU {
+            let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
+            let op = Op.Conv2d(g, batch: n, outChannels: cout, x: x.ref, weight: weight.ref, bias: bias?.ref,
+                               out: out.ref)
+            if x.device.backend.supports(op) {
+                try x.device.run(op)
+                return out
+            }
+            preallocated = out
+        }
         // On the CPU backend stride-1 "same" convolutions go as shifted kernel taps (no im2col,
         // recorded or not); without a tape 1x1 ones as a GEMM on the input and the others in
         // chunks whose im2col matrix stays near 8 MiB (peak memory and cache), one GEMM per
@@ -42,7 +57,7 @@ extension Tensor {
         // A 1x1 stride-1 convolution's im2col matrix is the input itself: no copy.
         let pointwise = chunked && g.kernelH == 1 && g.kernelW == 1 && stride == 1 && padding == 0
         let chunk = chunked && !pointwise ? max(1, min(n, (2 << 20) / perImage)) : n
-        let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
+        let out = try preallocated ?? Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
         var col = try Tensor.empty(pointwise ? [1] : [g.colRows, chunk * hw], on: x.device)  // ([1]: unused)
         var start = 0
         while start < n {

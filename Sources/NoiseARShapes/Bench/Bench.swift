@@ -130,7 +130,15 @@ public struct Bench {
             try device.backend.synchronize()
         }
         let flops = 2.0 * Double(batch * outChannels * size * size) * Double(channels * kernel * kernel)
-        return [result("conv2d", device.info.id, variantName(device, "gemm"),
+        // Which path `Tensor.conv2d` took: the direct kernel where the backend takes the call.
+        let g = ConvGeometry(channels: channels, height: size, width: size, kernelH: kernel, kernelW: kernel,
+                             padding: kernel / 2)
+        let probe = try Tensor.empty([batch, outChannels, g.outH, g.outW], on: device)
+        let direct = !device.isCPU && device.backend.supports(
+            Op.Conv2d(g, batch: batch, outChannels: outChannels, x: x.ref, weight: w.ref, bias: nil, out: probe.ref))
+        let variant = direct ? "direct(\((device.backend as? any KernelBackend)?.params.profile.rawValue ?? "-"))"
+            : variantName(device, "gemm")
+        return [result("conv2d", device.info.id, variant,
                        "N\(batch) C\(channels)->\(outChannels) \(size)x\(size) k\(kernel)", t, flops: flops)]
     }
 

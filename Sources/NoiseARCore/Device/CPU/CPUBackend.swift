@@ -654,6 +654,40 @@ public final class CPUBackend: Backend {
         }
     }
 
+    /// The reference of `Op.Conv2d` (and the kernel backends' fallback): out = bias, then per
+    /// chunk of images (an im2col matrix near 8 MiB) each image's out [Cout, HW] += W [Cout, CKK]
+    /// col [CKK, image's HW], one GEMM batched over the chunk (a 1x1 stride-1 convolution
+    /// multiplies the input itself).
+    public func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
+                       bias: BufRef?, out: BufRef) throws {
+        let cout = outChannels, hw = g.colCols, rows = g.colRows
+        try require(batch >= 0 && cout >= 0 && g.outH > 0 && g.outW > 0,
+                    "conv2d of \(batch) images to \(cout) channels, geometry \(g)")
+        guard batch > 0 && cout > 0 else { return }
+        let po = ptr(out)
+        if let bias {
+            let pb = ptr(bias)
+            for i in 0..<(batch * cout) { (po + i * hw).update(repeating: pb[i % cout], count: hw) }
+        }
+        let pointwise = g.kernelH == 1 && g.kernelW == 1 && g.strideH == 1 && g.strideW == 1
+            && g.padH == 0 && g.padW == 0
+        let image = g.channels * g.height * g.width
+        let chunk = pointwise ? batch : max(1, min(batch, (2 << 20) / max(rows * hw, 1)))
+        let col = try CPUBuffer(count: pointwise ? 1 : rows * chunk * hw)
+        var start = 0
+        while start < batch {
+            let nc = min(chunk, batch - start)
+            let xs = BufRef(x.buffer, x.offset + start * image)
+            if !pointwise { try im2col(g, batch: nc, x: xs, col: BufRef(col)) }
+            var d = GemmDesc(m: cout, n: hw, k: rows, beta: bias == nil ? 0 : 1)
+                .batched(nc, strideA: 0, strideB: pointwise ? image : hw, strideC: cout * hw)
+            d.ldb = pointwise ? hw : nc * hw
+            Self.sgemm(d, ptr(weight), pointwise ? ptr(xs) : col.pointer, po + start * cout * hw,
+                       threads: WorkerPool.cores)
+            start += nc
+        }
+    }
+
     public func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
                        x: BufRef, y: BufRef) throws {
         let px = ptr(x), py = ptr(y)

@@ -283,6 +283,68 @@ extension KernelBackend {
                    ref(col) + ref(dx) + convArgs(g, batch))
     }
 
+    /// conv2d_direct (Kernels/conv.cl; CPU twin `CPUBackend.conv2d`): one launch, a work group
+    /// per tile of (output channels, output pixels over the batch), CONV_TSM x CONV_TSN, with
+    /// CONV_TSM halved (a program variant) while the channels fill at most half a tile.
+    public func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
+                       bias: BufRef?, out: BufRef) throws {
+        let tsm = convChannelTile(outChannels), tsn = params["CONV_TSN"]
+        let items = (pixels: params.convTile.pixels, channels: tsm / params["CONV_WPTM"])
+        let pixels = batch * g.outH * g.outW
+        try launch("conv.cl", "conv2d_direct", extra: tsm == params["CONV_TSM"] ? [:] : ["CONV_TSM": tsm],
+                   global: [(pixels + tsn - 1) / tsn * items.pixels, (outChannels + tsm - 1) / tsm * items.channels],
+                   local: [items.pixels, items.channels],
+                   ref(x) + ref(weight) + (try optRef(bias)) + [.i32(bias != nil ? 1 : 0)] + ref(out)
+                       + convArgs(g, batch) + [.i32(outChannels)])
+    }
+
+    /// The direct convolution's tile of output channels for `outChannels`: CONV_TSM, halved
+    /// while the channels fit in half of it and the half stays a multiple of CONV_WPTM (a
+    /// 3-channel output layer then computes 8 channels, not 64). Smaller tiles fit wherever
+    /// CONV_TSM does.
+    func convChannelTile(_ outChannels: Int) -> Int {
+        var tsm = max(params["CONV_TSM"], 1)
+        let wptm = max(params["CONV_WPTM"], 1)
+        while outChannels <= tsm / 2 && (tsm / 2) % wptm == 0 && tsm / 2 >= wptm { tsm /= 2 }
+        return tsm
+    }
+
+    /// The limits of `conv2d_direct` that every kernel backend shares: a sane geometry, the
+    /// tile within the device's work-group and local-memory limits (`KernelParams.convTileFits`),
+    /// and every index the kernel computes in 32-bit ints (each operand's offset plus extent,
+    /// and the pixel, K and channel counts rounded up to whole tiles).
+    func directConvolutionFits(_ c: Op.Conv2d) -> Bool {
+        let g = c.geometry, limit = Int(Int32.max)
+        let sizes = [g.channels, g.height, g.width, g.kernelH, g.kernelW, g.strideH, g.strideW]
+        guard c.batch >= 0, c.outChannels >= 1, sizes.allSatisfy({ $0 >= 1 && $0 <= limit }),
+              g.padH >= 0, g.padW >= 0, g.padH <= limit, g.padW <= limit,
+              g.outH >= 1, g.outW >= 1, params.convTileFits(limits)
+        else { return false }
+        /// The product of `factors` plus `extra`, nil when it overflows or exceeds Int32.max.
+        func fits(_ factors: [Int], plus extra: Int = 0) -> Int? {
+            var v = 1
+            for f in factors {
+                let (p, o) = v.multipliedReportingOverflow(by: f)
+                guard !o, p <= limit else { return nil }
+                v = p
+            }
+            let (s, o) = v.addingReportingOverflow(extra)
+            return !o && s <= limit ? s : nil
+        }
+        guard let k = fits([g.channels, g.kernelH, g.kernelW]),
+              fits([g.height + 2 * g.padH, g.width + 2 * g.padW]) != nil,  // (the padded plane)
+              fits([g.outH, g.strideH]) != nil, fits([g.outW, g.strideW]) != nil,
+              fits([c.batch, g.outH, g.outW], plus: params["CONV_TSN"]) != nil,
+              fits([k], plus: params["CONV_TSK"]) != nil,
+              fits([c.outChannels], plus: params["CONV_TSM"]) != nil,
+              fits([c.batch, g.channels, g.height, g.width], plus: c.x.offset) != nil,
+              fits([c.outChannels, k], plus: c.weight.offset) != nil,
+              fits([c.batch, c.outChannels, g.outH, g.outW], plus: c.out.offset) != nil,
+              fits([c.outChannels], plus: c.bias?.offset ?? 0) != nil
+        else { return false }
+        return true
+    }
+
     public func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
                        x: BufRef, y: BufRef) throws {
         try launch("conv.cl", "resize2d", global: [planes * outH * outW],

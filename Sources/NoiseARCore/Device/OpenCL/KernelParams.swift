@@ -30,9 +30,11 @@ public struct KernelLimits: Sendable, Equatable {
 ///
 /// Two sets are kept as data, chosen by device type (never by vendor name):
 /// - `cpu`: for CPU devices such as PoCL: register-blocked packed GEMM with float16 vectors, one
-///   work item per row for row-wise kernels, several queries per attention work item.
+///   work item per row for row-wise kernels, several queries per attention work item, direct
+///   convolution tiles with one item per row of 64 pixels (float16 accumulators).
 /// - `gpu`: for GPUs and accelerators: local-memory GEMM tiles with coalesced loads and a 4x4
-///   block per item, work-group reductions, K/V staged in local memory for attention.
+///   block per item, work-group reductions, K/V staged in local memory for attention, direct
+///   convolution tiles of 32 channels x 64 pixels at 4x4 per item.
 /// `NOISEAR_KERNEL_PROFILE=cpu|gpu` forces a set; `NOISEAR_KERNEL_DEFINES="A=1,B=2"` overrides
 /// single values (for tuning). `validate(for:)` checks every value against what the kernels
 /// and the device allow; `OpenCLBackend` calls it before building any program.
@@ -45,12 +47,16 @@ public struct KernelParams: Sendable, Equatable {
         "GEMM_VARIANT": 0, "GEMM_MR": 8, "GEMM_NV": 2, "GEMM_UNROLL": 2,
         "ROW_WG": 1,
         "ATT_QB": 4, "ATT_KB": 16, "ATT_WG": 1, "ATT_LOCAL": 0,
+        // one item per row of 64 pixels, 8 channels each (float16 accumulators, as gemm_packed)
+        "CONV_TSM": 64, "CONV_TSN": 64, "CONV_TSK": 16, "CONV_WPTM": 8, "CONV_WPTN": 64,
     ]
     public static let gpuDefaults: [String: Int] = [
         "GEMM_VARIANT": 1, "GEMM_TSM": 64, "GEMM_TSN": 64, "GEMM_TSK": 16,
         "GEMM_WPTM": 4, "GEMM_WPTN": 4,
         "ROW_WG": 64,
         "ATT_QB": 1, "ATT_KB": 32, "ATT_WG": 64, "ATT_LOCAL": 1,
+        // 16 x 8 = 128 items and 7.6 KB of local memory: within every Vulkan device's minimums
+        "CONV_TSM": 32, "CONV_TSN": 64, "CONV_TSK": 16, "CONV_WPTM": 4, "CONV_WPTN": 4,
     ]
 
     /// The values the kernels fall back to (`#ifndef` in Kernels/*.cl) when a set lacks a name;
@@ -59,12 +65,14 @@ public struct KernelParams: Sendable, Equatable {
         "GEMM_MR": 8, "GEMM_NV": 2, "GEMM_TSM": 64, "GEMM_TSN": 64, "GEMM_TSK": 16,
         "GEMM_WPTM": 4, "GEMM_WPTN": 4, "ROW_WG": 64,
         "ATT_QB": 1, "ATT_KB": 16, "ATT_WG": 1, "ATT_LOCAL": 0,
+        "CONV_TSM": 64, "CONV_TSN": 64, "CONV_TSK": 16, "CONV_WPTM": 4, "CONV_WPTN": 4,
     ]
 
     /// Every parameter a set may hold (the kernels' defines and the host-side GEMM_VARIANT,
     /// GEMM_LWG and SVD_WG).
     public static let names: [String] = [
         "ATT_KB", "ATT_LOCAL", "ATT_QB", "ATT_WG",
+        "CONV_TSK", "CONV_TSM", "CONV_TSN", "CONV_WPTM", "CONV_WPTN",
         "GEMM_LWG", "GEMM_MR", "GEMM_NV", "GEMM_TSK", "GEMM_TSM", "GEMM_TSN", "GEMM_UNROLL",
         "GEMM_VARIANT", "GEMM_WPTM", "GEMM_WPTN",
         "ROW_WG", "SVD_WG",
@@ -73,6 +81,8 @@ public struct KernelParams: Sendable, Equatable {
     /// Upper bounds of the register-blocked sizes (private arrays in the kernels).
     static let maxGemmMR = 32, maxUnroll = 32, maxTile = 1024, maxTileK = 256, maxWorkPerItem = 16
     static let maxAttQB = 16, maxAttKB = 128
+    /// Pixels per item of the direct convolution: up to four float16 accumulators per row.
+    static let maxConvPixelsPerItem = 64
 
     public init(profile: Profile, overrides: [String: Int] = [:]) {
         self.profile = profile
@@ -188,6 +198,51 @@ public struct KernelParams: Sendable, Equatable {
                 "kernel parameters GEMM_TSK=\(tsk), GEMM_TSM=\(tsm), GEMM_TSN=\(tsn): the tiles need "
                     + "4*TSK*(TSM+TSN+1) = \(bytes) bytes of local memory, expected at most \(localBytes) on this device")
         }
+
+        // Direct convolution: compiled into every conv program, so its static shape is always
+        // checked; the device limits when a value differs from the set's (given by the user).
+        // The set's own tile on a device too small for it makes `supports` decline the op (the
+        // convolution then takes im2col + GEMM).
+        try inRange("CONV_TSM", 1...Self.maxTile, "1...\(Self.maxTile)")
+        try inRange("CONV_TSN", 1...Self.maxTile, "1...\(Self.maxTile)")
+        try inRange("CONV_TSK", 1...Self.maxTileK, "1...\(Self.maxTileK)")
+        try inRange("CONV_WPTM", 1...Self.maxWorkPerItem, "1...\(Self.maxWorkPerItem)")
+        try inRange("CONV_WPTN", 1...Self.maxConvPixelsPerItem,
+                    "1...\(Self.maxConvPixelsPerItem) (pixels per item; a multiple of 16 for the vector form)")
+        let ctsm = self["CONV_TSM"], ctsn = self["CONV_TSN"], ctsk = self["CONV_TSK"]
+        let cwptm = self["CONV_WPTM"], cwptn = self["CONV_WPTN"]
+        try require(ctsm % cwptm == 0,
+                    "kernel parameter CONV_TSM=\(ctsm): expected a multiple of CONV_WPTM=\(cwptm)")
+        try require(ctsn % cwptn == 0,
+                    "kernel parameter CONV_TSN=\(ctsn): expected a multiple of CONV_WPTN=\(cwptn)")
+        let setValues = profile == .cpu ? Self.cpuDefaults : Self.gpuDefaults
+        if Self.convNames.contains(where: { values[$0] != setValues[$0] }) && !convTileFits(limits) {
+            let t = convTile
+            throw NoiseError.invalidArgument(
+                "kernel parameters CONV_TSM=\(ctsm), CONV_WPTM=\(cwptm), CONV_TSN=\(ctsn), CONV_WPTN=\(cwptn), CONV_TSK=\(ctsk): "
+                    + "a tile needs (TSN/WPTN)x(TSM/WPTM) = \(t.pixels)x\(t.channels) work items and \(t.bytes) bytes of "
+                    + "local memory, expected at most \(limits.maxWorkGroupSize) items (\(local0)x\(local1) per dimension) "
+                    + "and \(localBytes) bytes on this device")
+        }
+    }
+
+    /// The direct convolution's tile parameters (conv2d_direct in Kernels/conv.cl).
+    static let convNames = ["CONV_TSM", "CONV_TSN", "CONV_TSK", "CONV_WPTM", "CONV_WPTN"]
+
+    /// The direct convolution's work group: items along the pixels (dimension 0) and along the
+    /// output channels (dimension 1), and the local memory of its tiles and tables in bytes.
+    public var convTile: (pixels: Int, channels: Int, bytes: Int) {
+        let tsm = self["CONV_TSM"], tsn = self["CONV_TSN"], tsk = self["CONV_TSK"]
+        let pixels = tsn / max(self["CONV_WPTN"], 1), channels = tsm / max(self["CONV_WPTM"], 1)
+        return (pixels, channels, 4 * (tsk * (tsm + 1) + tsk * tsn + 4 * tsn + 6 * tsk))
+    }
+
+    /// Whether the direct convolution's work group fits a device's work-group, work-item and
+    /// local-memory limits (else the kernel backends decline `Op.Conv2d`).
+    public func convTileFits(_ limits: KernelLimits) -> Bool {
+        let t = convTile
+        return t.pixels <= limits.maxLocal(0) && t.channels <= limits.maxLocal(1)
+            && t.pixels * t.channels <= limits.maxWorkGroupSize && t.bytes <= limits.localMemoryBytes
     }
 
     private func inRange(_ name: String, _ range: ClosedRange<Int>, _ expected: String) throws {

@@ -114,13 +114,16 @@ public final class OpenCLBackend: KernelBackend {
 
     /// Every call of an enabled family, except: group norm with only one of gamma and beta
     /// (the kernel takes both or neither) and fused attention with head dims above 256 (the
-    /// kernel's private accumulators are sized by the head dims) and batch-reduce GEMMs.
+    /// kernel's private accumulators are sized by the head dims) and batch-reduce GEMMs, and
+    /// direct convolutions beyond `directConvolutionFits` (32-bit indices, the CONV_* tile
+    /// within the device's work-group and local-memory limits).
     public func supports(_ op: any PrimitiveOp) -> Bool {
         guard enables(op.kind) else { return false }
         switch op {
         case let g as Op.GroupNorm: return (g.gamma == nil) == (g.beta == nil)
         case let a as Op.Attention: return a.desc.headDim <= 256 && a.desc.valueDim <= 256
         case let g as Op.Gemm: return !g.desc.reduceBatch || g.desc.batch0 * g.desc.batch1 == 1
+        case let c as Op.Conv2d: return directConvolutionFits(c)
         default: return true
         }
     }

@@ -61,6 +61,7 @@ public final class VulkanBackend: KernelBackend {
         ("GEMM_TSM", 3), ("GEMM_TSN", 4), ("GEMM_TSK", 5), ("GEMM_WPTM", 6), ("GEMM_WPTN", 7),
         ("ROW_WG", 8), ("ATT_QB", 9), ("ATT_KB", 10), ("ATT_WG", 11), ("ATT_LOCAL", 12),
         ("ATT_D", 13), ("ATT_DV", 14), ("ATT_VW", 15), ("SVD_WG", 16),
+        ("CONV_TSM", 17), ("CONV_TSN", 18), ("CONV_TSK", 19), ("CONV_WPTM", 20), ("CONV_WPTN", 21),
     ]
 
     /// Opens Vulkan physical device number `index` (see `noisear-gpu devices`).
@@ -85,8 +86,13 @@ public final class VulkanBackend: KernelBackend {
                               localMemoryBytes: Int(l.maxComputeSharedMemorySize), fp64: ctx.fp64)
         var p = try KernelParams.forDevice(.gpu, environment: environment)
         if environment["NOISEAR_KERNEL_PROFILE"] == "cpu" {
-            // The CPU set's packed GEMM has no GLSL twin; its other values apply.
+            // The CPU set's packed GEMM has no GLSL twin, nor its direct convolution's float16
+            // form (one item per row of 64 pixels: loops llvmpipe would cut short); the GPU
+            // set's values stand in for those left at the CPU set's, its other values apply.
             p.values["GEMM_VARIANT"] = 1
+            for name in KernelParams.convNames where p.values[name] == KernelParams.cpuDefaults[name] {
+                p.values[name] = KernelParams.gpuDefaults[name]
+            }
         }
         try require(p["GEMM_VARIANT"] == 1,
                     "kernel parameter GEMM_VARIANT=\(p["GEMM_VARIANT"]): the Vulkan backend has only the tiled GEMM (1)")
@@ -168,8 +174,9 @@ public final class VulkanBackend: KernelBackend {
     /// (maxStorageBufferRange), within the kernels' own limits as on OpenCL (group norm takes
     /// gamma and beta together, fused attention head dims up to 256), with at most
     /// maxComputeWorkGroupCount[0] groups for the group-norm kernels (they have no count to
-    /// stop spare groups of a folded launch), no batch-reduce GEMM, and, on a CPU Vulkan device,
-    /// `withinLoopBudget`.
+    /// stop spare groups of a folded launch), no batch-reduce GEMM, direct convolutions within
+    /// `directConvolutionFits` (as on OpenCL) whose tiles of pixels and of channels stay within
+    /// maxComputeWorkGroupCount[0] and [1], and, on a CPU Vulkan device, `withinLoopBudget`.
     public func supports(_ op: any PrimitiveOp) -> Bool {
         guard enables(op.kind) else { return false }
         for r in op.reads + op.writes {
@@ -182,6 +189,11 @@ public final class VulkanBackend: KernelBackend {
         case let g as Op.GroupNormBackward: return g.n * g.groups <= maxGroups
         case let a as Op.Attention: return a.desc.headDim <= 256 && a.desc.valueDim <= 256
         case let g as Op.Gemm: return !g.desc.reduceBatch || g.desc.batch0 * g.desc.batch1 == 1
+        case let c as Op.Conv2d:
+            guard directConvolutionFits(c) else { return false }
+            let pixels = c.batch * c.geometry.outH * c.geometry.outW
+            let tsn = max(params["CONV_TSN"], 1), tsm = convChannelTile(c.outChannels)
+            return (pixels + tsn - 1) / tsn <= maxGroupCount[0] && (c.outChannels + tsm - 1) / tsm <= maxGroupCount[1]
         default: return true
         }
     }
@@ -194,6 +206,7 @@ public final class VulkanBackend: KernelBackend {
         let budget = 32768, rowWG = max(params["ROW_WG"], 1)
         switch op {
         case let g as Op.Gemm: return g.desc.k <= budget
+        case let c as Op.Conv2d: return convLoopIterations(c) <= Double(budget)
         case let s as Op.Softmax: return 3 * s.cols <= budget * rowWG
         case let s as Op.SoftmaxBackward: return 3 * s.cols <= budget * rowWG
         case let l as Op.LayerNorm: return 3 * l.cols <= budget * rowWG
@@ -209,6 +222,21 @@ public final class VulkanBackend: KernelBackend {
         case let s as Op.SVD: return s.n <= (svdWorkGroup >= 64 ? 64 : 16)
         default: return true
         }
+    }
+
+    /// An upper bound of the loop iterations of one conv2d_direct invocation, every loop
+    /// counted as if none were unrolled (llvmpipe unrolls only some): per slice of CONV_TSK
+    /// taps, the item's share of the weight, input and tap loads and its register block's
+    /// loops; plus the pixel table, the accumulators' set-up and the stores.
+    func convLoopIterations(_ c: Op.Conv2d) -> Double {
+        let tsm = Double(convChannelTile(c.outChannels)), tsn = Double(max(params["CONV_TSN"], 1))
+        let tsk = Double(max(params["CONV_TSK"], 1))
+        let wptm = Double(max(params["CONV_WPTM"], 1)), wptn = Double(max(params["CONV_WPTN"], 1))
+        let items = max((tsn / wptn).rounded(.down), 1) * max((tsm / wptm).rounded(.down), 1)
+        let k = Double(c.geometry.channels) * Double(c.geometry.kernelH) * Double(c.geometry.kernelW)
+        let perStep = (tsk * tsm / items).rounded(.up) + (tsk * tsn / items).rounded(.up) + (tsk / items).rounded(.up)
+            + 1 + tsk * (1 + wptn + wptm * (1 + wptn))
+        return (k / tsk).rounded(.up) * perStep + (tsn / items).rounded(.up) + wptm * wptn + wptm * (1 + wptn)
     }
 
     // MARK: memory
@@ -519,7 +547,7 @@ public final class VulkanBackend: KernelBackend {
                     "kernel \(name): \(groups) work groups above the device's limit \(maxCount)")
         var spec: [UInt32] = lsize.map { UInt32($0) }
         let all = params.values.merging(extra) { _, new in new }
-        var byID = [UInt32](repeating: 0, count: 17)
+        var byID = [UInt32](repeating: 0, count: Int(Self.specIDs.map(\.1).max() ?? 2) + 1)
         for (n, id) in Self.specIDs { byID[Int(id)] = UInt32(bitPattern: Int32(truncatingIfNeeded: all[n] ?? params[n])) }
         spec += byID[3...]
         let pipe = try pipeline(name, bindings: bufs.count, spec: spec)
