@@ -22,8 +22,10 @@ struct BenchCommand: ParsableCommand {
             QR-preconditioned (--plain-jacobi: without), and reports ms per matrix, matrices per second
             and the sweeps used.
 
-            `sampler` times one guided sampler step of the shapes-world model (random weights of the
-            shipped configuration) at --batch and prints each op family's share of the step (with its op count), the
+            `sampler` times one guided step of the shapes-world model (random weights of the shipped
+            configuration) at --batch as the PyTorch comparison does (the UNet on 2 x --batch inputs and the
+            guidance combination; the prompts encoded beforehand) and prints each op family's share of a
+            one-step sample run (with its op count), the
             primitive ops per guided step and, on OpenCL and Vulkan, its kernel launches (a two-step
             run less a one-step run; the set-up, prompt encoding and noise, is counted apart).
 
