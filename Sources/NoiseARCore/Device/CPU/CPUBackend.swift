@@ -221,11 +221,12 @@ public final class CPUBackend: Backend {
         let pc = ptr(c), pbias = ptr(bias)
         let entries = d.reduceBatch ? 1 : d.batch0 * d.batch1
         let addBias = { (overwrite: Bool) in
-            parallelFor(entries) { e in
-                let i0 = e / d.batch1, i1 = e % d.batch1
-                let cb = pc + i0 * d.strideC0 + i1 * d.strideC1, row = pbias + i0 * d.biasStride0
-                for m in 0..<d.m {
-                    let cr = cb + m * d.ldc
+            // Rows of all batch entries shared out to the cores.
+            parallelChunks(entries * d.m, minimum: max(16, 8_192 / max(d.n, 1))) { lo, hi in
+                for r in lo..<hi {
+                    let e = r / d.m, i0 = e / d.batch1, i1 = e % d.batch1
+                    let cr = pc + i0 * d.strideC0 + i1 * d.strideC1 + (r % d.m) * d.ldc
+                    let row = pbias + i0 * d.biasStride0
                     if overwrite {
                         cr.update(from: row, count: d.n)
                     } else {
