@@ -103,6 +103,12 @@ public final class CPUBackend: Backend {
         let s = ptr(src.ref), d = ptr(dst.ref)
         let (cs, st) = Shape.collapse(shape, [src.strides, dst.strides])
         let n = cs[cs.count - 1], s1 = st[0][st[0].count - 1], d1 = st[1][st[1].count - 1]
+        // One long row (a contiguous copy) is shared out to the cores in pieces when source and
+        // destination do not overlap (forEachRow shares out whole rows only).
+        if cs.count == 1 && d1 == 1 && s1 >= 0 && (d >= s + (n - 1) * s1 + 1 || s >= d + n) {
+            parallelChunks(n, minimum: 32_768) { lo, hi in nar_vm_copy(s + lo * s1, s1, d + lo, hi - lo) }
+            return
+        }
         forEachRow(cs, st[0], st[1]) { _, i, j in
             if d1 == 1 && s1 >= 0 && (s1 != 1 || n < 4096)
                 && (d + j >= s + i + (n - 1) * s1 + 1 || s + i >= d + j + n) {
@@ -121,6 +127,14 @@ public final class CPUBackend: Backend {
         let pa = ptr(a.ref), pb = ptr(b.ref), po = ptr(out)
         let (cs, st) = Shape.collapse(shape, [a.strides, b.strides])
         let n = cs[cs.count - 1], sa = st[0][cs.count - 1], sb = st[1][cs.count - 1]
+        // One long row (contiguous operands, a residual add) in pieces on all cores; an output
+        // element depends only on the same element of the inputs, so the pieces are independent.
+        if cs.count == 1 {
+            parallelChunks(n, minimum: 32_768) { lo, hi in
+                nar_vm_binary(op.rawValue, pa + lo * sa, sa, pb + lo * sb, sb, po + lo, hi - lo)
+            }
+            return
+        }
         forEachRow(cs, st[0], st[1]) { r, oa, ob in
             nar_vm_binary(op.rawValue, pa + oa, sa, pb + ob, sb, po + r * n, n)
         }
