@@ -70,6 +70,15 @@ enum PivotedQR {
 }
 
 extension Backend {
+    /// A backend's `svd` around its plain Jacobi `jacobi(a, u, vt)` (which writes s): the
+    /// argument checks, then the Jacobi on a, or with `precondition` (n >= 2) on R.
+    func runSVD(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef, maxSweeps: Int, precondition: Bool,
+                jacobi: (_ a: BufRef, _ u: BufRef, _ vt: BufRef) throws -> Int) throws -> Int {
+        guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
+        guard precondition && n >= 2 else { return try jacobi(a, u, vt) }
+        return try preconditionedSVD(batch: batch, n: n, a: a, u: u, vt: vt, jacobi: jacobi)
+    }
+
     /// The QR-preconditioned SVD (see `PivotedQR`) around a backend's plain Jacobi SVD
     /// `jacobi(a, u, vt)` (writing s itself): the factorisation on the host, the Jacobi sweeps
     /// on R, then Vh = U_R^T Q^T (one batched GEMM) and U = P Vh_R^T (a transposed copy and a

@@ -8,9 +8,12 @@ struct ShiftedTapsLayout {
 /// Convolution, resize and embedding lookup.
 extension Tensor {
     /// 2-D convolution of x [N, C, H, W] with weight [Cout, C, kh, kw] and bias [Cout]
-    /// (groups = 1): on the OpenCL and Vulkan backends without a tape one direct convolution
-    /// (`Op.Conv2d`, an implicit GEMM with the bias fused) where the backend supports the call;
-    /// otherwise shifted kernel taps (CPU backend, stride-1 "same") or im2col + GEMM.
+    /// (groups = 1). On the CPU backend stride-1 "same" convolutions go as shifted kernel taps
+    /// (recorded or not). Other convolutions without a tape are one `Op.Conv2d` where the
+    /// backend takes the call: on OpenCL and Vulkan a direct convolution (an implicit GEMM with
+    /// the bias fused), on the CPU backend im2col in chunks of about 8 MiB and a GEMM onto the
+    /// bias. Recorded convolutions (the backward pass needs the whole im2col matrix) and calls a
+    /// kernel backend declines take im2col + GEMM for the whole batch.
     public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
                               padding: Int = 0) throws -> Tensor {
         try x.sameDevice(weight, "conv2d")
@@ -26,26 +29,6 @@ extension Tensor {
         if let bias { try requireShape(bias.shape == [cout], "conv2d bias \(bias.shape) for \(cout) channels") }
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
         let recording = isRecorded(on: x.device, inputs)
-        // Other devices without a tape: one kernel, no im2col matrix, where the backend takes
-        // the call (recorded convolutions keep im2col: the backward pass needs the matrix).
-        var preallocated: Tensor? = nil
-        if !recording && !x.device.isCPU {
-            let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
-            let op = Op.Conv2d(g, batch: n, outChannels: cout, x: x.ref, weight: weight.ref, bias: bias?.ref,
-                               out: out.ref)
-            if x.device.backend.supports(op) {
-                try x.device.run(op)
-                return out
-            }
-            preallocated = out
-        }
-        // On the CPU backend stride-1 "same" convolutions go as shifted kernel taps (no im2col,
-        // recorded or not); without a tape 1x1 ones as a GEMM on the input and the others in
-        // chunks whose im2col matrix stays near 8 MiB (peak memory and cache), one GEMM per
-        // chunk. Other recorded convolutions (the backward pass needs the whole matrix) and
-        // other devices (fewer, larger launches) take the batch at once.
-        let perImage = max(g.colRows * hw, 1)
-        let chunked = !recording && x.device.isCPU
         if x.device.isCPU && stride == 1 && g.kernelH * g.kernelW > 1
             && g.kernelH == 2 * padding + 1 && g.kernelW == 2 * padding + 1 {
             let (out, layout) = try conv2dShiftedTaps(x, weight: weight, bias: bias, g)
@@ -54,60 +37,42 @@ extension Tensor {
                 try conv2dShiftedTapsBackward(gy, x: x, weight: weight, bias: bias, g, layout)
             }
         }
-        // A 1x1 stride-1 convolution's im2col matrix is the input itself: no copy.
-        let pointwise = chunked && g.kernelH == 1 && g.kernelW == 1 && stride == 1 && padding == 0
-        let chunk = chunked && !pointwise ? max(1, min(n, (2 << 20) / perImage)) : n
-        let out = try preallocated ?? Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
-        var col = try Tensor.empty(pointwise ? [1] : [g.colRows, chunk * hw], on: x.device)  // ([1]: unused)
-        var start = 0
-        while start < n {
-            let nc = min(chunk, n - start)
-            if nc != chunk { col = try Tensor.empty([g.colRows, nc * hw], on: x.device) }
-            let xs = BufRef(x.buffer, x.offset + start * g.channels * g.height * g.width)
-            let os = BufRef(out.buffer, out.offset + start * cout * hw)
-            if !pointwise { try x.device.run(Op.Im2col(g, batch: nc, x: xs, col: col.ref)) }
-            if chunked {
-                // Each image's y [Cout, HW] = W [Cout, CKK] col[:, image] straight into the
-                // output (one GEMM batched over the chunk's images), over the bias copied in
-                // first (beta 1): no transposed intermediate, no separate bias pass.
-                var d = GemmDesc(m: cout, n: hw, k: g.colRows, beta: bias == nil ? 0 : 1)
-                    .batched(nc, strideA: 0, strideB: pointwise ? g.channels * hw : hw, strideC: cout * hw)
-                d.ldb = pointwise ? hw : nc * hw
-                if let bias {
-                    try x.device.run(Op.Copy(shape: [nc, cout, hw], src: Strided(bias.ref, strides: [0, 1, 0]),
-                                             dst: Strided(os, strides: Shape.strides([nc, cout, hw]))))
-                }
-                try x.device.run(Op.Gemm(d, a: weight.ref, b: pointwise ? xs : col.ref, c: os))
-                start += nc
-                continue
+        let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
+        if !recording {
+            let op = Op.Conv2d(g, batch: n, outChannels: cout, x: x.ref, weight: weight.ref, bias: bias?.ref,
+                               out: out.ref)
+            if x.device.backend.supports(op) {
+                try x.device.run(op)
+                return out
             }
-            // yT [Cout, nc*HW] = W [Cout, CKK] col [CKK, nc*HW], then [Cout, nc, HW] -> [nc, Cout, HW]
-            // with the bias added in the same pass; a single image without a bias needs neither.
-            let d = GemmDesc(m: cout, n: nc * hw, k: g.colRows)
-            if nc == 1 && bias == nil {
-                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: os))
-            } else {
-                let yT = try Tensor.empty([cout, nc, hw], on: x.device)
-                try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: yT.ref))
-                let src = Strided(yT.ref, strides: [hw, nc * hw, 1])
-                if let bias {
-                    try x.device.run(Op.Binary(.add, shape: [nc, cout, hw], a: src,
-                                               b: Strided(bias.ref, strides: [0, 1, 0]), out: os))
-                } else {
-                    try x.device.run(Op.Copy(shape: [nc, cout, hw], src: src,
-                                             dst: Strided(os, strides: Shape.strides([nc, cout, hw]))))
-                }
-            }
-            start += nc
         }
-        let fullCol = col  // (the whole batch's matrix whenever the op is recorded)
+        // The whole batch's im2col matrix (the backward pass reads it), yT [Cout, N*HW] =
+        // W [Cout, CKK] col [CKK, N*HW], then [Cout, N, HW] -> [N, Cout, HW] with the bias added
+        // in the same pass; a single image without a bias needs neither.
+        let col = try Tensor.empty([g.colRows, cols], on: x.device)
+        try x.device.run(Op.Im2col(g, batch: n, x: x.ref, col: col.ref))
+        let d = GemmDesc(m: cout, n: cols, k: g.colRows)
+        if n == 1 && bias == nil {
+            try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: out.ref))
+        } else {
+            let yT = try Tensor.empty([cout, n, hw], on: x.device)
+            try x.device.run(Op.Gemm(d, a: weight.ref, b: col.ref, c: yT.ref))
+            let src = Strided(yT.ref, strides: [hw, cols, 1])
+            if let bias {
+                try x.device.run(Op.Binary(.add, shape: [n, cout, hw], a: src,
+                                           b: Strided(bias.ref, strides: [0, 1, 0]), out: out.ref))
+            } else {
+                try x.device.run(Op.Copy(shape: [n, cout, hw], src: src,
+                                         dst: Strided(out.ref, strides: Shape.strides([n, cout, hw]))))
+            }
+        }
         return record(out, inputs, "conv2d") { gy in
             // gyT [Cout, N*HW]; dW = gyT col^T; dcol = W^T gyT; dx = col2im(dcol); db = sum gy
             let gyT = try gy.reshaped([n, cout, hw]).permuted([1, 0, 2])
             let dw = try Tensor.empty(weight.shape, on: x.device)
             let dwd = GemmDesc(m: cout, n: g.colRows, k: cols, transB: true)
-            try x.device.run(Op.Gemm(dwd, a: gyT.ref, b: fullCol.ref, c: dw.ref))
-            let dcol = try Tensor.empty(fullCol.shape, on: x.device)
+            try x.device.run(Op.Gemm(dwd, a: gyT.ref, b: col.ref, c: dw.ref))
+            let dcol = try Tensor.empty(col.shape, on: x.device)
             let dcd = GemmDesc(m: g.colRows, n: cols, k: cout, transA: true)
             try x.device.run(Op.Gemm(dcd, a: weight.ref, b: gyT.ref, c: dcol.ref))
             let dx = try Tensor.empty(x.shape, on: x.device)

@@ -21,12 +21,8 @@ extension KernelBackend {
     /// computed on the host (`PivotedQR`).
     public func svd(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
                     tolerance: Float, maxSweeps: Int, precondition: Bool) throws -> Int {
-        guard try checkSVDArguments(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps) else { return 0 }
-        guard precondition && n >= 2 else {
-            return try jacobiSVD(batch: batch, n: n, a: a, u: u, s: s, vt: vt, tolerance: tolerance, maxSweeps: maxSweeps)
-        }
-        return try preconditionedSVD(batch: batch, n: n, a: a, u: u, vt: vt) { r, ur, vr in
-            try jacobiSVD(batch: batch, n: n, a: r, u: ur, s: s, vt: vr, tolerance: tolerance, maxSweeps: maxSweeps)
+        try runSVD(batch: batch, n: n, a: a, u: u, s: s, vt: vt, maxSweeps: maxSweeps, precondition: precondition) {
+            try jacobiSVD(batch: batch, n: n, a: $0, u: $1, s: s, vt: $2, tolerance: tolerance, maxSweeps: maxSweeps)
         }
     }
 

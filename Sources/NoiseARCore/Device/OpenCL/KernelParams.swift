@@ -180,10 +180,7 @@ public struct KernelParams: Sendable, Equatable {
         try inRange("GEMM_WPTN", 1...Self.maxWorkPerItem, "1...\(Self.maxWorkPerItem)")
         let tsm = self["GEMM_TSM"], tsn = self["GEMM_TSN"], tsk = self["GEMM_TSK"]
         let wptm = self["GEMM_WPTM"], wptn = self["GEMM_WPTN"]
-        try require(tsm % wptm == 0,
-                    "kernel parameter GEMM_TSM=\(tsm): expected a multiple of GEMM_WPTM=\(wptm)")
-        try require(tsn % wptn == 0,
-                    "kernel parameter GEMM_TSN=\(tsn): expected a multiple of GEMM_WPTN=\(wptn)")
+        try requireWholeItems("GEMM")
         let tiledNames = ["GEMM_TSM", "GEMM_TSN", "GEMM_TSK", "GEMM_WPTM", "GEMM_WPTN"]
         if self["GEMM_VARIANT"] == 1 || tiledNames.contains(where: { values[$0] != nil }) {
             let rtsm = tsm / wptm, rtsn = tsn / wptn
@@ -211,10 +208,7 @@ public struct KernelParams: Sendable, Equatable {
                     "1...\(Self.maxConvPixelsPerItem) (pixels per item; a multiple of 16 for the vector form)")
         let ctsm = self["CONV_TSM"], ctsn = self["CONV_TSN"], ctsk = self["CONV_TSK"]
         let cwptm = self["CONV_WPTM"], cwptn = self["CONV_WPTN"]
-        try require(ctsm % cwptm == 0,
-                    "kernel parameter CONV_TSM=\(ctsm): expected a multiple of CONV_WPTM=\(cwptm)")
-        try require(ctsn % cwptn == 0,
-                    "kernel parameter CONV_TSN=\(ctsn): expected a multiple of CONV_WPTN=\(cwptn)")
+        try requireWholeItems("CONV")
         let setValues = profile == .cpu ? Self.cpuDefaults : Self.gpuDefaults
         if Self.convNames.contains(where: { values[$0] != setValues[$0] }) && !convTileFits(limits) {
             let t = convTile
@@ -243,6 +237,14 @@ public struct KernelParams: Sendable, Equatable {
         let t = convTile
         return t.pixels <= limits.maxLocal(0) && t.channels <= limits.maxLocal(1)
             && t.pixels * t.channels <= limits.maxWorkGroupSize && t.bytes <= limits.localMemoryBytes
+    }
+
+    /// PREFIX_TSM and PREFIX_TSN are whole multiples of the work per item (PREFIX_WPTM, PREFIX_WPTN).
+    private func requireWholeItems(_ prefix: String) throws {
+        for (tile, work) in [("TSM", "WPTM"), ("TSN", "WPTN")] {
+            let t = self[prefix + "_" + tile], w = self[prefix + "_" + work]
+            try require(t % w == 0, "kernel parameter \(prefix)_\(tile)=\(t): expected a multiple of \(prefix)_\(work)=\(w)")
+        }
     }
 
     private func inRange(_ name: String, _ range: ClosedRange<Int>, _ expected: String) throws {
