@@ -66,11 +66,13 @@ kernel void gemm_pack_b(global const float* B, int boff, int N, int K, int ldb, 
 
 /* One GEMM_MR x GEMM_NR block of C per work item from packed panels. With has_bias, every
  * row of C gets bias[biasoff + (b / batch1) * sbias0 + n] added (a linear layer's bias, the
- * GEMM's epilogue; CPU twin: CPUBackend.gemm's bias rows). */
+ * GEMM's epilogue); beta's term reads C from Cin at cinoff, laid out as C (C itself, or a
+ * residual the product is added to). CPU twin: CPUBackend.gemm's bias and C_in rows. */
 kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, int mpanels,
                         int npanels, global float* C, int coff, int M, int N, int ldc,
                         int batch1, int sC0, int sC1, float alpha, float beta,
-                        global const float* bias, int biasoff, int has_bias, int sbias0) {
+                        global const float* bias, int biasoff, int has_bias, int sbias0,
+                        global const float* Cin, int cinoff) {
     int mp = get_global_id(0), np = get_global_id(1), b = get_global_id(2);
     if (mp >= mpanels || np >= npanels) return;
     global const float* a = Ap + (size_t)(b * mpanels + mp) * K * GEMM_MR;
@@ -102,6 +104,7 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         }
     }
     global float* Cb = C + coff + (b / batch1) * sC0 + (b % batch1) * sC1;
+    global const float* Cinb = Cin + cinoff + (b / batch1) * sC0 + (b % batch1) * sC1;
     int n0 = np * GEMM_NR;
     int lim = min(GEMM_NR, N - n0);
     /* The bias of this block's columns (zeros past N or without a bias). */
@@ -127,7 +130,8 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         if (beta == 0.0f) {
             for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + bvals[c];
         } else {
-            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * crow[c] + bvals[c];
+            global const float* cin = Cinb + m * ldc + n0;
+            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * cin[c] + bvals[c];
         }
     }
 }
@@ -138,7 +142,8 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
                        global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
                        int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
                        int sC0, int sC1, float alpha, float beta,
-                       global const float* bias, int biasoff, int has_bias, int sbias0) {
+                       global const float* bias, int biasoff, int has_bias, int sbias0,
+                       global const float* Cin, int cinoff) {
     local float As[GEMM_TSK][GEMM_TSM];
     local float Bs[GEMM_TSK][GEMM_TSN + 1];
     int tm = get_local_id(0), tn = get_local_id(1);
@@ -185,7 +190,7 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
             int n = n0 + tn + j * GEMM_RTSN;
             if (n >= N) continue;
             float v = alpha * acc[i][j];
-            if (beta != 0.0f) v += beta * Cb[m * ldc + n];
+            if (beta != 0.0f) v += beta * Cin[cinoff + (b / batch1) * sC0 + (b % batch1) * sC1 + m * ldc + n];
             if (has_bias) v += bias[biasoff + (b / batch1) * sbias0 + n];
             Cb[m * ldc + n] = v;
         }
@@ -205,7 +210,8 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
                         global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
                         int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
                         int sC0, int sC1, float alpha, float beta,
-                        global const float* bias, int biasoff, int has_bias, int sbias0) {
+                        global const float* bias, int biasoff, int has_bias, int sbias0,
+                        global const float* Cin, int cinoff) {
 #if ROW_WG > 1
     local float red[SKINNY_M * ROW_WG];
 #endif
@@ -221,6 +227,7 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
     global const float* a = A + aoff + b0 * sA0 + b1 * sA1;
     global const float* b = B + boff + b0 * sB0 + b1 * sB1;
     global float* c = C + coff + b0 * sC0 + b1 * sC1;
+    global const float* cin = Cin + cinoff + b0 * sC0 + b1 * sC1;
     float acc[SKINNY_M];
     for (int m = 0; m < SKINNY_M; ++m) acc[m] = 0.0f;
     int am = transA ? 1 : lda, ak = transA ? lda : 1;
@@ -272,7 +279,7 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
         for (int m = 0; m < SKINNY_M; ++m) {
             if (m < M) {
                 float r = alpha * acc[m];
-                c[m * ldc + n] = (beta == 0.0f ? r : fma(beta, c[m * ldc + n], r)) + bn;
+                c[m * ldc + n] = (beta == 0.0f ? r : fma(beta, cin[m * ldc + n], r)) + bn;
             }
         }
     }

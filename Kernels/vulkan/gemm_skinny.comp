@@ -1,7 +1,7 @@
 #version 450
 #include "common.glsl"
 /* Twin of gemm_skinny (Kernels/gemm.cl): C = alpha op(A) op(B) + beta C (+ the bias row when
- * has_bias) for M <= SKINNY_M (4)
+ * has_bias; beta's C read from Cin at cinoff, laid out as C) for M <= SKINNY_M (4)
  * rows. Launched 2-D, global (N * ROW_WG, batch), work-group (ROW_WG, 1) when ROW_WG > 1
  * (one group per output column n, the items splitting K, partial sums meeting in a shared
  * tree), else work-group (min(16, limit), 1) with one item per column.
@@ -14,6 +14,7 @@ layout(std430, set = 0, binding = 0) buffer B0 { float A[]; };
 layout(std430, set = 0, binding = 1) buffer B1 { float B[]; };
 layout(std430, set = 0, binding = 2) buffer B2 { float C[]; };
 layout(std430, set = 0, binding = 3) buffer B3 { float bias[]; };
+layout(std430, set = 0, binding = 4) buffer B4 { float Cin[]; };
 
 layout(push_constant) uniform PC {
     int aoff;
@@ -39,6 +40,7 @@ layout(push_constant) uniform PC {
     int biasoff;
     int has_bias;
     int sbias0;
+    int cinoff;
 } pc;
 
 const int SKINNY_M = 4;
@@ -126,7 +128,7 @@ void main() {
             if (m < M) {
                 float r = pc.alpha * acc[m];
                 int ci = c + m * pc.ldc + n;
-                C[ci] = (pc.beta == 0.0 ? r : fma(pc.beta, C[ci], r)) + bn;
+                C[ci] = (pc.beta == 0.0 ? r : fma(pc.beta, Cin[ci - pc.coff + pc.cinoff], r)) + bn;
             }
         }
     }

@@ -1,7 +1,7 @@
 #version 450
 #include "common.glsl"
 /* Twin of gemm_tiled (Kernels/gemm.cl): batched row-major GEMM C = alpha op(A) op(B) + beta C
- * (+ the bias row when has_bias)
+ * (+ the bias row when has_bias; beta's C read from Cin at cinoff, laid out as C)
  * with local-memory tiles GEMM_TSK x GEMM_TSM of op(A) and GEMM_TSK x GEMM_TSN (+1 padding) of
  * op(B); each item computes GEMM_WPTM x GEMM_WPTN outputs. Launched 3-D: work-group
  * (GEMM_TSM / GEMM_WPTM, GEMM_TSN / GEMM_WPTN, 1), groups (tiles of M, tiles of N, batch).
@@ -13,6 +13,7 @@ layout(std430, set = 0, binding = 0) buffer B0 { float A[]; };
 layout(std430, set = 0, binding = 1) buffer B1 { float B[]; };
 layout(std430, set = 0, binding = 2) buffer B2 { float C[]; };
 layout(std430, set = 0, binding = 3) buffer B3 { float bias[]; };
+layout(std430, set = 0, binding = 4) buffer B4 { float Cin[]; };
 
 layout(push_constant) uniform PC {
     int aoff;
@@ -38,6 +39,7 @@ layout(push_constant) uniform PC {
     int biasoff;
     int has_bias;
     int sbias0;
+    int cinoff;
 } pc;
 
 const int RTSM = GEMM_TSM / GEMM_WPTM;
@@ -102,7 +104,7 @@ void main() {
             int n = n0 + tn + j * RTSN;
             if (n >= N) continue;
             float v = pc.alpha * acc[i * GEMM_WPTN + j];
-            if (pc.beta != 0.0) v += pc.beta * C[Cb + m * pc.ldc + n];
+            if (pc.beta != 0.0) v += pc.beta * Cin[Cb - pc.coff + pc.cinoff + m * pc.ldc + n];
             if (pc.has_bias != 0) v += bias[pc.biasoff + bq * pc.sbias0 + n];
             C[Cb + m * pc.ldc + n] = v;
         }

@@ -50,8 +50,8 @@ final class RecordingBackend: Backend {
     func unaryBackward(_ op: UnaryOp, count: Int, x: BufRef, dy: BufRef, dx: BufRef, p0: Float, p1: Float) throws {
         note(.unaryBackward); try inner.unaryBackward(op, count: count, x: x, dy: dy, dx: dx, p0: p0, p1: p1)
     }
-    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
-        note(.gemm); try inner.gemm(d, a: a, b: b, c: c, bias: bias)
+    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws {
+        note(.gemm); try inner.gemm(d, a: a, b: b, c: c, bias: bias, cIn: cIn)
     }
     func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws {
         note(.softmax); try inner.softmax(rows: rows, cols: cols, log: log, x: x, y: y)

@@ -156,6 +156,17 @@ import Testing
                                  outputs: [rng.values(m * n)]) { be, i, o in
                     try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2])
                 }
+                // beta's C read from another buffer (a residual), with and without the bias.
+                try differential("gemm+cIn \(m)x\(n)x\(k) tB=\(tb) beta=\(beta)",
+                                 inputs: [rng.values(m * k), rng.values(k * n), rng.values(n), rng.values(m * n)],
+                                 outputs: [rng.values(m * n)]) { be, i, o in
+                    try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2], cIn: i[3])
+                }
+                try differential("gemm+cIn no bias \(m)x\(n)x\(k) tB=\(tb) beta=\(beta)",
+                                 inputs: [rng.values(m * k), rng.values(k * n), rng.values(m * n)],
+                                 outputs: [rng.values(m * n)]) { be, i, o in
+                    try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: nil, cIn: i[2])
+                }
             }
         }
         for m in [2, 19] {
@@ -171,17 +182,34 @@ import Testing
                              outputs: [rng.values(b0 * b1 * m * n)]) { be, i, o in
                 try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2])
             }
+            var dr = d
+            dr.beta = 0.75
+            try differential("gemm+bias+cIn batched \(m)x\(n)x\(k) b\(b0)x\(b1)",
+                             inputs: [rng.values(b0 * b1 * m * k), rng.values(b0 * n * k), rng.values(b0 * n),
+                                      rng.values(b0 * b1 * m * n)],
+                             outputs: [rng.values(b0 * b1 * m * n)]) { be, i, o in
+                try be.gemm(dr, a: i[0], b: i[1], c: o[0], bias: i[2], cIn: i[3])
+            }
         }
         // The CPU reference itself against the definition: an untaped linear layer (the
         // epilogue) equals the product plus a broadcast add, on the CPU and OpenCL devices.
         let (rows, inF, outF) = (7, 13, 5)
         let x = rng.values(rows * inF), w = rng.values(outF * inF), bias = rng.values(outF)
+        let residual = rng.values(rows * outF)
         func check(_ dev: Device) throws {
             let tx = try Tensor(x, shape: [rows, inF], on: dev), tw = try Tensor(w, shape: [outF, inF], on: dev)
             let tb = try Tensor(bias, shape: [outF], on: dev)
             let fused = try Tensor.linear(tx, weight: tw, bias: tb).toArray()
             let twoOps = try (Tensor.matmul(tx, tw, transposeB: true) + tb).toArray()
             #expect(nmse(fused, twoOps) < 1e-12, "\(dev.info.id): linear bias epilogue nmse \(nmse(fused, twoOps))")
+            // With a residual (the skip connection added by the GEMM), with and without the bias.
+            let tr = try Tensor(residual, shape: [rows, outF], on: dev)
+            let withResidual = try Tensor.linear(tx, weight: tw, bias: tb, residual: tr).toArray()
+            let threeOps = try (Tensor.matmul(tx, tw, transposeB: true) + tb + tr).toArray()
+            #expect(nmse(withResidual, threeOps) < 1e-12, "\(dev.info.id): linear residual nmse \(nmse(withResidual, threeOps))")
+            let noBias = try Tensor.linear(tx, weight: tw, residual: tr).toArray()
+            let twoOpsNoBias = try (Tensor.matmul(tx, tw, transposeB: true) + tr).toArray()
+            #expect(nmse(noBias, twoOpsNoBias) < 1e-12, "\(dev.info.id): linear residual without bias nmse \(nmse(noBias, twoOpsNoBias))")
         }
         try check(Device.cpuDevice())
         try withBackends { backends in

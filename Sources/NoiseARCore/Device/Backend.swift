@@ -245,8 +245,9 @@ public protocol Backend: AnyObject {
     /// `Op.Combine.maxTerms` terms (classifier-free guidance, a scheduler step; out may be one
     /// of the inputs).
     func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws
-    /// C = alpha op(A) op(B) + beta C (+ the bias row, see `GemmDesc.biasStride0`, when given).
-    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws
+    /// C = alpha op(A) op(B) + beta C_in (+ the bias row, see `GemmDesc.biasStride0`, when
+    /// given), where C_in is `cIn` (laid out as C: a residual the product is added to) or C.
+    func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws
     /// Row-wise (log-)softmax over the last axis of a [rows, cols] matrix.
     func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws
     /// dx from y = (log-)softmax(x) and dy.
@@ -320,9 +321,14 @@ public protocol Backend: AnyObject {
 import Foundation
 
 extension Backend {
-    /// A GEMM without a bias.
+    /// A GEMM without a bias, beta reading C itself.
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef) throws {
-        try gemm(d, a: a, b: b, c: c, bias: nil)
+        try gemm(d, a: a, b: b, c: c, bias: nil, cIn: nil)
+    }
+
+    /// A GEMM with a bias row, beta reading C itself.
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
+        try gemm(d, a: a, b: b, c: c, bias: bias, cIn: nil)
     }
 
     public func groupNorm(n: Int, channels: Int, spatial: Int, groups: Int, eps: Float, x: BufRef,

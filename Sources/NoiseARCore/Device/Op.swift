@@ -107,16 +107,20 @@ public enum Op {
         public var desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef
         /// Added to every row of C after the product (`GemmDesc.biasStride0`).
         public var bias: BufRef?
-        public init(_ desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef? = nil) {
-            self.desc = desc; self.a = a; self.b = b; self.c = c; self.bias = bias
+        /// Where beta's term reads C from (laid out as C: a residual); nil reads C itself.
+        public var cIn: BufRef?
+        public init(_ desc: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef? = nil, cIn: BufRef? = nil) {
+            self.desc = desc; self.a = a; self.b = b; self.c = c; self.bias = bias; self.cIn = cIn
         }
-        public var reads: [BufRef] { [a, b] + (bias.map { [$0] } ?? []) }
+        public var reads: [BufRef] { [a, b] + [bias, cIn].compactMap { $0 } }
         // C is read too when beta != 0; a written buffer is always moved both ways.
         public var writes: [BufRef] { [c] }
         public func rebased(_ f: (BufRef) throws -> BufRef) rethrows -> Self {
-            var o = self; o.a = try f(a); o.b = try f(b); o.c = try f(c); o.bias = try bias.map(f); return o
+            var o = self; o.a = try f(a); o.b = try f(b); o.c = try f(c); o.bias = try bias.map(f)
+            o.cIn = try cIn.map(f)
+            return o
         }
-        public func execute(on be: any Backend) throws { try be.gemm(desc, a: a, b: b, c: c, bias: bias) }
+        public func execute(on be: any Backend) throws { try be.gemm(desc, a: a, b: b, c: c, bias: bias, cIn: cIn) }
     }
 
     /// Row-wise (log-)softmax of a [rows, cols] matrix.

@@ -182,23 +182,26 @@ extension Tensor {
         }
     }
 
-    /// x @ weight^T + bias, with PyTorch's Linear layout: weight [out, in], bias [out].
-    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) throws -> Tensor {
-        // Not recorded: the bias is the GEMM's epilogue (`Op.Gemm.bias`), one pass fewer than
-        // GEMM then add.
-        if let bias, x.rank >= 1, weight.rank == 2, bias.shape == [weight.shape[0]],
-           x.shape[x.rank - 1] == weight.shape[1],
-           !isRecorded(on: x.device, [x, weight, bias]) {
+    /// x @ weight^T + bias (+ residual), with PyTorch's Linear layout: weight [out, in],
+    /// bias [out]; `residual` has the output's shape (a transformer block's skip connection).
+    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, residual: Tensor? = nil) throws -> Tensor {
+        // Not recorded: the bias and the residual are the GEMM's epilogue (`Op.Gemm.bias`, and
+        // beta 1 reading C from the residual), one or two passes fewer than GEMM then adds.
+        if bias != nil || residual != nil, x.rank >= 1, weight.rank == 2, x.shape[x.rank - 1] == weight.shape[1],
+           bias.map({ $0.shape == [weight.shape[0]] }) ?? true,
+           residual.map({ $0.shape == Array(x.shape.dropLast()) + [weight.shape[0]] }) ?? true,
+           !isRecorded(on: x.device, [x, weight, bias, residual]) {
             try x.sameDevice(weight, "linear")
-            try x.sameDevice(bias, "linear")
+            for t in [bias, residual].compactMap({ $0 }) { try x.sameDevice(t, "linear") }
             let k = weight.shape[1], n = weight.shape[0], rows = x.count / max(k, 1)
             let out = try Tensor.empty(Array(x.shape.dropLast()) + [n], on: x.device)
-            let d = GemmDesc(m: rows, n: n, k: k, transB: true)
-            try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref, bias: bias.ref))
+            let d = GemmDesc(m: rows, n: n, k: k, transB: true, beta: residual == nil ? 0 : 1)
+            try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref, bias: bias?.ref, cIn: residual?.ref))
             return out
         }
         let y = try matmul(x, weight, transposeB: true)
-        return try bias.map { try y + $0 } ?? y
+        let biased = try bias.map { try y + $0 } ?? y
+        return try residual.map { try biased + $0 } ?? biased
     }
 
     /// GEGLU (diffusers' feed-forward): with weight [2*inner, in] = [W_h; W_g] and bias [2*inner],

@@ -146,6 +146,10 @@ public struct Linear {
         self.bias = bias ? try p.make(prefix + ".bias", [outFeatures], .uniformFanIn(inFeatures)) : nil
     }
     public func callAsFunction(_ x: Tensor) throws -> Tensor { try Tensor.linear(x, weight: weight, bias: bias) }
+    /// x W^T + b + residual (the addition fused into the GEMM without a tape).
+    public func callAsFunction(_ x: Tensor, residual: Tensor) throws -> Tensor {
+        try Tensor.linear(x, weight: weight, bias: bias, residual: residual)
+    }
 }
 
 /// 2-D convolution with weight [out, in, k, k] and bias [out].

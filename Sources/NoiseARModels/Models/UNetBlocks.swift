@@ -82,8 +82,12 @@ public struct CrossAttention {
         toOut = try Linear(p, prefix + ".to_out.0", queryDim, queryDim)
         self.heads = heads
     }
-    /// x [B, T, D], context [B, S, Dc] -> [B, T, D]
-    public func callAsFunction(_ x: Tensor, context: Tensor? = nil) throws -> Tensor {
+    /// x [B, T, D], context [B, S, Dc] -> [B, T, D] (+ residual [B, T, D], added by the output
+    /// projection's GEMM).
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, residual: Tensor? = nil) throws -> Tensor {
+        func project(_ o: Tensor) throws -> Tensor {
+            try residual.map { try toOut(o, residual: $0) } ?? toOut(o)
+        }
         let ctx = context ?? x
         let b = x.shape[0], t = x.shape[1], d = x.shape[2], s = ctx.shape[1], hd = d / heads
         if x.rank == 3 && ctx.rank == 3 && (context == nil) == selfAttention
@@ -98,13 +102,13 @@ public struct CrossAttention {
                 o = try Tensor.attention(q: toQ(x), qColumn: 0, k: kv, kColumn: 0, v: kv, vColumn: d,
                                          heads: heads, dim: hd)
             }
-            return try toOut(o)
+            return try project(o)
         }
         let q = try toQ(x).reshaped([b, t, heads, hd])
         let k = try toK(ctx).reshaped([b, s, heads, hd])
         let v = try toV(ctx).reshaped([b, s, heads, hd])
         let o = try Tensor.attention(q: q, k: k, v: v, layout: .bthd)
-        return try toOut(o.reshaped([b, t, d]))
+        return try project(o.reshaped([b, t, d]))
     }
 }
 
@@ -124,11 +128,12 @@ public struct BasicTransformerBlock {
         ffOut = try Linear(p, prefix + ".ff.net.2", inner, dim)
     }
     public func callAsFunction(_ x: Tensor, context: Tensor) throws -> Tensor {
-        var h = try attn1(norm1(x)) + x
-        h = try attn2(norm2(h), context: context) + h
+        // Each residual is added by its sublayer's output projection.
+        var h = try attn1(norm1(x), residual: x)
+        h = try attn2(norm2(h), context: context, residual: h)
         // GEGLU: hidden * gelu(gate), from one projection split in two halves.
         let ff = try Tensor.geglu(norm3(h), weight: ffIn.weight, bias: ffIn.bias)
-        return try ffOut(ff) + h
+        return try ffOut(ff, residual: h)
     }
 }
 

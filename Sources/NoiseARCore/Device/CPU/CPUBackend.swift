@@ -225,39 +225,36 @@ public final class CPUBackend: Backend {
         }
     }
 
-    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
-        guard let bias else {
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws {
+        let readsOther = cIn != nil && d.beta != 0
+        guard bias != nil || readsOther else {
             Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: WorkerPool.cores)
             return
         }
-        // The bias rows first (over C when beta is 0, so the product accumulates onto them),
-        // else after the product.
-        let pc = ptr(c), pbias = ptr(bias)
+        // C's rows first, beta C_in + bias (rows of all batch entries shared out to the cores),
+        // then the product accumulates onto them (beta 1).
+        let pc = ptr(c), pin = cIn.map(ptr) ?? pc, pbias = bias.map(ptr)
         let entries = d.reduceBatch ? 1 : d.batch0 * d.batch1
-        let addBias = { (overwrite: Bool) in
-            // Rows of all batch entries shared out to the cores.
-            parallelChunks(entries * d.m, minimum: max(16, 8_192 / max(d.n, 1))) { lo, hi in
-                for r in lo..<hi {
-                    let e = r / d.m, i0 = e / d.batch1, i1 = e % d.batch1
-                    let cr = pc + i0 * d.strideC0 + i1 * d.strideC1 + (r % d.m) * d.ldc
+        parallelChunks(entries * d.m, minimum: max(16, 8_192 / max(d.n, 1))) { lo, hi in
+            for r in lo..<hi {
+                let e = r / d.m, i0 = e / d.batch1, i1 = e % d.batch1
+                let offset = i0 * d.strideC0 + i1 * d.strideC1 + (r % d.m) * d.ldc
+                let cr = pc + offset, src = pin + offset
+                if let pbias {
                     let row = pbias + i0 * d.biasStride0
-                    if overwrite {
+                    if d.beta == 0 {
                         cr.update(from: row, count: d.n)
                     } else {
-                        for j in 0..<d.n { cr[j] += row[j] }
+                        for j in 0..<d.n { cr[j] = d.beta * src[j] + row[j] }
                     }
+                } else {
+                    for j in 0..<d.n { cr[j] = d.beta * src[j] }
                 }
             }
         }
-        if d.beta == 0 {
-            addBias(true)
-            var accumulate = d
-            accumulate.beta = 1
-            Self.sgemm(accumulate, ptr(a), ptr(b), pc, threads: WorkerPool.cores)
-        } else {
-            Self.sgemm(d, ptr(a), ptr(b), pc, threads: WorkerPool.cores)
-            addBias(false)
-        }
+        var accumulate = d
+        accumulate.beta = 1
+        Self.sgemm(accumulate, ptr(a), ptr(b), pc, threads: WorkerPool.cores)
     }
 
     /// The batched GEMM on `threads` cores. OpenBLAS runs single-threaded here (BLASCore); the

@@ -112,10 +112,11 @@ extension KernelBackend {
                    ref(x) + ref(dy) + ref(dx) + [.i32(count), .i32(Int(op.rawValue)), .f32(p0), .f32(p1)])
     }
 
-    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?) throws {
+    public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws {
         let batch = d.batch0 * d.batch1
-        // The bias epilogue's arguments (a dummy buffer without one).
-        let biasArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)]
+        // The epilogue's arguments: the bias (a dummy buffer without one), then where beta's
+        // term reads C (C itself without cIn).
+        let biasArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)] + ref(cIn ?? c)
         if d.m <= 4 {
             let wg = params["ROW_WG"]
             try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
