@@ -345,6 +345,13 @@ extension Backend {
                     "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
     }
 
+    /// The argument check every backend's `combine` makes: 1 to `Op.Combine.maxTerms` inputs,
+    /// one coefficient each.
+    func checkCombineArguments(coefficients: [Float], inputs: [BufRef]) throws {
+        try require(!inputs.isEmpty && inputs.count <= Op.Combine.maxTerms && coefficients.count == inputs.count,
+                    "combine of \(inputs.count) inputs with \(coefficients.count) coefficients (1 to \(Op.Combine.maxTerms))")
+    }
+
     /// The argument checks every backend's `svd` makes; false when there is nothing to do.
     func checkSVDArguments(batch: Int, n: Int, a: BufRef, u: BufRef, s: BufRef, vt: BufRef,
                            maxSweeps: Int) throws -> Bool {

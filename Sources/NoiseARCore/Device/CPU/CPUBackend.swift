@@ -157,6 +157,7 @@ public final class CPUBackend: Backend {
     }
 
     public func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws {
+        try checkCombineArguments(coefficients: coefficients, inputs: inputs)
         let xs = inputs.map { UnsafePointer(ptr($0)) }, po = ptr(out), c = coefficients
         parallelChunks(count) { lo, hi in
             // Term by term over the chunk: the first writes, the others accumulate (the same

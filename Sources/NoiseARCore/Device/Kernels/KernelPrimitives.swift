@@ -94,8 +94,7 @@ extension KernelBackend {
     }
 
     public func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws {
-        try require(!inputs.isEmpty && inputs.count <= Op.Combine.maxTerms && coefficients.count == inputs.count,
-                    "combine of \(inputs.count) inputs")
+        try checkCombineArguments(coefficients: coefficients, inputs: inputs)
         // Four operand slots always; unused ones get a dummy buffer and coefficient 0.
         var args: [KArg] = []
         for t in 0..<Op.Combine.maxTerms {
@@ -116,7 +115,7 @@ extension KernelBackend {
         let batch = d.batch0 * d.batch1
         // The epilogue's arguments: the bias (a dummy buffer without one), then where beta's
         // term reads C (C itself without cIn).
-        let biasArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)] + ref(cIn ?? c)
+        let epilogueArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)] + ref(cIn ?? c)
         if d.m <= 4 {
             let wg = params["ROW_WG"]
             try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
@@ -124,7 +123,7 @@ extension KernelBackend {
                        ref(a) + ref(b) + ref(c)
                            + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
                               d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
+                              d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + epilogueArgs)
             return
         }
         if params["GEMM_VARIANT"] == 1 {
@@ -137,7 +136,7 @@ extension KernelBackend {
                 ref(a) + ref(b) + ref(c)
                     + [d.m, d.n, d.k, d.lda, d.ldb, d.ldc, d.transA ? 1 : 0, d.transB ? 1 : 0,
                        d.batch1, d.strideA0, d.strideA1, d.strideB0, d.strideB1, d.strideC0,
-                       d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
+                       d.strideC1].map { KArg.i32($0) } + [.f32(d.alpha), .f32(d.beta)] + epilogueArgs)
             return
         }
         let mr = params["GEMM_MR"], nr = 16 * params["GEMM_NV"]
@@ -153,7 +152,7 @@ extension KernelBackend {
         try launch("gemm.cl", "gemm_packed", global: [mp, np, batch], local: [max(params["GEMM_LWG"], 1), 1, 1],
                    [.buf(ap), .buf(bp), .i32(d.k), .i32(mp), .i32(np)] + ref(c)
                        + [d.m, d.n, d.ldc, d.batch1, d.strideC0, d.strideC1].map { KArg.i32($0) }
-                       + [.f32(d.alpha), .f32(d.beta)] + biasArgs)
+                       + [.f32(d.alpha), .f32(d.beta)] + epilogueArgs)
     }
 
     var rowLocal: [Int] { [params["ROW_WG"]] }
