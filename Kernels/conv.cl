@@ -117,8 +117,8 @@ kernel void resize2d_backward(global const float* dy, int dyoff, global float* d
     dx[dxoff + i] = s;
 }
 
-/* Direct convolution as an implicit GEMM (no im2col matrix in memory), bias fused, NCHW,
- * groups = 1. CPU twin: CPUBackend.conv2d (im2col + GEMM through cblas_sgemm).
+/* Direct convolution as an implicit GEMM (no im2col matrix in memory), bias and activation
+ * (act >= 0, epilogue_act) fused, NCHW, groups = 1. CPU twin: CPUBackend.conv2d (im2col + GEMM through cblas_sgemm).
  *
  *   y[n, co, oy, ox] = bias[co] + sum over k = (c, ky, kx) of w[co, k] * x[n, c, iy, ix],
  *   iy = oy*sh - ph + ky, ix = ox*sw - pw + kx (0 outside the image),
@@ -183,7 +183,7 @@ inline void conv_taps(local int* toff, local int* ty, local int* tx, int k0, int
 kernel void conv2d_direct(global const float* x, int xoff, global const float* w, int woff,
                           global const float* bias, int boff, int hasBias, global float* y, int yoff,
                           int batch, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
-                          int oh, int ow, int Cout) {
+                          int oh, int ow, int Cout, int act) {
 #ifdef CONV_VEC
     local float Ws[CONV_TSM][CONV_TSK];     /* as in w: rows copied as runs */
 #else
@@ -306,12 +306,12 @@ kernel void conv2d_direct(global const float* x, int xoff, global const float* w
         for (int q = 0; q < CONV_VEC; ++q) vstore16(acc[i][q], q, vals);
         for (int j = 0; j < CONV_WPTN; ++j) {
             int o = ybase[j];
-            if (o >= 0) ym[o] = vals[j] + b;
+            if (o >= 0) ym[o] = epilogue_act(act, vals[j] + b);
         }
 #else
         for (int j = 0; j < CONV_WPTN; ++j) {
             int o = ybase[tn + j * CONV_RTSN];
-            if (o >= 0) ym[o] = acc[i][j] + b;
+            if (o >= 0) ym[o] = epilogue_act(act, acc[i][j] + b);
         }
 #endif
     }

@@ -60,22 +60,6 @@ kernel void binary_strided(global const float* a, int aoff, int8 astr,
     out[ooff + i] = binary_f(op, a[aoff + strided_offset(i, shape, astr)], b[boff + strided_offset(i, shape, bstr)]);
 }
 
-inline float unary_f(int op, float x, float p0, float p1) {
-    switch (op) {
-    case 0: return exp(x);
-    case 1: return log(x);
-    case 2: return sqrt(x);
-    case 3: return p0 * x + p1;
-    case 4: return fmin(fmax(x, p0), p1);
-    case 5: return x / (1.0f + exp(-x));
-    case 6: return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f));
-    case 7: return fmax(x, 0.0f);
-    case 8: return 1.0f / (1.0f + exp(-x));
-    case 9: return tanh(x);
-    default: return x * x;
-    }
-}
-
 inline float unary_df(int op, float x, float p0, float p1) {
     switch (op) {
     case 0: return exp(x);

@@ -67,12 +67,13 @@ kernel void gemm_pack_b(global const float* B, int boff, int N, int K, int ldb, 
 /* One GEMM_MR x GEMM_NR block of C per work item from packed panels. With has_bias, every
  * row of C gets bias[biasoff + (b / batch1) * sbias0 + n] added (a linear layer's bias, the
  * GEMM's epilogue); beta's term reads C from Cin at cinoff, laid out as C (C itself, or a
- * residual the product is added to). CPU twin: CPUBackend.gemm's bias and C_in rows. */
+ * residual the product is added to); act (>= 0) is applied to every element last
+ * (epilogue_act). CPU twin: CPUBackend.gemm's bias and C_in rows and its activation pass. */
 kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, int mpanels,
                         int npanels, global float* C, int coff, int M, int N, int ldc,
                         int batch1, int sC0, int sC1, float alpha, float beta,
                         global const float* bias, int biasoff, int has_bias, int sbias0,
-                        global const float* Cin, int cinoff) {
+                        global const float* Cin, int cinoff, int act) {
     int mp = get_global_id(0), np = get_global_id(1), b = get_global_id(2);
     if (mp >= mpanels || np >= npanels) return;
     global const float* a = Ap + (size_t)(b * mpanels + mp) * K * GEMM_MR;
@@ -115,7 +116,7 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         int m = mp * GEMM_MR + r;
         if (m >= M) break;
         global float* crow = Cb + m * ldc + n0;
-        if (beta == 0.0f && lim == GEMM_NR) {
+        if (beta == 0.0f && lim == GEMM_NR && act < 0) {
             vstore16(alpha * acc0[r] + vload16(0, bvals), 0, crow);
 #if GEMM_NV > 1
             vstore16(alpha * acc1[r] + vload16(1, bvals), 1, crow);
@@ -128,22 +129,22 @@ kernel void gemm_packed(global const float* Ap, global const float* Bp, int K, i
         vstore16(acc1[r], 1, vals);
 #endif
         if (beta == 0.0f) {
-            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + bvals[c];
+            for (int c = 0; c < lim; ++c) crow[c] = epilogue_act(act, alpha * vals[c] + bvals[c]);
         } else {
             global const float* cin = Cinb + m * ldc + n0;
-            for (int c = 0; c < lim; ++c) crow[c] = alpha * vals[c] + beta * cin[c] + bvals[c];
+            for (int c = 0; c < lim; ++c) crow[c] = epilogue_act(act, alpha * vals[c] + beta * cin[c] + bvals[c]);
         }
     }
 }
 
 /* GPU-style tiled GEMM. Local size (GEMM_RTSM, GEMM_RTSN); global rounded up to tiles. The
- * bias epilogue as in gemm_packed. */
+ * bias, C_in and activation epilogue as in gemm_packed. */
 kernel void gemm_tiled(global const float* A, int aoff, global const float* B, int boff,
                        global float* C, int coff, int M, int N, int K, int lda, int ldb, int ldc,
                        int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
                        int sC0, int sC1, float alpha, float beta,
                        global const float* bias, int biasoff, int has_bias, int sbias0,
-                       global const float* Cin, int cinoff) {
+                       global const float* Cin, int cinoff, int act) {
     local float As[GEMM_TSK][GEMM_TSM];
     local float Bs[GEMM_TSK][GEMM_TSN + 1];
     int tm = get_local_id(0), tn = get_local_id(1);
@@ -192,7 +193,7 @@ kernel void gemm_tiled(global const float* A, int aoff, global const float* B, i
             float v = alpha * acc[i][j];
             if (beta != 0.0f) v += beta * Cin[cinoff + (b / batch1) * sC0 + (b % batch1) * sC1 + m * ldc + n];
             if (has_bias) v += bias[biasoff + (b / batch1) * sbias0 + n];
-            Cb[m * ldc + n] = v;
+            Cb[m * ldc + n] = epilogue_act(act, v);
         }
     }
 }
@@ -211,7 +212,7 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
                         int transA, int transB, int batch1, int sA0, int sA1, int sB0, int sB1,
                         int sC0, int sC1, float alpha, float beta,
                         global const float* bias, int biasoff, int has_bias, int sbias0,
-                        global const float* Cin, int cinoff) {
+                        global const float* Cin, int cinoff, int act) {
 #if ROW_WG > 1
     local float red[SKINNY_M * ROW_WG];
 #endif
@@ -279,7 +280,7 @@ kernel void gemm_skinny(global const float* A, int aoff, global const float* B, 
         for (int m = 0; m < SKINNY_M; ++m) {
             if (m < M) {
                 float r = alpha * acc[m];
-                c[m * ldc + n] = (beta == 0.0f ? r : fma(beta, cin[m * ldc + n], r)) + bn;
+                c[m * ldc + n] = epilogue_act(act, (beta == 0.0f ? r : fma(beta, cin[m * ldc + n], r)) + bn);
             }
         }
     }

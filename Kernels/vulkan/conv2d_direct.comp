@@ -1,7 +1,9 @@
 #version 450
 #include "common.glsl"
-/* Twin of conv2d_direct (Kernels/conv.cl): direct convolution as an implicit GEMM, bias fused,
- * NCHW, groups = 1:
+#include "erf.glsl"
+#include "unary_ops.glsl"
+/* Twin of conv2d_direct (Kernels/conv.cl): direct convolution as an implicit GEMM, bias and
+ * activation (act >= 0) fused, NCHW, groups = 1:
  *   y[n, co, oy, ox] = bias[co] + sum over k = (c, ky, kx) of w[co, k] * x[n, c, iy, ix]
  * with iy = oy*sh - ph + ky, ix = ox*sw - pw + kx (0 outside the image). A work group computes
  * a CONV_TSM x CONV_TSN tile of (output channels, output pixels over the batch), stepping
@@ -40,6 +42,7 @@ layout(push_constant) uniform PC {
     int oh;
     int ow;
     int Cout;
+    int act;
 } pc;
 
 const int RTSM = CONV_TSM / CONV_WPTM;
@@ -129,7 +132,7 @@ void main() {
         int ym = pc.yoff + m * hw;
         for (int j = 0; j < CONV_WPTN; ++j) {
             int o = ybase[tn + j * RTSN];
-            if (o >= 0) y[ym + o] = acc[i * CONV_WPTN + j] + b;
+            if (o >= 0) y[ym + o] = epilogue_act(pc.act, acc[i * CONV_WPTN + j] + b);
         }
     }
 }

@@ -1,8 +1,10 @@
 #version 450
 #include "common.glsl"
+#include "erf.glsl"
+#include "unary_ops.glsl"
 /* Twin of gemm_skinny (Kernels/gemm.cl): C = alpha op(A) op(B) + beta C (+ the bias row when
- * has_bias; beta's C read from Cin at cinoff, laid out as C) for M <= SKINNY_M (4)
- * rows. Launched 2-D, global (N * ROW_WG, batch), work-group (ROW_WG, 1) when ROW_WG > 1
+ * has_bias; beta's C read from Cin at cinoff, laid out as C; then the activation act when
+ * >= 0) for M <= SKINNY_M (4) rows. Launched 2-D, global (N * ROW_WG, batch), work-group (ROW_WG, 1) when ROW_WG > 1
  * (one group per output column n, the items splitting K, partial sums meeting in a shared
  * tree), else work-group (min(16, limit), 1) with one item per column.
  * Differences: the float4 loads/FMAs of the transB && !transA path are vec4 FMAs on the same
@@ -41,6 +43,7 @@ layout(push_constant) uniform PC {
     int has_bias;
     int sbias0;
     int cinoff;
+    int act;
 } pc;
 
 const int SKINNY_M = 4;
@@ -128,7 +131,7 @@ void main() {
             if (m < M) {
                 float r = pc.alpha * acc[m];
                 int ci = c + m * pc.ldc + n;
-                C[ci] = (pc.beta == 0.0 ? r : fma(pc.beta, Cin[ci - pc.coff + pc.cinoff], r)) + bn;
+                C[ci] = epilogue_act(pc.act, (pc.beta == 0.0 ? r : fma(pc.beta, Cin[ci - pc.coff + pc.cinoff], r)) + bn);
             }
         }
     }

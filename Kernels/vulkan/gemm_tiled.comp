@@ -1,7 +1,10 @@
 #version 450
 #include "common.glsl"
+#include "erf.glsl"
+#include "unary_ops.glsl"
 /* Twin of gemm_tiled (Kernels/gemm.cl): batched row-major GEMM C = alpha op(A) op(B) + beta C
- * (+ the bias row when has_bias; beta's C read from Cin at cinoff, laid out as C)
+ * (+ the bias row when has_bias; beta's C read from Cin at cinoff, laid out as C; then the
+ * activation act when >= 0)
  * with local-memory tiles GEMM_TSK x GEMM_TSM of op(A) and GEMM_TSK x GEMM_TSN (+1 padding) of
  * op(B); each item computes GEMM_WPTM x GEMM_WPTN outputs. Launched 3-D: work-group
  * (GEMM_TSM / GEMM_WPTM, GEMM_TSN / GEMM_WPTN, 1), groups (tiles of M, tiles of N, batch).
@@ -40,6 +43,7 @@ layout(push_constant) uniform PC {
     int has_bias;
     int sbias0;
     int cinoff;
+    int act;
 } pc;
 
 const int RTSM = GEMM_TSM / GEMM_WPTM;
@@ -106,7 +110,7 @@ void main() {
             float v = pc.alpha * acc[i * GEMM_WPTN + j];
             if (pc.beta != 0.0) v += pc.beta * Cin[Cb - pc.coff + pc.cinoff + m * pc.ldc + n];
             if (pc.has_bias != 0) v += bias[pc.biasoff + bq * pc.sbias0 + n];
-            C[Cb + m * pc.ldc + n] = v;
+            C[Cb + m * pc.ldc + n] = epilogue_act(pc.act, v);
         }
     }
 }

@@ -110,4 +110,8 @@ float unary_df(int op, float xv, float p0, float p1) {
     }
 }
 
+/* The GEMM and convolution shaders' activation epilogue, as elementwise.cl's twin in
+ * common.h: act < 0 is none, else a parameter-free unary op. */
+float epilogue_act(int act, float v) { return act < 0 ? v : unary_f(act, v, 0.0, 0.0); }
+
 #endif

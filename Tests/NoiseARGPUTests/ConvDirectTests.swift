@@ -11,6 +11,8 @@ import Testing
         var batch: Int, c: Int, h: Int, w: Int, cout: Int, kh: Int, kw: Int
         var sh = 1, sw = 1, ph = 0, pw = 0
         var bias = true
+        /// The activation epilogue (`Op.Conv2d.activation`).
+        var activation: UnaryOp? = nil
         var geometry: ConvGeometry {
             var g = ConvGeometry(channels: c, height: h, width: w, kernelH: kh, kernelW: kw)
             g.strideH = sh; g.strideW = sw; g.padH = ph; g.padW = pw
@@ -18,6 +20,7 @@ import Testing
         }
         var description: String {
             "N\(batch) C\(c)->\(cout) \(h)x\(w) k\(kh)x\(kw) s\(sh),\(sw) p\(ph),\(pw)\(bias ? " +bias" : "")"
+                + (activation.map { " +\($0)" } ?? "")
         }
     }
 
@@ -42,6 +45,12 @@ import Testing
         Case(batch: 3, c: 6, h: 8, w: 8, cout: 7, kh: 3, kw: 3, ph: 1, pw: 1, bias: false),
         Case(batch: 2, c: 5, h: 3, w: 70, cout: 3, kh: 3, kw: 3, ph: 1, pw: 1),
         Case(batch: 1, c: 4, h: 6, w: 16, cout: 5, kh: 5, kw: 5, ph: 2, pw: 2),
+        // The activation epilogue, with and without a bias, on full and partial tiles
+        Case(batch: 2, c: 5, h: 9, w: 7, cout: 17, kh: 3, kw: 3, ph: 1, pw: 1, activation: .silu),
+        Case(batch: 1, c: 64, h: 16, w: 16, cout: 64, kh: 3, kw: 3, ph: 1, pw: 1, activation: .gelu),
+        Case(batch: 3, c: 17, h: 10, w: 9, cout: 5, kh: 4, kw: 4, sh: 2, sw: 2, ph: 1, pw: 1, bias: false,
+             activation: .tanh),
+        Case(batch: 3, c: 64, h: 6, w: 5, cout: 17, kh: 1, kw: 1, activation: .relu),
     ]
 
     /// The op on every kernel backend against the CPU backend: random non-zero inputs at odd
@@ -57,10 +66,10 @@ import Testing
         let outCount = c.batch * c.cout * g.outH * g.outW
         try differential("conv2d \(c)", inputs: inputs, outputs: [rng.values(outCount)], tolerance: 1e-10) { be, i, o in
             let op = Op.Conv2d(g, batch: c.batch, outChannels: c.cout, x: i[0], weight: i[1],
-                               bias: c.bias ? i[2] : nil, out: o[0])
+                               bias: c.bias ? i[2] : nil, activation: c.activation, out: o[0])
             #expect(be.supports(op), "conv2d \(c): \(be.info.id) declines the call")
             try be.conv2d(g, batch: c.batch, outChannels: c.cout, x: i[0], weight: i[1],
-                          bias: c.bias ? i[2] : nil, out: o[0])
+                          bias: c.bias ? i[2] : nil, activation: c.activation, out: o[0])
         }
     }
 

@@ -92,9 +92,10 @@ final class RecordingBackend: Backend {
         note(.col2im); try inner.col2im(g, batch: batch, col: col, dx: dx)
     }
     func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef, bias: BufRef?,
-                out: BufRef) throws {
+                activation: UnaryOp?, out: BufRef) throws {
         note(.conv2d)
-        try inner.conv2d(g, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias, out: out)
+        try inner.conv2d(g, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias,
+                         activation: activation, out: out)
     }
     func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int, x: BufRef, y: BufRef) throws {
         note(.resize); try inner.resize(mode, planes: planes, inH: inH, inW: inW, outH: outH, outW: outW, x: x, y: y)

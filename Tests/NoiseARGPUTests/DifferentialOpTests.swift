@@ -217,6 +217,91 @@ import Testing
         }
     }
 
+    /// The activation epilogue (`GemmDesc.activation`, applied last): every parameter-free op
+    /// the models use, on the skinny (M <= 4), packed and tiled kernels, past panel and tile
+    /// edges, with the bias, C_in and beta, and over a two-level batch. An untaped linear layer
+    /// with an activation equals the three ops (one GEMM launch on the kernel backends, no unary
+    /// launch); a recorded one runs them (its gradient is theirs); an activation with parameters
+    /// is refused.
+    @Test func gemmActivationEpilogue() throws {
+        var rng = TestRNG(56)
+        let acts: [UnaryOp] = [.silu, .gelu, .relu, .tanh, .sigmoid]
+        for (index, (m, n, k)) in [(17, 33, 9), (3, 41, 30), (65, 130, 67), (1, 7, 5)].enumerated() {
+            let act = acts[index % acts.count]
+            var d = GemmDesc(m: m, n: n, k: k, transB: index % 2 == 0)
+            d.activation = act
+            try differential("gemm+\(act) \(m)x\(n)x\(k)", inputs: [rng.values(m * k), rng.values(k * n)],
+                             outputs: [rng.values(m * n)]) { be, i, o in
+                try be.gemm(d, a: i[0], b: i[1], c: o[0])
+            }
+            var full = d
+            full.alpha = 0.5; full.beta = -1.25; full.activation = acts[(index + 2) % acts.count]
+            try differential("gemm+bias+cIn+\(acts[(index + 2) % acts.count]) \(m)x\(n)x\(k)",
+                             inputs: [rng.values(m * k), rng.values(k * n), rng.values(n), rng.values(m * n)],
+                             outputs: [rng.values(m * n)]) { be, i, o in
+                try be.gemm(full, a: i[0], b: i[1], c: o[0], bias: i[2], cIn: i[3])
+            }
+        }
+        let (m, n, k, b0, b1) = (19, 23, 13, 2, 3)
+        var d = GemmDesc(m: m, n: n, k: k, transB: true)
+        d.batch0 = b0; d.batch1 = b1
+        d.strideA0 = b1 * m * k; d.strideA1 = m * k
+        d.strideB0 = n * k; d.strideB1 = 0
+        d.strideC0 = b1 * m * n; d.strideC1 = m * n
+        d.biasStride0 = n; d.activation = .gelu
+        try differential("gemm+bias+gelu batched \(m)x\(n)x\(k) b\(b0)x\(b1)",
+                         inputs: [rng.values(b0 * b1 * m * k), rng.values(b0 * n * k), rng.values(b0 * n)],
+                         outputs: [rng.values(b0 * b1 * m * n)]) { be, i, o in
+            try be.gemm(d, a: i[0], b: i[1], c: o[0], bias: i[2])
+        }
+        var affine = GemmDesc(m: 2, n: 2, k: 2)
+        affine.activation = .affine
+        let cpuBackend = CPUBackend()
+        let g = try Guarded(cpuBackend, rng.values(4))
+        #expect(throws: NoiseError.self) { try cpuBackend.gemm(affine, a: g.ref, b: g.ref, c: g.ref) }
+
+        let (rows, inF, outF) = (7, 13, 5)
+        let x = rng.values(rows * inF), w = rng.values(outF * inF), bias = rng.values(outF)
+        let residual = rng.values(rows * outF)
+        // Inside withBackends: the shared backends' launch counters see only this test.
+        func check(_ dev: Device) throws {
+            let tx = try Tensor(x, shape: [rows, inF], on: dev), tw = try Tensor(w, shape: [outF, inF], on: dev)
+            let tb = try Tensor(bias, shape: [outF], on: dev), tr = try Tensor(residual, shape: [rows, outF], on: dev)
+            for act in [UnaryOp.gelu, .silu] {
+                let kernels = dev.backend as? any KernelBackend
+                let start = kernels?.launches ?? 0
+                let fusedTensor = try Tensor.linear(tx, weight: tw, bias: tb, activation: act)
+                let middle = kernels?.launches ?? 0
+                let gemmOnly = try Tensor.linear(tx, weight: tw, bias: tb)
+                if let kernels {
+                    #expect(middle - start == kernels.launches - middle,
+                            "\(kernels.label): linear+\(act) took \(middle - start) launches, the linear alone \(kernels.launches - middle)")
+                }
+                func activate(_ t: Tensor) throws -> Tensor { act == .gelu ? try t.gelu() : try t.silu() }
+                let fused = try fusedTensor.toArray()
+                let three = try activate(gemmOnly).toArray()
+                #expect(!fused.contains { $0.isNaN } && nmse(fused, three) < 1e-12,
+                        "\(dev.info.id): linear+\(act) nmse \(nmse(fused, three))")
+                let withResidual = try Tensor.linear(tx, weight: tw, bias: tb, residual: tr, activation: act).toArray()
+                let four = try activate(gemmOnly + tr).toArray()
+                #expect(nmse(withResidual, four) < 1e-12, "\(dev.info.id): linear+residual+\(act) nmse \(nmse(withResidual, four))")
+            }
+        }
+        try check(Device.cpuDevice())
+        try withBackends { backends in
+            for be in backends { try check(Device(backend: be)) }
+        }
+        // Recorded: the gradient of the composed ops.
+        let cpuDev = Device.cpuDevice()
+        let xr = try Tensor(x, shape: [rows, inF], on: cpuDev, requiresGrad: true)
+        let tw = try Tensor(w, shape: [outF, inF], on: cpuDev), tb = try Tensor(bias, shape: [outF], on: cpuDev)
+        try Tensor.linear(xr, weight: tw, bias: tb, activation: .gelu).sum().backward()
+        let xr2 = try Tensor(x, shape: [rows, inF], on: cpuDev, requiresGrad: true)
+        try (Tensor.linear(xr2, weight: tw, bias: tb)).gelu().sum().backward()
+        #expect(nmse(try #require(xr.grad).toArray(), try #require(xr2.grad).toArray()) < 1e-12)
+        #expect(throws: NoiseError.self) { _ = try Tensor.linear(xr, weight: tw, activation: .clamp) }
+    }
+
     @Test(arguments: [(1, 1), (7, 13), (5, 300), (64, 65)])
     func softmax(rows: Int, cols: Int) throws {
         var rng = TestRNG(6)

@@ -49,6 +49,10 @@ public enum UnaryOp: Int32, Sendable, CaseIterable {
     case relu = 7, sigmoid = 8, tanh = 9
     /// y = x * x
     case square = 10
+
+    /// Whether the op reads p0 and p1 (affine, clamp). An epilogue activation
+    /// (`GemmDesc.activation`, `Op.Conv2d.activation`) must not: it has no parameters to pass.
+    public var takesParameters: Bool { self == .affine || self == .clamp }
 }
 
 /// Resize interpolation (PyTorch `F.interpolate` semantics, align_corners=False).
@@ -78,6 +82,10 @@ public struct GemmDesc: Sendable, Equatable {
     /// bias[i0 * biasStride0 + column] added after the product (a linear layer's bias as the
     /// GEMM's epilogue).
     public var biasStride0 = 0
+    /// Applied to every element of C last (the GEMM's activation epilogue):
+    /// C = act(alpha op(A) op(B) + beta C_in + bias), e.g. a feed-forward layer's GELU. Only ops
+    /// without parameters (`UnaryOp.takesParameters` false).
+    public var activation: UnaryOp? = nil
 
     /// A plain (optionally transposed) contiguous GEMM.
     public init(m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false,
@@ -246,7 +254,8 @@ public protocol Backend: AnyObject {
     /// of the inputs).
     func combine(count: Int, coefficients: [Float], inputs: [BufRef], out: BufRef) throws
     /// C = alpha op(A) op(B) + beta C_in (+ the bias row, see `GemmDesc.biasStride0`, when
-    /// given), where C_in is `cIn` (laid out as C: a residual the product is added to) or C.
+    /// given), where C_in is `cIn` (laid out as C: a residual the product is added to) or C;
+    /// then `GemmDesc.activation` on every element when set.
     func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws
     /// Row-wise (log-)softmax over the last axis of a [rows, cols] matrix.
     func softmax(rows: Int, cols: Int, log: Bool, x: BufRef, y: BufRef) throws
@@ -279,10 +288,11 @@ public protocol Backend: AnyObject {
     /// dx [batch, C, H, W] (overwritten) = sum of col entries that read each pixel.
     func col2im(_ g: ConvGeometry, batch: Int, col: BufRef, dx: BufRef) throws
     /// out [batch, Cout, outH, outW] (overwritten) = the convolution of x [batch, C, H, W] with
-    /// weight [Cout, C, kh, kw] (groups = 1), plus bias [Cout] when given: one pass, no im2col
-    /// matrix in memory where the backend can (an implicit GEMM on the kernel backends).
+    /// weight [Cout, C, kh, kw] (groups = 1), plus bias [Cout] when given, then `activation`
+    /// on every element when given (parameter-free ops only): one pass, no im2col matrix in
+    /// memory where the backend can (an implicit GEMM on the kernel backends).
     func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
-                bias: BufRef?, out: BufRef) throws
+                bias: BufRef?, activation: UnaryOp?, out: BufRef) throws
     /// [planes, inH, inW] -> [planes, outH, outW].
     func resize(_ mode: ResizeMode, planes: Int, inH: Int, inW: Int, outH: Int, outW: Int,
                 x: BufRef, y: BufRef) throws
@@ -343,6 +353,12 @@ extension Backend {
     func checkRange(_ r: BufRef, _ n: Int) throws {
         try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
                     "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
+    }
+
+    /// The check every backend's GEMM and convolution make of an epilogue activation.
+    func checkEpilogueActivation(_ activation: UnaryOp?) throws {
+        guard let activation else { return }
+        try require(!activation.takesParameters, "\(activation) as an epilogue activation (it takes parameters)")
     }
 
     /// The argument check every backend's `combine` makes: 1 to `Op.Combine.maxTerms` inputs,

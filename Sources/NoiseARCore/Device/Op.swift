@@ -314,10 +314,13 @@ public enum Op {
         public static let kind = OpKind.conv2d
         public var geometry: ConvGeometry, batch: Int, outChannels: Int
         public var x: BufRef, weight: BufRef, bias: BufRef?, out: BufRef
+        /// Applied to every output last (the convolution's activation epilogue); parameter-free
+        /// ops only.
+        public var activation: UnaryOp?
         public init(_ geometry: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
-                    bias: BufRef?, out: BufRef) {
+                    bias: BufRef?, activation: UnaryOp? = nil, out: BufRef) {
             self.geometry = geometry; self.batch = batch; self.outChannels = outChannels
-            self.x = x; self.weight = weight; self.bias = bias; self.out = out
+            self.x = x; self.weight = weight; self.bias = bias; self.activation = activation; self.out = out
         }
         public var reads: [BufRef] { [x, weight] + [bias].compactMap { $0 } }
         public var writes: [BufRef] { [out] }
@@ -327,7 +330,8 @@ public enum Op {
             return o
         }
         public func execute(on b: any Backend) throws {
-            try b.conv2d(geometry, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias, out: out)
+            try b.conv2d(geometry, batch: batch, outChannels: outChannels, x: x, weight: weight, bias: bias,
+                         activation: activation, out: out)
         }
     }
 

@@ -13,9 +13,22 @@ extension Tensor {
     /// backend takes the call: on OpenCL and Vulkan a direct convolution (an implicit GEMM with
     /// the bias fused), on the CPU backend im2col in chunks of about 8 MiB and a GEMM onto the
     /// bias. Recorded convolutions (the backward pass needs the whole im2col matrix) and calls a
-    /// kernel backend declines take im2col + GEMM for the whole batch.
+    /// kernel backend declines take im2col + GEMM for the whole batch. `activation` (a
+    /// parameter-free unary op) is applied last: the convolution's epilogue in `Op.Conv2d`,
+    /// else a pass of its own.
     public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
-                              padding: Int = 0) throws -> Tensor {
+                              padding: Int = 0, activation: UnaryOp? = nil) throws -> Tensor {
+        if let activation { try require(!activation.takesParameters, "conv2d with activation \(activation): it takes parameters") }
+        let (y, activated) = try conv2dBiased(x, weight: weight, bias: bias, stride: stride, padding: padding,
+                                              activation: activation)
+        guard let activation, !activated else { return y }
+        return try y.unary(activation)
+    }
+
+    /// The convolution plus bias; with `activation` too when the returned flag says so (one
+    /// `Op.Conv2d` with the activation as its epilogue).
+    static func conv2dBiased(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Int,
+                             activation: UnaryOp?) throws -> (Tensor, activated: Bool) {
         try x.sameDevice(weight, "conv2d")
         try requireShape(x.rank == 4 && weight.rank == 4 && weight.shape[1] == x.shape[1],
                          "conv2d of input \(x.shape) with weight \(weight.shape)")
@@ -32,18 +45,18 @@ extension Tensor {
         if x.device.isCPU && stride == 1 && g.kernelH * g.kernelW > 1
             && g.kernelH == 2 * padding + 1 && g.kernelW == 2 * padding + 1 {
             let (out, layout) = try conv2dShiftedTaps(x, weight: weight, bias: bias, g)
-            guard recording else { return out }
-            return record(out, inputs, "conv2d") { gy in
+            guard recording else { return (out, false) }
+            return (record(out, inputs, "conv2d") { gy in
                 try conv2dShiftedTapsBackward(gy, x: x, weight: weight, bias: bias, g, layout)
-            }
+            }, false)
         }
         let out = try Tensor.empty([n, cout, g.outH, g.outW], on: x.device)
         if !recording {
             let op = Op.Conv2d(g, batch: n, outChannels: cout, x: x.ref, weight: weight.ref, bias: bias?.ref,
-                               out: out.ref)
+                               activation: activation, out: out.ref)
             if x.device.backend.supports(op) {
                 try x.device.run(op)
-                return out
+                return (out, true)
             }
         }
         // The whole batch's im2col matrix (the backward pass reads it), yT [Cout, N*HW] =
@@ -66,7 +79,7 @@ extension Tensor {
                                          dst: Strided(out.ref, strides: Shape.strides([n, cout, hw]))))
             }
         }
-        return record(out, inputs, "conv2d") { gy in
+        return (record(out, inputs, "conv2d") { gy in
             // gyT [Cout, N*HW]; dW = gyT col^T; dcol = W^T gyT; dx = col2im(dcol); db = sum gy
             let gyT = try gy.reshaped([n, cout, hw]).permuted([1, 0, 2])
             let dw = try Tensor.empty(weight.shape, on: x.device)
@@ -80,7 +93,7 @@ extension Tensor {
             var grads: [Tensor?] = [dx, dw]
             if bias != nil { grads.append(try gyT.sum(axes: [1, 2])) }
             return grads
-        }
+        }, false)
     }
 
     /// A stride-1 "same" convolution (kernel 2p+1, padding p) without an im2col matrix (CPU

@@ -182,12 +182,17 @@ extension Tensor {
         }
     }
 
-    /// x @ weight^T + bias (+ residual), with PyTorch's Linear layout: weight [out, in],
-    /// bias [out]; `residual` has the output's shape (a transformer block's skip connection).
-    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, residual: Tensor? = nil) throws -> Tensor {
-        // Not recorded: the bias and the residual are the GEMM's epilogue (`Op.Gemm.bias`, and
-        // beta 1 reading C from the residual), one or two passes fewer than GEMM then adds.
-        if bias != nil || residual != nil, x.rank >= 1, weight.rank == 2, x.shape[x.rank - 1] == weight.shape[1],
+    /// activation(x @ weight^T + bias (+ residual)), with PyTorch's Linear layout: weight
+    /// [out, in], bias [out]; `residual` has the output's shape (a transformer block's skip
+    /// connection); `activation` a parameter-free unary op (a feed-forward layer's GELU).
+    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, residual: Tensor? = nil,
+                              activation: UnaryOp? = nil) throws -> Tensor {
+        if let activation { try require(!activation.takesParameters, "linear with activation \(activation): it takes parameters") }
+        // Not recorded: the bias, the residual and the activation are the GEMM's epilogue
+        // (`Op.Gemm.bias`, beta 1 reading C from the residual, `GemmDesc.activation`), one to
+        // three passes fewer than GEMM then adds and the activation.
+        if bias != nil || residual != nil || activation != nil, x.rank >= 1, weight.rank == 2,
+           x.shape[x.rank - 1] == weight.shape[1],
            bias.map({ $0.shape == [weight.shape[0]] }) ?? true,
            residual.map({ $0.shape == Array(x.shape.dropLast()) + [weight.shape[0]] }) ?? true,
            !isRecorded(on: x.device, [x, weight, bias, residual]) {
@@ -195,13 +200,15 @@ extension Tensor {
             for t in [bias, residual].compactMap({ $0 }) { try x.sameDevice(t, "linear") }
             let k = weight.shape[1], n = weight.shape[0], rows = x.count / max(k, 1)
             let out = try Tensor.empty(Array(x.shape.dropLast()) + [n], on: x.device)
-            let d = GemmDesc(m: rows, n: n, k: k, transB: true, beta: residual == nil ? 0 : 1)
+            var d = GemmDesc(m: rows, n: n, k: k, transB: true, beta: residual == nil ? 0 : 1)
+            d.activation = activation
             try x.device.run(Op.Gemm(d, a: x.ref, b: weight.ref, c: out.ref, bias: bias?.ref, cIn: residual?.ref))
             return out
         }
         let y = try matmul(x, weight, transposeB: true)
         let biased = try bias.map { try y + $0 } ?? y
-        return try residual.map { try biased + $0 } ?? biased
+        let summed = try residual.map { try biased + $0 } ?? biased
+        return try activation.map { try summed.unary($0) } ?? summed
     }
 
     /// GEGLU (diffusers' feed-forward): with weight [2*inner, in] = [W_h; W_g] and bias [2*inner],

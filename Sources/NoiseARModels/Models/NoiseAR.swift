@@ -327,7 +327,7 @@ public final class NoiseARNet {
         return try dimAdapter.map { try $0(text) } ?? text
     }
 
-    func encode(_ tokens: Tensor) throws -> Tensor { try encoder2(encoder0(tokens).silu()) }
+    func encode(_ tokens: Tensor) throws -> Tensor { try encoder2(encoder0(tokens, activation: .silu)) }
 
     func dropout(_ x: Tensor) throws -> Tensor {
         guard training && config.dropout > 0 else { return x }
@@ -354,11 +354,11 @@ public final class NoiseARNet {
         x = try layer.crossNorm(x)
         x = try dropout(layer.crossAttn(x, ctx, causal: false)) + x
         x = try layer.ffnNorm(x)
-        return try layer.ffn3(dropout(layer.ffn0(x).gelu())) + x
+        return try layer.ffn3(dropout(layer.ffn0(x, activation: .gelu)), residual: x)
     }
 
     func heads(_ x: Tensor) throws -> (mu: Tensor, logvar: Tensor) {
-        (try muHead2(muHead0(x).gelu()), try logvarHead2(logvarHead0(x).gelu()))
+        (try muHead2(muHead0(x, activation: .gelu)), try logvarHead2(logvarHead0(x, activation: .gelu)))
     }
 
     /// Hidden states [B, 1 + n, d] for the start token followed by `prefix` tokens [B, n, C P P].
@@ -491,13 +491,13 @@ public final class NoiseARNet {
                 try Tensor.scatterStrided(k, into: s.keys, strides: cacheStrides, dstOffset: i * d)
                 try Tensor.scatterStrided(v, into: s.values, strides: cacheStrides, dstOffset: i * d)
                 let a = try Tensor.cachedAttention(q: q, keys: s.keys, values: s.values, tokens: i + 1)
-                x = try sa.outProj(sa.merge(a)) + h
+                x = try sa.outProj(sa.merge(a), residual: h)
                 h = try layer.crossNorm(x)
                 let cq = try ca.split(Tensor.linear(h, weight: s.crossQ.w, bias: s.crossQ.b))
                 let ctxA = try Tensor.attention(q: cq, k: s.crossK, v: s.crossV, layout: .bthd)
-                x = try ca.outProj(ca.merge(ctxA)) + h
+                x = try ca.outProj(ca.merge(ctxA), residual: h)
                 h = try layer.ffnNorm(x)
-                x = try layer.ffn3(layer.ffn0(h).gelu()) + h
+                x = try layer.ffn3(layer.ffn0(h, activation: .gelu), residual: h)
             }
             position += 1
             return try net.heads(x)

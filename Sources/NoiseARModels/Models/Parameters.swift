@@ -150,6 +150,11 @@ public struct Linear {
     public func callAsFunction(_ x: Tensor, residual: Tensor) throws -> Tensor {
         try Tensor.linear(x, weight: weight, bias: bias, residual: residual)
     }
+    /// activation(x W^T + b): a feed-forward layer's first half (the activation is the GEMM's
+    /// epilogue without a tape).
+    public func callAsFunction(_ x: Tensor, activation: UnaryOp) throws -> Tensor {
+        try Tensor.linear(x, weight: weight, bias: bias, activation: activation)
+    }
 }
 
 /// 2-D convolution with weight [out, in, k, k] and bias [out].

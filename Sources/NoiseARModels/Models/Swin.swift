@@ -259,6 +259,6 @@ struct SwinTransformer {
             y = try Self.rolled(Self.rolled(y, blk.shift, axis: 1), blk.shift, axis: 2)
         }
         let x1 = try x + y
-        return try x1 + blk.fc2(blk.fc1(blk.norm2(x1)).gelu())
+        return try blk.fc2(blk.fc1(blk.norm2(x1), activation: .gelu), residual: x1)
     }
 }

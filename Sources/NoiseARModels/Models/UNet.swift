@@ -218,8 +218,8 @@ public struct TextEncoder {
             let k = try layer.k(n).reshaped([b, l, h, d / h])
             let v = try layer.v(n).reshaped([b, l, h, d / h])
             let a = try Tensor.attention(q: q, k: k, v: v, causal: true, layout: .bthd).reshaped([b, l, d])
-            x = try layer.out(a) + x
-            x = try layer.fc2(layer.fc1(layer.ln2(x)).gelu()) + x
+            x = try layer.out(a, residual: x)
+            x = try layer.fc2(layer.fc1(layer.ln2(x), activation: .gelu), residual: x)
         }
         return try finalNorm(x)
     }

@@ -27,7 +27,7 @@ public struct TimestepEmbedding {
         linear1 = try Linear(p, prefix + ".linear_1", inDim, dim)
         linear2 = try Linear(p, prefix + ".linear_2", dim, dim)
     }
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try linear2(linear1(x).silu()) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try linear2(linear1(x, activation: .silu)) }
 }
 
 /// diffusers' ResnetBlock2D: norm1 -> SiLU -> conv1 (+ time_emb_proj(SiLU(temb))) -> norm2 ->

@@ -142,17 +142,20 @@ public final class CPUBackend: Backend {
 
     public func unary(_ op: UnaryOp, count: Int, x: BufRef, y: BufRef, p0: Float, p1: Float) throws {
         let px = ptr(x), py = ptr(y)
-        // The ops with a vector form go through CVectorMath (exp within 2 ulp of libm, erf
-        // within 1.5e-7); log, clamp and tanh element by element.
+        parallelChunks(count) { lo, hi in Self.unaryRun(op, px + lo, py + lo, hi - lo, p0, p1) }
+    }
+
+    /// y[i] = f(x[i]) for i < count on the calling thread (y may be x). The ops with a vector
+    /// form go through CVectorMath (exp within 2 ulp of libm, erf within 1.5e-7); log, clamp and
+    /// tanh element by element.
+    @inline(__always)
+    static func unaryRun(_ op: UnaryOp, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                         _ count: Int, _ p0: Float, _ p1: Float) {
         switch op {
         case .exp, .silu, .sigmoid, .gelu, .affine, .square, .sqrt, .relu:
-            parallelChunks(count) { lo, hi in
-                _ = nar_vm_unary(op.rawValue, px + lo, py + lo, hi - lo, p0, p1)
-            }
+            _ = nar_vm_unary(op.rawValue, x, y, count, p0, p1)
         case .log, .clamp, .tanh:
-            parallelChunks(count) { lo, hi in
-                for i in lo..<hi { py[i] = Self.unaryForward(op, px[i], p0, p1) }
-            }
+            for i in 0..<count { y[i] = unaryForward(op, x[i], p0, p1) }
         }
     }
 
@@ -227,6 +230,7 @@ public final class CPUBackend: Backend {
     }
 
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws {
+        try checkEpilogueActivation(d.activation)
         let readsOther = cIn != nil && d.beta != 0
         guard bias != nil || readsOther else {
             Self.sgemm(d, ptr(a), ptr(b), ptr(c), threads: WorkerPool.cores)
@@ -260,12 +264,18 @@ public final class CPUBackend: Backend {
 
     /// The batched GEMM on `threads` cores. OpenBLAS runs single-threaded here (BLASCore); the
     /// cores share the work by batch entry, or by column (row) panels of one product when the
-    /// batch is shorter than the cores.
+    /// batch is shorter than the cores. `d.activation` is applied to each panel as soon as its
+    /// product is done (while it is in cache).
     static func sgemm(_ d: GemmDesc, _ pa: UnsafePointer<Float>, _ pb: UnsafePointer<Float>,
                       _ pc: UnsafeMutablePointer<Float>, threads: Int) {
         let batches = d.batch0 * d.batch1
         if d.reduceBatch && batches > 1 {
             reduceBatchGemm(d, pa, pb, pc, threads: threads)
+            if let act = d.activation {
+                parallelChunks(d.m, minimum: max(16, 8_192 / max(d.n, 1))) { lo, hi in
+                    for r in lo..<hi { unaryRun(act, pc + r * d.ldc, pc + r * d.ldc, d.n, 0, 0) }
+                }
+            }
             return
         }
         let flops = 2.0 * Double(d.m) * Double(d.n) * Double(d.k)
@@ -310,12 +320,16 @@ public final class CPUBackend: Backend {
             cblas_sgemv(CblasRowMajor, d.transB ? CblasNoTrans : CblasTrans,
                         Int32(d.transB ? n : d.k), Int32(d.transB ? d.k : n), d.alpha, b0, Int32(d.ldb),
                         a0, Int32(d.transA ? d.lda : 1), beta, c0, 1)
+            if let act = d.activation { unaryRun(act, c0, c0, n, 0, 0) }
             return
         }
         cblas_sgemm(
             CblasRowMajor, d.transA ? CblasTrans : CblasNoTrans, d.transB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(d.k), d.alpha, a0, Int32(d.lda), b0, Int32(d.ldb), beta,
             c0, Int32(d.ldc))
+        if let act = d.activation {
+            for r in 0..<m { unaryRun(act, c0 + r * d.ldc, c0 + r * d.ldc, n, 0, 0) }
+        }
     }
 
     /// The batch-reduce GEMM: C is cut into panels (of columns when n >= m, else of rows) of at
@@ -670,12 +684,13 @@ public final class CPUBackend: Backend {
     /// The reference of `Op.Conv2d` (and the kernel backends' fallback): out = bias, then per
     /// chunk of images (an im2col matrix near 8 MiB) each image's out [Cout, HW] += W [Cout, CKK]
     /// col [CKK, image's HW], one GEMM batched over the chunk (a 1x1 stride-1 convolution
-    /// multiplies the input itself).
+    /// multiplies the input itself), the activation on each panel of the product.
     public func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
-                       bias: BufRef?, out: BufRef) throws {
+                       bias: BufRef?, activation: UnaryOp?, out: BufRef) throws {
         let cout = outChannels, hw = g.colCols, rows = g.colRows
         try require(batch >= 0 && cout >= 0 && g.outH > 0 && g.outW > 0,
                     "conv2d of \(batch) images to \(cout) channels, geometry \(g)")
+        try checkEpilogueActivation(activation)
         guard batch > 0 && cout > 0 else { return }
         let po = ptr(out)
         if let bias {
@@ -695,6 +710,7 @@ public final class CPUBackend: Backend {
             var d = GemmDesc(m: cout, n: hw, k: rows, beta: bias == nil ? 0 : 1)
                 .batched(nc, strideA: 0, strideB: pointwise ? image : hw, strideC: cout * hw)
             d.ldb = pointwise ? hw : nc * hw
+            d.activation = activation  // (on each panel of the output as it is done)
             Self.sgemm(d, ptr(weight), pointwise ? ptr(xs) : col.pointer, po + start * cout * hw,
                        threads: WorkerPool.cores)
             start += nc

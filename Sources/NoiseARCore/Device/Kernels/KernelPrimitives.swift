@@ -112,10 +112,12 @@ extension KernelBackend {
     }
 
     public func gemm(_ d: GemmDesc, a: BufRef, b: BufRef, c: BufRef, bias: BufRef?, cIn: BufRef?) throws {
+        try checkEpilogueActivation(d.activation)
         let batch = d.batch0 * d.batch1
-        // The epilogue's arguments: the bias (a dummy buffer without one), then where beta's
-        // term reads C (C itself without cIn).
+        // The epilogue's arguments: the bias (a dummy buffer without one), where beta's term
+        // reads C (C itself without cIn), the activation (-1: none).
         let epilogueArgs = try optRef(bias) + [.i32(bias == nil ? 0 : 1), .i32(d.biasStride0)] + ref(cIn ?? c)
+            + [Self.activationArg(d.activation)]
         if d.m <= 4 {
             let wg = params["ROW_WG"]
             try launch("gemm.cl", "gemm_skinny", global: [d.n * wg, batch],
@@ -287,7 +289,8 @@ extension KernelBackend {
     /// per tile of (output channels, output pixels over the batch), CONV_TSM x CONV_TSN, with
     /// CONV_TSM halved (a program variant) while the channels fill at most half a tile.
     public func conv2d(_ g: ConvGeometry, batch: Int, outChannels: Int, x: BufRef, weight: BufRef,
-                       bias: BufRef?, out: BufRef) throws {
+                       bias: BufRef?, activation: UnaryOp?, out: BufRef) throws {
+        try checkEpilogueActivation(activation)
         let tsm = convChannelTile(outChannels), tsn = params["CONV_TSN"]
         let items = (pixels: params.convTile.pixels, channels: tsm / params["CONV_WPTM"])
         let pixels = batch * g.outH * g.outW
@@ -295,8 +298,12 @@ extension KernelBackend {
                    global: [(pixels + tsn - 1) / tsn * items.pixels, (outChannels + tsm - 1) / tsm * items.channels],
                    local: [items.pixels, items.channels],
                    ref(x) + ref(weight) + (try optRef(bias)) + [.i32(bias != nil ? 1 : 0)] + ref(out)
-                       + convArgs(g, batch) + [.i32(outChannels)])
+                       + convArgs(g, batch) + [.i32(outChannels), Self.activationArg(activation)])
     }
+
+    /// The `act` argument of the GEMM and convolution kernels' epilogue (epilogue_act):
+    /// the op's raw value, -1 for none.
+    static func activationArg(_ activation: UnaryOp?) -> KArg { .i32(activation.map { Int($0.rawValue) } ?? -1) }
 
     /// The direct convolution's tile of output channels for `outChannels`: CONV_TSM, halved
     /// while the channels fit in half of it and the half stays a multiple of CONV_WPTM (a
