@@ -74,11 +74,13 @@ import Testing
     }
 
     /// `Tensor.conv2d` on every kernel backend: without a tape it is one kernel launch (the
-    /// direct convolution) and agrees with the CPU backend; recorded, it keeps im2col + GEMM
-    /// (more launches) and its gradients still agree.
+    /// direct convolution, with the activation when there is one) and agrees with the CPU
+    /// backend (where the activation is a pass after the shifted taps); recorded, it keeps
+    /// im2col + GEMM (more launches) and its gradients still agree.
     @Test func tensorConv2dIsOneLaunchAndAgreesWithCPU() throws {
         var rng = TestRNG(77)
         let picks = [Self.cases[0], Self.cases[3], Self.cases[5], Self.cases[9]]
+            + Self.cases.filter { $0.activation != nil }.prefix(2)
         try withBackends { backends in
             for c in picks {
                 let xs = rng.values(c.batch * c.c * c.h * c.w), ws = rng.values(c.cout * c.c * c.kh * c.kw)
@@ -89,7 +91,8 @@ import Testing
                     let x = try Tensor(xs, shape: [c.batch, c.c, c.h, c.w], on: dev, requiresGrad: grad)
                     let w = try Tensor(ws, shape: [c.cout, c.c, c.kh, c.kw], on: dev, requiresGrad: grad)
                     let b = try Tensor(bs, shape: [c.cout], on: dev, requiresGrad: grad)
-                    let y = try Tensor.conv2d(x, weight: w, bias: c.bias ? b : nil, stride: stride, padding: padding)
+                    let y = try Tensor.conv2d(x, weight: w, bias: c.bias ? b : nil, stride: stride, padding: padding,
+                                              activation: c.activation)
                     guard grad else { return (try y.toArray(), []) }
                     try y.backward(seed: Tensor(rng.values(y.count), shape: y.shape, on: dev))
                     return (try y.toArray(), try [x, w].map { try #require($0.grad).toArray() })
