@@ -353,15 +353,15 @@ public final class NPNet {
         try requireShape(u.shape == [b, n, n] && vh.shape == [b, n, n] && s.shape == [b, n],
                          "NPNet SVD factors \(u.shape), \(s.shape), \(vh.shape) do not match [\(b), \(n), \(n)], [\(b), \(n)]")
         for t in [u, s, vh] { try require(t.device === device, "NPNet SVD factors are on another device") }
-        var h = try mlp1.1(mlp1.0(u.transposed(1, 2)).relu())
-        h = try h + mlp2.1(mlp2.0(vh).relu())
+        var h = try mlp1.1(mlp1.0(u.transposed(1, 2), activation: .relu))
+        h = try mlp2.1(mlp2.0(vh, activation: .relu), residual: h)
         h = try h + mlp3(s).reshaped([b, 1, n])
         // timm Attention: qkv -> [B, N, 3, H, n/H], softmax(q k^T / sqrt(n/H)) v, proj.
         let packed = try qkv(h).reshaped([b, n, 3, heads, n / heads])
         func part(_ i: Int) throws -> Tensor { try packed.slice(axis: 2, i, i + 1).reshaped([b, n, heads, n / heads]) }
         let a = try Tensor.attention(q: part(0), k: part(1), v: part(2), layout: .bthd)
         let pooled = try proj(a.reshaped([b, n, n])).mean(axes: [1])               // [B, n]
-        let sv = try mlp4.1(mlp4.0(pooled).relu()) + s                             // [B, n]
+        let sv = try mlp4.1(mlp4.0(pooled, activation: .relu), residual: s)         // [B, n]
         return try untiled(Tensor.matmul(u * sv.reshaped([b, 1, n]), vh))
     }
 
