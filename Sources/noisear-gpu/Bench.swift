@@ -10,7 +10,9 @@ struct BenchCommand: ParsableCommand {
             OP is one of: gemm, attention, conv2d, layernorm, softmax, sampler, train, noisear, svd, npnet.
 
             `npnet` times one NPNet forward at the authors' SDXL size (4x128x128 latent, swin_tiny,
-            77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side.
+            77x2048 prompt embeddings; random weights); --batch (default 1 here), --size for the latent side;
+            --weights FILE times that network instead (its own configuration, e.g. the shipped shapes-world
+            NPNet), on random inputs. It prints each op family's share of one forward.
 
             `noisear` times one NoiseAR sample at the authors' SDXL size (4x128x128 latent, 32x32-pixel patches,
             d_model 2048, d_ff 4096, 1 layer, 1 head, 77x2048 prompt embeddings; random weights), with
@@ -65,6 +67,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "conv2d output channels.") var outChannels: Int = 64
     @Option(help: "conv2d kernel size.") var kernel: Int = 3
     @Flag(help: "svd: the plain Jacobi, without the QR preconditioning (for comparison).") var plainJacobi = false
+    @Option(help: "npnet: time this network file (its own configuration) instead of the SDXL-size one.")
+    var weights: String?
     @Option(help: "Untimed runs first.") var warmup: Int = 2
     @Option(help: "Timed runs.") var repeats: Int = 10
     @Option(help: ArgumentHelp("More devices to time in the same run, comma-separated (e.g. opencl:0,vulkan:0).",
@@ -84,6 +88,8 @@ struct BenchCommand: ParsableCommand {
             throw CLIError("--\(name) must be at least 1")
         }
         if warmup < 0 { throw CLIError("--warmup must be at least 0") }
+        if weights != nil && op != .npnet { throw CLIError("--weights applies to bench npnet only") }
+        if weights != nil && size != nil { throw CLIError("--weights takes the network's own size; leave out --size") }
     }
 
     func run() throws {
@@ -93,7 +99,7 @@ struct BenchCommand: ParsableCommand {
             let wantsCPUOnly = (options.device ?? ProcessInfo.processInfo.environment["NOISEAR_DEVICE"]) == "cpu"
             let bench = Bench(warmup: warmup, repeats: repeats)
             var results: [BenchResult] = []
-            var shares: [(String, [(String, Double)])] = []
+            var shares: [(device: String, what: String, [(String, Double)])] = []
             var svdResults: [SVDBenchResult] = []
             var devices: [() throws -> Device] = []
             if !noReference && !wantsCPUOnly { devices.append { Device.cpuDevice() } }
@@ -124,7 +130,10 @@ struct BenchCommand: ParsableCommand {
                 case .npnet:
                     var c = NPNetConfig()
                     if let size { c.latentSize = size }
-                    results += try bench.npnet(config: c, batch: batchOption ?? 1, device: d)
+                    let (r, s) = try bench.npnet(config: c, weights: weights.map { URL(fileURLWithPath: $0) },
+                                                 batch: batchOption ?? 1, device: d)
+                    results.append(r)
+                    shares.append((d.info.id, "one forward", s))
                 case .noisear:
                     var c = NoiseARConfig()
                     if let size { c.latentSize = size }
@@ -132,7 +141,7 @@ struct BenchCommand: ParsableCommand {
                 case .sampler:
                     let (r, s) = try bench.samplerStep(batch: batch, device: d)
                     results.append(r)
-                    shares.append((d.info.id, s))
+                    shares.append((d.info.id, "one step", s))
                 case .train:
                     results.append(try bench.trainStep(batch: batchOption ?? 16, device: d))
                 case .svd:
@@ -159,8 +168,8 @@ struct BenchCommand: ParsableCommand {
                        r.shape.padding(toLength: 28, withPad: " ", startingAt: 0),
                        String(format: "%9.3f", r.medianMs), rate, ratio].joined(separator: " "))
             }
-            for (id, s) in shares {
-                print("share of one step on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
+            for (id, what, s) in shares {
+                print("share of \(what) on \(id): " + s.map { String(format: "%@ %.0f%%", $0.0, 100 * $0.1) }.joined(separator: ", "))
             }
             for r in results {
                 if let ops = r.ops {

@@ -206,14 +206,11 @@ extension Bench {
         }
         let kernels = device.backend as? any KernelBackend
         let launchesBefore = kernels?.launches ?? 0
-        device.resetProfile()
-        device.profiling = true
-        defer { device.profiling = false }
-        try run()
+        let shares = try profiledShares(device, run)
         let launches1 = kernels.map { $0.launches - launchesBefore }
         let ops1 = device.profile.values.reduce(0) { $0 + $1.count }
-        let total = device.profile.values.reduce(0) { $0 + $1.seconds }
-        let profile = device.profile
+        device.profiling = true
+        defer { device.profiling = false }
         // A guided step's own ops and launches: a two-step run's count less the one-step run's
         // (which also encodes the prompts and draws the noise: the set-up).
         var two = settings
@@ -224,11 +221,6 @@ extension Bench {
         try device.backend.synchronize()
         let ops = device.profile.values.reduce(0) { $0 + $1.count } - ops1
         let launches = kernels.map { $0.launches - before2 - (launches1 ?? 0) }
-        // Each op family's share of the step, with its op count.
-        var shares: [(String, Double)] = profile.map { kind, v in
-            ("\(kind.rawValue) (\(v.count))", v.seconds / max(total, 1e-12))
-        }
-        shares.sort { $0.1 > $1.1 }
         var r = result("sampler-step", device.info.id, "cfg5: UNet x2B + CFG", "batch \(batch) 3x32x32", t)
         r.ops = ops
         r.launches = launches
@@ -295,15 +287,33 @@ extension Bench {
     /// NPNet at the authors' SDXL size unless `config` says otherwise (4x128x128 latent,
     /// swin_tiny: embed 96, depths 2,2,6,2, heads 3,6,12,24; 77x2048 prompt embeddings; random
     /// weights): one batch-`batch` forward (SVD branch with our SVD, text injection, Swin branch).
-    public func npnet(config: NPNetConfig = NPNetConfig(), batch: Int = 1, device: Device) throws -> [BenchResult] {
-        let net = try NPNet(config: config, device: device, seed: 1)
-        let x = try Tensor.randn([batch] + config.latentShape, seed: 2, on: device)
-        let text = try Tensor.randn([batch, config.textTokens, config.textDim], seed: 3, on: device)
-        let shape = "b\(batch) \(config.latentChannels)x\(config.latentSize)^2 swin\(config.swin.embedDim)"
-        let t = try time {
+    /// One NPNet forward at `batch` on random inputs: a freshly initialised network of `config`,
+    /// or the network in `weights` (its own configuration); with each op family's share of one
+    /// profiled forward.
+    public func npnet(config: NPNetConfig = NPNetConfig(), weights: URL? = nil, batch: Int = 1,
+                      device: Device) throws -> (BenchResult, shares: [(String, Double)]) {
+        let net = try weights.map { try NPNet.load($0, device: device) } ?? NPNet(config: config, device: device, seed: 1)
+        let c = net.config
+        let x = try Tensor.randn([batch] + c.latentShape, seed: 2, on: device)
+        let text = try Tensor.randn([batch, c.textTokens, c.textDim], seed: 3, on: device)
+        let shape = "b\(batch) \(c.latentChannels)x\(c.latentSize)^2 swin\(c.swin.embedDim)"
+        let run = {
             _ = try device.noGrad { try net(noise: x, promptEmbeds: text).golden }
             try device.backend.synchronize()
         }
-        return [result("npnet", device.info.id, "forward", shape, t)]
+        let t = try time(run)
+        return (result("npnet", device.info.id, "forward", shape, t), try profiledShares(device, run))
+    }
+
+    /// Each op family's share of the time of one run of `body` (with its op count), largest
+    /// first; the device's profile is left holding that run.
+    func profiledShares(_ device: Device, _ body: () throws -> Void) throws -> [(String, Double)] {
+        device.resetProfile()
+        device.profiling = true
+        defer { device.profiling = false }
+        try body()
+        let total = device.profile.values.reduce(0) { $0 + $1.seconds }
+        return device.profile.map { kind, v in ("\(kind.rawValue) (\(v.count))", v.seconds / max(total, 1e-12)) }
+            .sorted { $0.1 > $1.1 }
     }
 }
