@@ -84,10 +84,10 @@ extension Tensor {
     /// Multi-head attention over heads read in place from column ranges of token rows
     /// (unrecorded): q is columns qColumn..<qColumn + heads*dim of `q` [B, Tq, Wq], k and v
     /// likewise of [B, Tk, Wk] and [B, Tk, Wv]. They may all be one packed projection (e.g.
-    /// [B, T, 3D] holding q, k and v side by side), which then needs no split. Returns
-    /// [B, Tq, heads*dim].
+    /// [B, T, 3D] holding q, k and v side by side), which then needs no split. `bias` as in
+    /// `attention(q:k:v:bias:)`, [Bb, 1|heads, Tq, Tk]. Returns [B, Tq, heads*dim].
     package static func attention(q: Tensor, qColumn: Int, k: Tensor, kColumn: Int, v: Tensor, vColumn: Int,
-                                  heads: Int, dim: Int) throws -> Tensor {
+                                  heads: Int, dim: Int, bias: Tensor? = nil) throws -> Tensor {
         try q.sameDevice(k, "attention")
         try q.sameDevice(v, "attention")
         let width = heads * dim
@@ -102,12 +102,20 @@ extension Tensor {
         d.kStrides = [tk * k.shape[2], dim, k.shape[2]]
         d.vStrides = [tk * v.shape[2], dim, v.shape[2]]
         d.oStrides = [tq * width, dim, width]
+        if let bias {
+            try requireShape(bias.rank == 4 && bias.shape[2] == tq && bias.shape[3] == tk && bias.shape[0] > 0
+                                && b % bias.shape[0] == 0 && (bias.shape[1] == 1 || bias.shape[1] == heads),
+                             "attention bias \(bias.shape) does not fit [B|Bb, 1|\(heads), \(tq), \(tk)]")
+            try q.sameDevice(bias, "attention")
+            d.biasBatch = bias.shape[0]
+            d.biasHeads = bias.shape[1]
+        }
         // Views at the columns (only their references are read, through the strides above).
         func at(_ t: Tensor, _ column: Int) -> Tensor {
             Tensor(shape: t.shape, device: t.device, buffer: t.buffer, offset: t.offset + column)
         }
         let out = try Tensor.empty([b, tq, width], on: q.device)
-        try attentionForward(d, at(q, qColumn), at(k, kColumn), at(v, vColumn), nil, into: out)
+        try attentionForward(d, at(q, qColumn), at(k, kColumn), at(v, vColumn), bias, into: out)
         return out
     }
 

@@ -248,11 +248,19 @@ struct SwinTransformer {
         }
         // Window partition: [B, r, r, C] -> [B nW, N, C], windows row-major within each image.
         let windows = try h.reshaped([b, nw, w, nw, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b * nw * nw, n, ch])
-        let qkv = try blk.qkv(windows).reshaped([b * nw * nw, n, 3, blk.heads, hd])
-        func part(_ i: Int) throws -> Tensor {
-            try qkv.slice(axis: 2, i, i + 1).reshaped([b * nw * nw, n, blk.heads, hd])
+        let qkv = try blk.qkv(windows)                                              // [B nW, N, 3C]
+        let a: Tensor
+        if Tensor.isRecorded(on: x.device, [qkv, bias]) {
+            let packed = try qkv.reshaped([b * nw * nw, n, 3, blk.heads, hd])
+            func part(_ i: Int) throws -> Tensor {
+                try packed.slice(axis: 2, i, i + 1).reshaped([b * nw * nw, n, blk.heads, hd])
+            }
+            a = try Tensor.attention(q: part(0), k: part(1), v: part(2), bias: bias, layout: .bthd)
+        } else {
+            // Without a tape the heads are read in place from the packed projection (no copies).
+            a = try Tensor.attention(q: qkv, qColumn: 0, k: qkv, kColumn: ch, v: qkv, vColumn: 2 * ch,
+                                     heads: blk.heads, dim: hd, bias: bias)
         }
-        let a = try Tensor.attention(q: part(0), k: part(1), v: part(2), bias: bias, layout: .bthd)
         let o = try blk.proj(a.reshaped([b * nw * nw, n, ch]))
         var y = try o.reshaped([b, nw, nw, w, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b, r, r, ch])
         if blk.shift > 0 {
