@@ -55,6 +55,13 @@ public enum UnaryOp: Int32, Sendable, CaseIterable {
     public var takesParameters: Bool { self == .affine || self == .clamp }
 }
 
+/// The check of an epilogue activation that every backend's GEMM and convolution, and the tensor
+/// ops that take one, make: none, or an op without parameters.
+package func checkEpilogueActivation(_ activation: UnaryOp?, _ what: String = "epilogue") throws {
+    guard let activation else { return }
+    try require(!activation.takesParameters, "\(what) activation \(activation): it takes parameters")
+}
+
 /// Resize interpolation (PyTorch `F.interpolate` semantics, align_corners=False).
 public enum ResizeMode: Int32, Sendable {
     /// src = floor(dst * in / out), PyTorch's legacy 'nearest'.
@@ -353,12 +360,6 @@ extension Backend {
     func checkRange(_ r: BufRef, _ n: Int) throws {
         try require(r.offset >= 0 && r.offset + n <= r.buffer.count,
                     "range \(r.offset)..<\(r.offset + n) outside buffer of \(r.buffer.count)")
-    }
-
-    /// The check every backend's GEMM and convolution make of an epilogue activation.
-    func checkEpilogueActivation(_ activation: UnaryOp?) throws {
-        guard let activation else { return }
-        try require(!activation.takesParameters, "\(activation) as an epilogue activation (it takes parameters)")
     }
 
     /// The argument check every backend's `combine` makes: 1 to `Op.Combine.maxTerms` inputs,

@@ -18,7 +18,7 @@ extension Tensor {
     /// else a pass of its own.
     public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
                               padding: Int = 0, activation: UnaryOp? = nil) throws -> Tensor {
-        if let activation { try require(!activation.takesParameters, "conv2d with activation \(activation): it takes parameters") }
+        try checkEpilogueActivation(activation, "conv2d")
         let (y, activated) = try conv2dBiased(x, weight: weight, bias: bias, stride: stride, padding: padding,
                                               activation: activation)
         guard let activation, !activated else { return y }

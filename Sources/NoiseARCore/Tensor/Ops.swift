@@ -187,7 +187,7 @@ extension Tensor {
     /// connection); `activation` a parameter-free unary op (a feed-forward layer's GELU).
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, residual: Tensor? = nil,
                               activation: UnaryOp? = nil) throws -> Tensor {
-        if let activation { try require(!activation.takesParameters, "linear with activation \(activation): it takes parameters") }
+        try checkEpilogueActivation(activation, "linear")
         // Not recorded: the bias, the residual and the activation are the GEMM's epilogue
         // (`Op.Gemm.bias`, beta 1 reading C from the residual, `GemmDesc.activation`), one to
         // three passes fewer than GEMM then adds and the activation.
