@@ -66,6 +66,23 @@ extension Tensor {
         }
     }
 
+    /// Self-attention over a packed projection qkv [B, T, 3 * heads * D] (q, k and v side by
+    /// side, each heads x D: timm's and PyTorch's fused qkv layout), `bias` as in
+    /// `attention(q:k:v:bias:)`. Returns [B, T, heads * D]. Without a tape the heads are read in
+    /// place; recorded, q, k and v are split off and the recorded attention runs.
+    public static func attention(packed qkv: Tensor, heads: Int, bias: Tensor? = nil) throws -> Tensor {
+        try requireShape(qkv.rank == 3 && heads > 0 && qkv.shape[2] % (3 * heads) == 0,
+                         "packed attention of \(qkv.shape) with \(heads) heads (the last axis must be 3 x heads x D)")
+        let b = qkv.shape[0], t = qkv.shape[1], width = qkv.shape[2] / 3, dim = width / heads
+        guard isRecorded(on: qkv.device, [qkv, bias]) else {
+            return try attention(q: qkv, qColumn: 0, k: qkv, kColumn: width, v: qkv, vColumn: 2 * width,
+                                 heads: heads, dim: dim, bias: bias)
+        }
+        let split = try qkv.reshaped([b, t, 3, heads, dim])
+        func part(_ i: Int) throws -> Tensor { try split.slice(axis: 2, i, i + 1).reshaped([b, t, heads, dim]) }
+        return try attention(q: part(0), k: part(1), v: part(2), bias: bias, layout: .bthd).reshaped([b, t, width])
+    }
+
     /// The forward pass for a descriptor whose strides address q, k, v and out (unrecorded).
     /// The fused kernel where the backend takes this call (each backend states its limits,
     /// e.g. OpenCL's head dims up to 256), else the GEMM + softmax + GEMM form on the same device.

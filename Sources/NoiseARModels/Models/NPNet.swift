@@ -357,18 +357,8 @@ public final class NPNet {
         h = try mlp2.1(mlp2.0(vh, activation: .relu), residual: h)
         h = try h + mlp3(s).reshaped([b, 1, n])
         // timm Attention: qkv -> [B, N, 3, H, n/H], softmax(q k^T / sqrt(n/H)) v, proj.
-        let projected = try qkv(h)                                                  // [B, n, 3n]
-        let a: Tensor
-        if Tensor.isRecorded(on: device, [projected]) {
-            let packed = try projected.reshaped([b, n, 3, heads, n / heads])
-            func part(_ i: Int) throws -> Tensor { try packed.slice(axis: 2, i, i + 1).reshaped([b, n, heads, n / heads]) }
-            a = try Tensor.attention(q: part(0), k: part(1), v: part(2), layout: .bthd)
-        } else {
-            // Without a tape the heads are read in place from the packed projection.
-            a = try Tensor.attention(q: projected, qColumn: 0, k: projected, kColumn: n, v: projected, vColumn: 2 * n,
-                                     heads: heads, dim: n / heads)
-        }
-        let pooled = try proj(a.reshaped([b, n, n])).mean(axes: [1])               // [B, n]
+        let a = try Tensor.attention(packed: qkv(h), heads: heads)                  // qkv [B, n, 3n] -> [B, n, n]
+        let pooled = try proj(a).mean(axes: [1])                                    // [B, n]
         let sv = try mlp4.1(mlp4.0(pooled, activation: .relu), residual: s)         // [B, n]
         return try untiled(Tensor.matmul(u * sv.reshaped([b, 1, n]), vh))
     }

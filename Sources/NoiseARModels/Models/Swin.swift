@@ -241,27 +241,16 @@ struct SwinTransformer {
 
     func block(_ blk: Block, _ x: Tensor, bias: Tensor) throws -> Tensor {
         let b = x.shape[0], r = x.shape[1], ch = x.shape[3]
-        let w = blk.window, nw = r / w, n = w * w, hd = ch / blk.heads
+        let w = blk.window, nw = r / w, n = w * w
         var h = try blk.norm1(x)
         if blk.shift > 0 {
             h = try Self.rolled(Self.rolled(h, -blk.shift, axis: 1), -blk.shift, axis: 2)
         }
         // Window partition: [B, r, r, C] -> [B nW, N, C], windows row-major within each image.
         let windows = try h.reshaped([b, nw, w, nw, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b * nw * nw, n, ch])
-        let qkv = try blk.qkv(windows)                                              // [B nW, N, 3C]
-        let a: Tensor
-        if Tensor.isRecorded(on: x.device, [qkv, bias]) {
-            let packed = try qkv.reshaped([b * nw * nw, n, 3, blk.heads, hd])
-            func part(_ i: Int) throws -> Tensor {
-                try packed.slice(axis: 2, i, i + 1).reshaped([b * nw * nw, n, blk.heads, hd])
-            }
-            a = try Tensor.attention(q: part(0), k: part(1), v: part(2), bias: bias, layout: .bthd)
-        } else {
-            // Without a tape the heads are read in place from the packed projection (no copies).
-            a = try Tensor.attention(q: qkv, qColumn: 0, k: qkv, kColumn: ch, v: qkv, vColumn: 2 * ch,
-                                     heads: blk.heads, dim: hd, bias: bias)
-        }
-        let o = try blk.proj(a.reshaped([b * nw * nw, n, ch]))
+        // qkv [B nW, N, 3C]: the heads read in place without a tape.
+        let a = try Tensor.attention(packed: blk.qkv(windows), heads: blk.heads, bias: bias)   // [B nW, N, C]
+        let o = try blk.proj(a)
         var y = try o.reshaped([b, nw, nw, w, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b, r, r, ch])
         if blk.shift > 0 {
             y = try Self.rolled(Self.rolled(y, blk.shift, axis: 1), blk.shift, axis: 2)

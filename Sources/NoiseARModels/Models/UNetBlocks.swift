@@ -94,9 +94,7 @@ public struct CrossAttention {
             && !Tensor.isRecorded(on: x.device, [x, ctx, packed]) {
             let o: Tensor
             if selfAttention {
-                let qkv = try Tensor.linear(x, weight: packed)  // [B, T, 3D]
-                o = try Tensor.attention(q: qkv, qColumn: 0, k: qkv, kColumn: d, v: qkv, vColumn: 2 * d,
-                                         heads: heads, dim: hd)
+                o = try Tensor.attention(packed: Tensor.linear(x, weight: packed), heads: heads)  // qkv [B, T, 3D]
             } else {
                 let kv = try Tensor.linear(ctx, weight: packed)  // [B, S, 2D]
                 o = try Tensor.attention(q: toQ(x), qColumn: 0, k: kv, kColumn: 0, v: kv, vColumn: d,
