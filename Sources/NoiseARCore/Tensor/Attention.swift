@@ -30,14 +30,7 @@ extension Tensor {
         d.kStrides = layout.strides(heads: h, tokens: tk, dim: dim)
         d.vStrides = layout.strides(heads: h, tokens: tk, dim: dv)
         d.oStrides = layout.strides(heads: h, tokens: tq, dim: dv)
-        if let bias {
-            try requireShape(bias.rank == 4 && bias.shape[2] == tq && bias.shape[3] == tk
-                                && b % bias.shape[0] == 0 && (bias.shape[1] == 1 || bias.shape[1] == h),
-                             "attention bias \(bias.shape) does not fit [B|Bb, 1|\(h), \(tq), \(tk)]")
-            try q.sameDevice(bias, "attention")
-            d.biasBatch = bias.shape[0]
-            d.biasHeads = bias.shape[1]
-        }
+        try attach(bias, to: &d, of: q)
         let out = try Tensor.empty(layout.shape(batch: b, heads: h, tokens: tq, dim: dv), on: q.device)
         try attentionForward(d, q, k, v, bias, into: out)
         let inputs = [q, k, v] + (bias.map { [$0] } ?? [])
@@ -83,6 +76,18 @@ extension Tensor {
         return try attention(q: part(0), k: part(1), v: part(2), bias: bias, layout: .bthd).reshaped([b, t, width])
     }
 
+    /// Checks an additive bias [Bb, 1|heads, Tq, Tk] (the batch a multiple of Bb) against `d` and
+    /// records its broadcast there (nothing without a bias); it must be on q's device.
+    static func attach(_ bias: Tensor?, to d: inout AttentionDesc, of q: Tensor) throws {
+        guard let bias else { return }
+        try requireShape(bias.rank == 4 && bias.shape[2] == d.tq && bias.shape[3] == d.tk && bias.shape[0] > 0
+                            && d.batch % bias.shape[0] == 0 && (bias.shape[1] == 1 || bias.shape[1] == d.heads),
+                         "attention bias \(bias.shape) does not fit [B|Bb, 1|\(d.heads), \(d.tq), \(d.tk)]")
+        try q.sameDevice(bias, "attention")
+        d.biasBatch = bias.shape[0]
+        d.biasHeads = bias.shape[1]
+    }
+
     /// The forward pass for a descriptor whose strides address q, k, v and out (unrecorded).
     /// The fused kernel where the backend takes this call (each backend states its limits,
     /// e.g. OpenCL's head dims up to 256), else the GEMM + softmax + GEMM form on the same device.
@@ -119,14 +124,7 @@ extension Tensor {
         d.kStrides = [tk * k.shape[2], dim, k.shape[2]]
         d.vStrides = [tk * v.shape[2], dim, v.shape[2]]
         d.oStrides = [tq * width, dim, width]
-        if let bias {
-            try requireShape(bias.rank == 4 && bias.shape[2] == tq && bias.shape[3] == tk && bias.shape[0] > 0
-                                && b % bias.shape[0] == 0 && (bias.shape[1] == 1 || bias.shape[1] == heads),
-                             "attention bias \(bias.shape) does not fit [B|Bb, 1|\(heads), \(tq), \(tk)]")
-            try q.sameDevice(bias, "attention")
-            d.biasBatch = bias.shape[0]
-            d.biasHeads = bias.shape[1]
-        }
+        try attach(bias, to: &d, of: q)
         // Views at the columns (only their references are read, through the strides above).
         func at(_ t: Tensor, _ column: Int) -> Tensor {
             Tensor(shape: t.shape, device: t.device, buffer: t.buffer, offset: t.offset + column)
