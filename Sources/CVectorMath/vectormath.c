@@ -158,6 +158,53 @@ void nar_vm_softmax_row(const float *x, float *y, long n, int log) {
     }
 }
 
+// The sum of f(x[j]) for j < n: 8 float lanes per block of 1024 (a fixed order, whatever the
+// vector width; as the Swift CPUBackend.blockSum), each block's lanes folded and added in double.
+#define NAR_BLOCK_SUM(TOTAL, X, N, F)                                                          \
+    do {                                                                                       \
+        double total_ = 0;                                                                     \
+        for (long b0_ = 0; b0_ < (N); b0_ += 1024) {                                           \
+            long e_ = (N) - b0_ < 1024 ? (N) - b0_ : 1024, full_ = e_ / 8 * 8;                 \
+            float lane_[8] = {0};                                                              \
+            for (long j_ = 0; j_ < full_; j_ += 8)                                             \
+                for (int l_ = 0; l_ < 8; l_++) { float v = (X)[b0_ + j_ + l_]; lane_[l_] += (F); } \
+            float s_ = ((lane_[0] + lane_[4]) + (lane_[2] + lane_[6]))                         \
+                     + ((lane_[1] + lane_[5]) + (lane_[3] + lane_[7]));                        \
+            for (long j_ = full_; j_ < e_; j_++) { float v = (X)[b0_ + j_]; s_ += (F); }        \
+            total_ += (double)s_;                                                              \
+        }                                                                                      \
+        (TOTAL) = total_;                                                                      \
+    } while (0)
+
+NAR_CLONES
+void nar_vm_layernorm_rows(const float *x, float *y, long lo, long hi, long n, const float *gamma,
+                           const float *beta, float eps, float *mean, float *rstd) {
+    for (long r = lo; r < hi; r++) {
+        const float *xs = x + r * n;
+        float *ys = y + r * n;
+        double sum, sq;
+        NAR_BLOCK_SUM(sum, xs, n, v);
+        float m = (float)(sum / (double)n);
+        NAR_BLOCK_SUM(sq, xs, n, (v - m) * (v - m));
+        float rs = (float)(1.0 / sqrt(sq / (double)n + (double)eps));
+        mean[r] = m;
+        rstd[r] = rs;
+        if (gamma && beta) {
+            _Pragma("clang loop vectorize(assume_safety)")
+            for (long j = 0; j < n; j++) ys[j] = (xs[j] - m) * rs * gamma[j] + beta[j];
+        } else if (gamma) {
+            _Pragma("clang loop vectorize(assume_safety)")
+            for (long j = 0; j < n; j++) ys[j] = (xs[j] - m) * rs * gamma[j];
+        } else if (beta) {
+            _Pragma("clang loop vectorize(assume_safety)")
+            for (long j = 0; j < n; j++) ys[j] = (xs[j] - m) * rs + beta[j];
+        } else {
+            _Pragma("clang loop vectorize(assume_safety)")
+            for (long j = 0; j < n; j++) ys[j] = (xs[j] - m) * rs;
+        }
+    }
+}
+
 #define NAR_BINARY_LOOP(EXPR)                                                                  \
     if (sa == 1 && sb == 1) {                                                                  \
         _Pragma("clang loop vectorize(assume_safety)")                                         \

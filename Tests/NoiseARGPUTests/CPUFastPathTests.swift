@@ -185,23 +185,29 @@ import Testing
                 }
             }
         }
-        // Attention: many pairs (spread over the cores) and a single pair (products threaded).
-        for (bsz, heads, tq, tk, dim) in [(3, 5, 17, 23, 16), (1, 1, 9, 40, 72)] {
+        // Attention: many pairs (spread over the cores) and a single pair (products threaded),
+        // with few keys (a Swin window's 49) and many; causal, or with a per-head bias broadcast
+        // over the batch.
+        for (bsz, heads, tq, tk, dim, causal) in [(3, 5, 17, 23, 16, true), (1, 1, 9, 40, 72, true), (2, 3, 49, 49, 24, false),
+                                                  (3, 2, 7, 131, 9, true), (1, 1, 5, 300, 40, false)] {
             let q = rng.values(bsz * heads * tq * dim), kk = rng.values(bsz * heads * tk * dim)
             let v = rng.values(bsz * heads * tk * dim)
+            let biasValues = causal ? nil : rng.values(heads * tq * tk)
             let o = try Tensor.attention(q: Tensor(q, shape: [bsz, heads, tq, dim], on: cpu),
                                          k: Tensor(kk, shape: [bsz, heads, tk, dim], on: cpu),
-                                         v: Tensor(v, shape: [bsz, heads, tk, dim], on: cpu), causal: true).toArray()
+                                         v: Tensor(v, shape: [bsz, heads, tk, dim], on: cpu),
+                                         bias: biasValues.map { try Tensor($0, shape: [1, heads, tq, tk], on: cpu) },
+                                         causal: causal).toArray()
             var ref = [Float](repeating: 0, count: o.count)
             let scale = 1 / Double(dim).squareRoot()
             for p in 0..<(bsz * heads) {
                 for i in 0..<tq {
-                    let last = i + tk - tq
+                    let last = causal ? i + tk - tq : tk - 1
                     var s = [Double](repeating: -.infinity, count: tk)
                     for j in 0...last {
                         var d = 0.0
                         for c in 0..<dim { d += Double(q[(p * tq + i) * dim + c]) * Double(kk[(p * tk + j) * dim + c]) }
-                        s[j] = d * scale
+                        s[j] = d * scale + Double(biasValues?[((p % heads) * tq + i) * tk + j] ?? 0)
                     }
                     let m = s.max() ?? 0
                     let z = s.reduce(0) { $0 + Foundation.exp($1 - m) }

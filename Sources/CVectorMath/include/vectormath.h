@@ -1,10 +1,10 @@
 // Float32 vector math for the CPU backend's hot loops (exp, SiLU, GELU, sigmoid, softmax rows,
-// elementwise binary rows, strided row copies). One portable C implementation, compiled by the
-// package's clang for baseline x86-64 and, on ELF systems (Linux: ifunc target clones), also for
-// x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the loader picks the widest clone the CPU
-// supports (a capability check, no vendor list). Elsewhere (macOS, other architectures) one
-// build. The clones compute the same operations in the same order, except that the wider ones
-// fuse multiply-adds (FMA): results may differ in the last bits by CPU.
+// layer-norm rows, elementwise binary rows, strided row copies). One portable C implementation,
+// compiled by the package's clang for baseline x86-64 and, on ELF systems (Linux: ifunc target
+// clones), also for x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512); the loader picks the widest
+// clone the CPU supports (a capability check, no vendor list). Elsewhere (macOS, other
+// architectures) one build. The clones compute the same operations in the same order, except that
+// the wider ones fuse multiply-adds (FMA): results may differ in the last bits by CPU.
 #ifndef NOISEAR_VECTORMATH_H
 #define NOISEAR_VECTORMATH_H
 
@@ -35,6 +35,13 @@ int nar_vm_unary_backward(int op, const float *x, const float *dy, float *dx, lo
 /// Softmax (log = 0) or log-softmax (log = 1) of one row of n floats from x into y (y may be
 /// x): the maximum subtracted first; -inf entries give exactly 0; an all -inf row gives NaN.
 void nar_vm_softmax_row(const float *x, float *y, long n, int log);
+
+/// LayerNorm of rows lo..<hi of x [rows, n] into y (y may be x): per row the mean and the
+/// variance (each summed in 8 float lanes per block of 1024, the blocks added in double), rstd =
+/// 1 / sqrt(variance + eps), y = (x - mean) rstd gamma + beta (gamma, beta: NULL for 1 and 0);
+/// mean[r] and rstd[r] stored for the backward pass.
+void nar_vm_layernorm_rows(const float *x, float *y, long lo, long hi, long n, const float *gamma,
+                           const float *beta, float eps, float *mean, float *rstd);
 
 /// out[i] = a[i * sa] (op) b[i * sb] for i < n, the strides 0 (broadcast) or any other value;
 /// out is a (or b) itself or does not overlap it.

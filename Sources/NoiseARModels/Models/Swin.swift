@@ -192,35 +192,102 @@ struct SwinTransformer {
         return try Tensor(out, shape: [nw * nw, 1, n, n], on: device)
     }
 
-    /// torch.roll of x by `shift` along `axis` (out[i] = x[(i - shift) mod n]).
-    static func rolled(_ x: Tensor, _ shift: Int, axis: Int) throws -> Tensor {
-        let n = x.shape[axis], s = ((shift % n) + n) % n
-        if s == 0 { return x }
-        return try Tensor.concat([x.slice(axis: axis, n - s, n), x.slice(axis: axis, 0, n - s)], axis: axis)
+    /// A token order of one image's r x r map: order[k] is the natural (row-major) index of the
+    /// token held in row k.
+    typealias TokenOrder = [Int]
+
+    /// The order of a block's windows: torch.roll by -shift on both axes, then the partition into
+    /// w x w windows, row-major over the windows and within each (timm's window_partition). Its
+    /// inverse is timm's window_reverse followed by the roll back.
+    static func windowOrder(resolution r: Int, window w: Int, shift s: Int) -> TokenOrder {
+        let nw = r / w
+        var out = TokenOrder(repeating: 0, count: r * r)
+        for wy in 0..<nw {
+            for wx in 0..<nw {
+                for ty in 0..<w {
+                    for tx in 0..<w {
+                        let k = ((wy * nw + wx) * w + ty) * w + tx
+                        out[k] = ((wy * w + ty + s) % r) * r + (wx * w + tx + s) % r
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// The patch merging's order: output token (i, j) of the (r/2) x (r/2) map owns four rows in
+    /// a row, its neighbours (2i, 2j), (2i+1, 2j), (2i, 2j+1), (2i+1, 2j+1), so [rows, C] in this
+    /// order reshapes to timm's concatenation [rows / 4, 4C].
+    static func mergeOrder(resolution r: Int) -> TokenOrder {
+        let h = r / 2
+        var out = TokenOrder(repeating: 0, count: r * r)
+        for i in 0..<h {
+            for j in 0..<h {
+                for q in 0..<4 { out[(i * h + j) * 4 + q] = (2 * i + (q & 1)) * r + 2 * j + (q >> 1) }
+            }
+        }
+        return out
+    }
+
+    /// Tokens [B r^2, C] held in order `from` (nil: natural), reordered to `to` (nil: natural) by
+    /// one row gather; no work when the orders agree.
+    static func reorder(_ x: Tensor, from: TokenOrder?, to: TokenOrder?, tokens n: Int) throws -> Tensor {
+        var position = Array(0..<n)                        // natural index -> row in x
+        if let from { for (k, t) in from.enumerated() { position[t] = k } }
+        let index = (0..<n).map { position[to?[$0] ?? $0] }
+        if index == Array(0..<n) { return x }
+        let batch = x.shape[0] / n
+        var all = [Int](); all.reserveCapacity(x.shape[0])
+        for b in 0..<batch { all.append(contentsOf: index.lazy.map { b * n + $0 }) }
+        return try Tensor.gather(x, indices: all)
     }
 
     /// Images [B, in, H, W] -> features [B, r, r, C] (NHWC).
+    ///
+    /// The tokens are kept as rows [B r^2, C] in the order the next block's windows want: the
+    /// norms, projections and feed-forward work per token, so only the attention needs the
+    /// windows, and the roll, partition, reverse and roll back of consecutive blocks (and the
+    /// patch merging's neighbour concatenation) become one row gather between blocks; the
+    /// attention's residual is added in its output projection.
     func callAsFunction(_ images: Tensor) throws -> Tensor {
         let c = config
         try requireShape(images.rank == 4 && images.shape[1] == c.inChans && images.shape[2] == c.imgSize
                             && images.shape[3] == c.imgSize,
                          "Swin input \(images.shape) does not match [B, \(c.inChans), \(c.imgSize), \(c.imgSize)]")
-        var x = try patchNorm(patchProj(images).permuted([0, 2, 3, 1]))
+        let batch = images.shape[0]
+        var x = try patchNorm(patchProj(images).permuted([0, 2, 3, 1]))          // [B, r, r, E]
+        x = try x.reshaped([x.count / c.embedDim, c.embedDim])
+        var order: TokenOrder? = nil
         for (i, stage) in stages.enumerated() {
-            if let m = stage.downsample { x = try merge(m, x) }
-            let bias = try stage.blocks.map { try relativeBias($0, index: relativeIndex[i]) }
-            for (block, rel) in zip(stage.blocks, bias) {
-                var full = rel
-                if block.shift > 0 {
-                    guard let mask = shiftMasks[i] else {
-                        throw NoiseError.invalidArgument("Swin stage \(i): shifted block without a mask")
-                    }
-                    full = try rel + mask   // [nW, heads, N, N]
-                }
-                x = try self.block(block, x, bias: full)
+            let r = c.resolution(stage: i)
+            if let m = stage.downsample {
+                // [B (2r)^2, C/2] in merge order -> [B r^2, 2C] natural.
+                let previous = c.resolution(stage: i - 1)
+                x = try Self.reorder(x, from: order, to: Self.mergeOrder(resolution: previous), tokens: previous * previous)
+                x = try m.reduction(m.norm(x.reshaped([x.shape[0] / 4, 4 * x.shape[1]])))
+                order = nil
+            }
+            for block in stage.blocks {
+                let windows = Self.windowOrder(resolution: r, window: block.window, shift: block.shift)
+                x = try Self.reorder(x, from: order, to: windows, tokens: r * r)
+                order = windows
+                x = try self.block(block, x, bias: blockBias(block, stage: i))
             }
         }
-        return try norm(x)
+        let r = c.outputResolution
+        x = try Self.reorder(x, from: order, to: nil, tokens: r * r)
+        return try norm(x).reshaped([batch, r, r, c.outputDim])
+    }
+
+    /// A block's attention bias: the relative-position bias [1, heads, N, N], plus the shifted
+    /// windows' mask [nW, 1, N, N] when the block is shifted.
+    func blockBias(_ b: Block, stage i: Int) throws -> Tensor {
+        let rel = try relativeBias(b, index: relativeIndex[i])
+        guard b.shift > 0 else { return rel }
+        guard let mask = shiftMasks[i] else {
+            throw NoiseError.invalidArgument("Swin stage \(i): shifted block without a mask")
+        }
+        return try rel + mask   // [nW, heads, N, N]
     }
 
     /// The block's relative-position bias [1, heads, N, N] gathered from its table.
@@ -230,32 +297,15 @@ struct SwinTransformer {
             .reshaped([1, b.heads, n, n])
     }
 
-    /// Patch merging: [B, H, W, C] -> [B, H/2, W/2, 2C], the 2x2 neighbours concatenated as
-    /// (0,0), (1,0), (0,1), (1,1) (row offset first varying fastest).
-    func merge(_ m: Merge, _ x: Tensor) throws -> Tensor {
-        let b = x.shape[0], h = x.shape[1], w = x.shape[2], ch = x.shape[3]
-        let cat = try x.reshaped([b, h / 2, 2, w / 2, 2, ch]).permuted([0, 1, 3, 4, 2, 5])
-            .reshaped([b, h / 2, w / 2, 4 * ch])
-        return try m.reduction(m.norm(cat))
-    }
-
+    /// One block on tokens [B r^2, C] held in its window order (each run of N = w^2 rows one
+    /// window, an image's windows row-major):
+    ///     x1 = x + proj(W-MSA(LN1(x)))     x2 = x1 + fc2(GELU(fc1(LN2(x1))))
     func block(_ blk: Block, _ x: Tensor, bias: Tensor) throws -> Tensor {
-        let b = x.shape[0], r = x.shape[1], ch = x.shape[3]
-        let w = blk.window, nw = r / w, n = w * w
-        var h = try blk.norm1(x)
-        if blk.shift > 0 {
-            h = try Self.rolled(Self.rolled(h, -blk.shift, axis: 1), -blk.shift, axis: 2)
-        }
-        // Window partition: [B, r, r, C] -> [B nW, N, C], windows row-major within each image.
-        let windows = try h.reshaped([b, nw, w, nw, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b * nw * nw, n, ch])
+        let n = blk.window * blk.window, ch = x.shape[1]
+        let windows = try blk.norm1(x).reshaped([x.shape[0] / n, n, ch])
         // qkv [B nW, N, 3C]: the heads read in place without a tape.
         let a = try Tensor.attention(packed: blk.qkv(windows), heads: blk.heads, bias: bias)   // [B nW, N, C]
-        let o = try blk.proj(a)
-        var y = try o.reshaped([b, nw, nw, w, w, ch]).permuted([0, 1, 3, 2, 4, 5]).reshaped([b, r, r, ch])
-        if blk.shift > 0 {
-            y = try Self.rolled(Self.rolled(y, blk.shift, axis: 1), blk.shift, axis: 2)
-        }
-        let x1 = try x + y
+        let x1 = try blk.proj(a.reshaped([x.shape[0], ch]), residual: x)
         return try blk.fc2(blk.fc1(blk.norm2(x1), activation: .gelu), residual: x1)
     }
 }

@@ -389,17 +389,9 @@ public final class CPUBackend: Backend {
                           beta: BufRef?, y: BufRef, mean: BufRef, rstd: BufRef) throws {
         let px = ptr(x), py = ptr(y), pm = ptr(mean), pr = ptr(rstd)
         let g = gamma.map(ptr), b = beta.map(ptr)
-        forEachRow([rows, cols], [cols, 1], [cols, 1]) { r, _, _ in
-            let xs = px + r * cols, ys = py + r * cols
-            let (m, rs) = Self.meanAndRstd(xs, cols, eps)
-            pm[r] = m
-            pr[r] = rs
-            switch (g, b) {
-            case let (g?, b?): for j in 0..<cols { ys[j] = (xs[j] - m) * rs * g[j] + b[j] }
-            case let (g?, nil): for j in 0..<cols { ys[j] = (xs[j] - m) * rs * g[j] }
-            case let (nil, b?): for j in 0..<cols { ys[j] = (xs[j] - m) * rs + b[j] }
-            case (nil, nil): for j in 0..<cols { ys[j] = (xs[j] - m) * rs }
-            }
+        guard rows > 0 && cols > 0 else { return }
+        parallelChunks(rows, minimum: max(2, 8_192 / cols)) { lo, hi in
+            nar_vm_layernorm_rows(px, py, lo, hi, cols, g, b, eps, pm, pr)
         }
     }
 
