@@ -13,7 +13,8 @@ struct EvaluateCommand: ParsableCommand {
             rate, each fact's rate and the prior's share of the time, and per pair the paired difference
             with a 95% bootstrap interval over prompts and wins/losses/ties (--json: the whole table).
             --grid FILE.png draws the first --grid-prompts prompts with every prior from --seed, side by side.
-            Shard with --shard i/n --save FILE.json on several machines; --merge FILE.json,... prints the table.
+            Shard with --shard i/n --save FILE.json on several machines; --merge FILE.json,... prints the table. --merge also joins saved
+            comparisons of other priors on the same prompts and seeds (one prior added to an earlier table without sampling the others again).
             """))
 
     enum Split: String, ExpressibleByArgument { case heldout, train }
@@ -38,7 +39,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Prompts in the grid.") var gridPrompts = 8
     @Option(help: "This machine's share of the prompts, i/n (every n-th prompt).") var shard = "0/1"
     @Option(help: "With --compare: save the per-sample results here (JSON) for --merge.") var save: String?
-    @Option(help: "Print the table of saved shards (comma-separated JSON files) instead of sampling.") var merge: String?
+    @Option(help: "Print the table of saved shards or comparisons (comma-separated JSON files) instead of sampling.") var merge: String?
     @Option(help: "Bootstrap resamples of the confidence intervals.") var resamples = 2000
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "No progress bar.") var quiet = false

@@ -426,6 +426,18 @@ final class BlockingReader: @unchecked Sendable {
         let m = try PriorComparison.table(merged, resamples: 400)
         #expect(abs(m.pairs[0].meanDifference - pair.meanDifference) < 1e-12 && m.pairs[0].wins == 2)
         #expect(throws: NoiseError.self) { try PriorComparison.merge([[a, b], [a, b]]) }  // the same prompts twice
+        // A comparison of other priors on the same prompts and seeds (its prompts in another order,
+        // sharded) joins, paired: b and c against a, with a's rewards equal in both.
+        let c = PriorComparison.Run(label: "c", prompts: prompts, seeds: seeds, results: try results(["a red circle"]), timing: .init())
+        let joined = try PriorComparison.merge([[a, b], [part(c, [2, 0]), part(a, [2, 0])], [part(c, [1]), part(a, [1])]])
+        #expect(joined.map(\.label) == ["a", "b", "c"] && joined[2].prompts == prompts)
+        let j = try PriorComparison.table(joined, resamples: 400)
+        let ac = try #require(j.pairs.first { $0.a == "a" && $0.b == "c" })
+        let direct = try #require(try PriorComparison.table([a, c], resamples: 400).pairs.first)
+        #expect(ac.meanDifference == direct.meanDifference && ac.wins == direct.wins && j.pairs.count == 3)
+        // A prior whose rewards differ between the files, or other seeds, is refused.
+        #expect(throws: NoiseError.self) { try PriorComparison.merge([[a, b], [PriorComparison.Run(label: "a", prompts: prompts, seeds: seeds, results: b.results, timing: .init())]]) }
+        #expect(throws: NoiseError.self) { try PriorComparison.merge([[a, b], [PriorComparison.Run(label: "c", prompts: prompts, seeds: [1, 3], results: c.results, timing: .init())]]) }
         #expect(throws: NoiseError.self) { try PriorComparison.table([a, part(b, [0])]) }
     }
 

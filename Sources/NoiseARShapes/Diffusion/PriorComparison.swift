@@ -66,8 +66,52 @@ public enum PriorComparison {
         return runs
     }
 
+    /// Saved comparisons joined into one run per prior. Files comparing the same priors over
+    /// disjoint prompts (shards) are concatenated; files comparing other priors over the same
+    /// prompts and seeds add their priors, still paired (a sample is fixed by its prompt, seed and
+    /// prior), so a prior can join an earlier comparison without sampling the others again. A
+    /// prior in several such files must have the same rewards in each.
+    public static func merge(_ files: [[Run]]) throws -> [Run] {
+        guard !files.isEmpty else { throw NoiseError.invalidArgument("no evaluation shards to merge") }
+        var groups: [[[Run]]] = []   // files with the same priors, in order of first appearance
+        for f in files {
+            try require(!f.isEmpty, "a saved evaluation with no priors")
+            if let i = groups.firstIndex(where: { $0[0].map(\.label) == f.map(\.label) }) { groups[i].append(f) } else { groups.append([f]) }
+        }
+        var joined: [Run] = []
+        for group in groups {
+            for run in try mergeShards(group) {
+                guard let first = joined.first else { joined.append(run); continue }
+                let r = try aligned(run, to: first)
+                if let same = joined.first(where: { $0.label == r.label }) {
+                    let differing = zip(same.results, r.results).filter { $0.score != $1.score || $0.facts != $1.facts }.count
+                    try require(differing == 0, "prior \(r.label) is in two saved evaluations with different rewards (\(differing) of \(r.results.count) samples differ)")
+                } else {
+                    joined.append(r)
+                }
+            }
+        }
+        return joined
+    }
+
+    /// `run` with its prompts in `reference`'s order; both must hold the same prompts (each
+    /// once) and seeds.
+    static func aligned(_ run: Run, to reference: Run) throws -> Run {
+        try require(run.results.count == run.prompts.count * run.seeds.count,
+                    "prior \(run.label) holds \(run.results.count) results for \(run.prompts.count) prompts x \(run.seeds.count) seeds")
+        try require(run.seeds == reference.seeds && Set(run.prompts) == Set(reference.prompts)
+                        && Set(run.prompts).count == run.prompts.count,
+                    "prior \(run.label) was evaluated on other prompts or seeds than \(reference.label) (\(run.prompts.count) prompts x \(run.seeds.count) seeds against \(reference.prompts.count) x \(reference.seeds.count))")
+        let k = run.seeds.count
+        let at = Dictionary(uniqueKeysWithValues: run.prompts.enumerated().map { ($1, $0) })
+        var out = run
+        out.prompts = reference.prompts
+        out.results = reference.prompts.flatMap { p in run.results[(at[p] ?? 0) * k..<((at[p] ?? 0) + 1) * k] }
+        return out
+    }
+
     /// Runs of the same priors over disjoint prompt sets (shards) joined into one run per prior.
-    public static func merge(_ shards: [[Run]]) throws -> [Run] {
+    static func mergeShards(_ shards: [[Run]]) throws -> [Run] {
         guard let first = shards.first else { throw NoiseError.invalidArgument("no evaluation shards to merge") }
         var merged = first
         for shard in shards.dropFirst() {
