@@ -159,7 +159,7 @@ void nar_vm_softmax_row(const float *x, float *y, long n, int log) {
 }
 
 // The sum of f(x[j]) for j < n: 8 float lanes per block of 1024 (a fixed order, whatever the
-// vector width; as the Swift CPUBackend.blockSum), each block's lanes folded and added in double.
+// vector width), each block's lanes folded and added in double.
 #define NAR_BLOCK_SUM(TOTAL, X, N, F)                                                          \
     do {                                                                                       \
         double total_ = 0;                                                                     \
@@ -176,19 +176,26 @@ void nar_vm_softmax_row(const float *x, float *y, long n, int log) {
         (TOTAL) = total_;                                                                      \
     } while (0)
 
+static inline void mean_rstd(const float *x, long n, float eps, float *mean, float *rstd) {
+    double sum, sq;
+    NAR_BLOCK_SUM(sum, x, n, v);
+    float m = (float)(sum / (double)n);
+    NAR_BLOCK_SUM(sq, x, n, (v - m) * (v - m));
+    *mean = m;
+    *rstd = (float)(1.0 / sqrt(sq / (double)n + (double)eps));
+}
+
+NAR_CLONES
+void nar_vm_mean_rstd(const float *x, long n, float eps, float *mean, float *rstd) { mean_rstd(x, n, eps, mean, rstd); }
+
 NAR_CLONES
 void nar_vm_layernorm_rows(const float *x, float *y, long lo, long hi, long n, const float *gamma,
                            const float *beta, float eps, float *mean, float *rstd) {
     for (long r = lo; r < hi; r++) {
         const float *xs = x + r * n;
         float *ys = y + r * n;
-        double sum, sq;
-        NAR_BLOCK_SUM(sum, xs, n, v);
-        float m = (float)(sum / (double)n);
-        NAR_BLOCK_SUM(sq, xs, n, (v - m) * (v - m));
-        float rs = (float)(1.0 / sqrt(sq / (double)n + (double)eps));
-        mean[r] = m;
-        rstd[r] = rs;
+        mean_rstd(xs, n, eps, mean + r, rstd + r);
+        const float m = mean[r], rs = rstd[r];
         if (gamma && beta) {
             _Pragma("clang loop vectorize(assume_safety)")
             for (long j = 0; j < n; j++) ys[j] = (xs[j] - m) * rs * gamma[j] + beta[j];

@@ -36,10 +36,14 @@ int nar_vm_unary_backward(int op, const float *x, const float *dy, float *dx, lo
 /// x): the maximum subtracted first; -inf entries give exactly 0; an all -inf row gives NaN.
 void nar_vm_softmax_row(const float *x, float *y, long n, int log);
 
-/// LayerNorm of rows lo..<hi of x [rows, n] into y (y may be x): per row the mean and the
-/// variance (each summed in 8 float lanes per block of 1024, the blocks added in double), rstd =
-/// 1 / sqrt(variance + eps), y = (x - mean) rstd gamma + beta (gamma, beta: NULL for 1 and 0);
-/// mean[r] and rstd[r] stored for the backward pass.
+/// The mean of n floats and rstd = 1 / sqrt(variance + eps), the variance about the mean: two
+/// passes, each summed in 8 float lanes per block of 1024, the blocks added in double (the
+/// statistics of the CPU backend's layer and group norms).
+void nar_vm_mean_rstd(const float *x, long n, float eps, float *mean, float *rstd);
+
+/// LayerNorm of rows lo..<hi of x [rows, n] into y (y may be x): per row the mean and rstd of
+/// nar_vm_mean_rstd, y = (x - mean) rstd gamma + beta (gamma, beta: NULL for 1 and 0); mean[r]
+/// and rstd[r] stored for the backward pass.
 void nar_vm_layernorm_rows(const float *x, float *y, long lo, long hi, long n, const float *gamma,
                            const float *beta, float eps, float *mean, float *rstd);
 

@@ -456,9 +456,8 @@ public final class CPUBackend: Backend {
         // float lanes, each block of 1024 summed into a double), then y with gamma and beta.
         forEachRow([n * groups, len], [len, 1], [len, 1]) { i, _, _ in
             let xs = px + i * len
-            let (m, rs) = Self.meanAndRstd(xs, len, eps)
-            pm[i] = m
-            pr[i] = rs
+            nar_vm_mean_rstd(xs, len, eps, pm + i, pr + i)
+            let m = pm[i], rs = pr[i]
             let c0 = (i % groups) * cpg
             for c in 0..<cpg {
                 let scale = (g?[c0 + c] ?? 1) * rs
@@ -473,36 +472,6 @@ public final class CPUBackend: Backend {
                 }
             }
         }
-    }
-
-    /// The mean and 1 / sqrt(variance + eps) of count floats: two passes (the variance about
-    /// the mean), each summed by `blockSum`.
-    @inline(__always)
-    static func meanAndRstd(_ xs: UnsafeMutablePointer<Float>, _ count: Int, _ eps: Float) -> (Float, Float) {
-        let m = Float(blockSum(count) { xs[$0] } / Double(count))
-        let v = blockSum(count) { (xs[$0] - m) * (xs[$0] - m) }
-        return (m, Float(1 / (v / Double(count) + Double(eps)).squareRoot()))
-    }
-
-    /// The sum of f(0..<count) in double, accumulated in eight float lanes per block of 1024.
-    @inline(__always)
-    static func blockSum(_ count: Int, _ f: (Int) -> Float) -> Double {
-        var total: Double = 0
-        var start = 0
-        while start < count {
-            let end = Swift.min(count, start + 1024)
-            var lanes = F8(repeating: 0)
-            var j = start
-            while j + 8 <= end {
-                lanes += F8(f(j), f(j + 1), f(j + 2), f(j + 3), f(j + 4), f(j + 5), f(j + 6), f(j + 7))
-                j += 8
-            }
-            var tail: Float = 0
-            while j < end { tail += f(j); j += 1 }
-            total += Double(lanes.sum()) + Double(tail)
-            start = end
-        }
-        return total
     }
 
     public func groupNormBackward(n: Int, channels: Int, spatial: Int, groups: Int, x: BufRef,

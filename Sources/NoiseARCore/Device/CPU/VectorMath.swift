@@ -1,10 +1,5 @@
 import Foundation
 
-/// Eight float lanes (two SSE registers on baseline x86-64, two NEON registers): the width of
-/// the CPU backend's Swift reductions. The elementwise math itself (exp, SiLU, GELU, softmax,
-/// binary rows) is in the CVectorMath C target, which has AVX2 and AVX-512 clones.
-typealias F8 = SIMD8<Float>
-
 /// Splits 0..<count into one contiguous range per core (multiples of 64 elements) when the count
 /// is large enough to pay for the threads, and runs body(lo, hi) on each.
 @inline(__always)
