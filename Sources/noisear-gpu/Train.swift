@@ -91,7 +91,7 @@ struct TrainPrior: ParsableCommand {
             """))
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "Dataset folder or shard.") var data: String
+    @Option(help: "Dataset folder or shard; several separated by commas.") var data: String
     @Option(help: "Total optimisation steps.") var steps = 3000
     @Option(help: "Pairs per step.") var batch = 32
     @Option(help: "Peak learning rate (linear warm-up, cosine decay).") var lr: Float = 3e-4
@@ -127,7 +127,7 @@ struct TrainPrior: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            let (all, validation) = try NoiseDataset.load(URL(fileURLWithPath: data)).splitByPrompt()
+            let (all, validation) = try NoiseDataset.load(dataURLs(data)).splitByPrompt()
             var train = all
             if mirror {
                 guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
@@ -169,7 +169,7 @@ struct TrainPrior: ParsableCommand {
             }
             if let export {
                 try trainer.export(URL(fileURLWithPath: export), weights: best.weights, step: best.weights == nil ? nil : best.step, metadata: [
-                    "training": "noisear-gpu train prior --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
+                    "training": "noisear-gpu train prior --data \(dataNames(data)) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
                     "pairs": "\(train.count) training (with mirrors), \(validation.count) validation",
                     "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
                 note("wrote \(export)")
@@ -196,7 +196,7 @@ struct TrainNPNet: ParsableCommand {
             """))
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "Dataset folder or shard (re-denoise pairs).") var data: String
+    @Option(help: "Dataset folder or shard (re-denoise pairs); several separated by commas.") var data: String
     @Option(help: "Total optimisation steps.") var steps = 500
     @Option(help: "Pairs per step.") var batch = 8
     @Option(help: "Learning rate (after linear warm-up).") var lr: Float = 1e-4
@@ -226,7 +226,7 @@ struct TrainNPNet: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            var all = try NoiseDataset.load(URL(fileURLWithPath: data))
+            var all = try NoiseDataset.load(dataURLs(data))
             if improvedOnly {
                 guard let targetScores = all.targetScores else {
                     throw CLIError("--improved-only needs re-denoise pairs (\(data) has no x'_T scores)")
@@ -261,7 +261,7 @@ struct TrainNPNet: ParsableCommand {
             print(String(format: "validation MSE %.5f (identity x_T: %.5f)", v, identity))
             if let export {
                 try trainer.export(URL(fileURLWithPath: export), metadata: [
-                    "training": "noisear-gpu train npnet --data \(URL(fileURLWithPath: data).lastPathComponent) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"
+                    "training": "noisear-gpu train npnet --data \(dataNames(data)) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --embed \(embed) --seed \(seed)"
                         + (noSvdBranch ? " --no-svd-branch" : "") + (noResidualBranch ? " --no-residual-branch" : "")
                         + (improvedOnly ? " --improved-only" : "")])
                 note("wrote \(export)")
@@ -274,6 +274,18 @@ struct TrainNPNet: ParsableCommand {
 /// run refuses to replace it unless `--overwrite` is given (a checkpoint is hours of work), and
 /// temporary files of interrupted checkpoint writes are removed. The folder of `--export` must be
 /// writable too, so a long run cannot fail at its very end.
+/// `--data A,B,...`: the dataset folders or shards, in order.
+func dataURLs(_ list: String) throws -> [URL] {
+    let paths = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    guard !paths.isEmpty else { throw CLIError("--data names no dataset") }
+    return paths.map { URL(fileURLWithPath: $0) }
+}
+
+/// The datasets' last path components, for the training command written into an exported file.
+func dataNames(_ list: String) -> String {
+    ((try? dataURLs(list)) ?? []).map(\.lastPathComponent).joined(separator: ",")
+}
+
 func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String?) throws -> URL {
     if resume && overwrite { throw CLIError("--resume and --overwrite exclude each other") }
     let url = URL(fileURLWithPath: path)

@@ -146,6 +146,20 @@ import Testing
         } else {
             #expect(filtered.status != 0 && filtered.stderr.contains("no pair"), "\(filtered.stderr)")
         }
+        // An extension of the collection (other seeds) trains together with it; the same one
+        // twice is refused.
+        let ext = dir.appendingPathComponent("ext").path
+        guard let e = try runCLI(["collect", "--method", "redenoise", "--out", ext, "--limit", "1", "--candidates", "2",
+                                  "--steps", "3", "--keep-all", "--device", "cpu", "--seed", "7"]),
+              let both = try runCLI(train.map { $0 == data ? "\(data),\(ext)" : $0 == ckpt ? ckpt + "2" : $0 } + ["--steps", "1"]),
+              let twice = try runCLI(train.map { $0 == data ? "\(data), \(data)" : $0 == ckpt ? ckpt + "3" : $0 } + ["--steps", "1"])
+        else { return }
+        #expect(e.status == 0 && both.status == 0, "\(e.stderr) \(both.stderr)")
+        let counts = both.stderr.split(separator: "\n").first { $0.contains("training pairs") }.map {
+            $0.split(separator: " ").compactMap { Int($0) }
+        } ?? []
+        #expect(counts.suffix(2).reduce(0, +) == 4, "\(both.stderr)")
+        #expect(twice.status != 0 && twice.stderr.contains("both hold"), "\(twice.stderr)")
         // A resume with other ablation switches is refused (the config differs).
         guard let mixed = try runCLI(train + ["--steps", "3", "--resume", "--no-svd-branch"]) else { return }
         #expect(mixed.status != 0)

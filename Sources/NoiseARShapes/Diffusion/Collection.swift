@@ -81,6 +81,30 @@ public struct NoiseDataset {
         return all
     }
 
+    /// Several collections (folders or shards) as one dataset, in the order given: e.g. a run and
+    /// its extension with another `--seed`. A start (prompt, seed) found in two of them is refused:
+    /// the same collection given twice would count its pairs twice.
+    public static func load(_ urls: [URL]) throws -> NoiseDataset {
+        guard let first = urls.first else { throw NoiseError.invalidArgument("no dataset given") }
+        var all = try load(first)
+        guard urls.count > 1 else { return all }
+        var origin: [String: String] = [:]
+        func key(_ d: NoiseDataset, _ i: Int) -> String { "\(d.seeds[i])\u{0}\(d.prompts[i])" }
+        for i in 0..<all.count { origin[key(all, i)] = first.path }
+        for url in urls.dropFirst() {
+            let part = try load(url)
+            for i in 0..<part.count {
+                if let other = origin[key(part, i)] {
+                    throw NoiseError.invalidArgument(
+                        "\(other) and \(url.path) both hold the start of \"\(part.prompts[i])\" with seed \(part.seeds[i]): the same collection twice, or runs with overlapping --seed ranges")
+                }
+            }
+            for i in 0..<part.count { origin[key(part, i)] = url.path }
+            try all.append(part)
+        }
+        return all
+    }
+
     public mutating func append(_ other: NoiseDataset) throws {
         try requireShape(Array(other.noise.shape.dropFirst()) == Array(noise.shape.dropFirst())
                             && Array(other.promptEmbeds.shape.dropFirst()) == Array(promptEmbeds.shape.dropFirst()),
