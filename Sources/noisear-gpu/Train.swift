@@ -270,10 +270,6 @@ struct TrainNPNet: ParsableCommand {
     }
 }
 
-/// The checkpoint file of a training run, checked before any work: `--resume` needs it, a fresh
-/// run refuses to replace it unless `--overwrite` is given (a checkpoint is hours of work), and
-/// temporary files of interrupted checkpoint writes are removed. The folder of `--export` must be
-/// writable too, so a long run cannot fail at its very end.
 /// `--data A,B,...`: the dataset folders or shards, in order.
 func dataURLs(_ list: String) throws -> [URL] {
     let paths = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -286,6 +282,10 @@ func dataNames(_ list: String) -> String {
     ((try? dataURLs(list)) ?? []).map(\.lastPathComponent).joined(separator: ",")
 }
 
+/// The checkpoint file of a training run, checked before any work: `--resume` needs it, a fresh
+/// run refuses to replace it unless `--overwrite` is given (a checkpoint is hours of work), and
+/// temporary files of interrupted checkpoint writes are removed. The folder of `--export` must be
+/// writable too, so a long run cannot fail at its very end.
 func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String?) throws -> URL {
     if resume && overwrite { throw CLIError("--resume and --overwrite exclude each other") }
     let url = URL(fileURLWithPath: path)

@@ -85,23 +85,23 @@ public struct NoiseDataset {
     /// its extension with another `--seed`. A start (prompt, seed) found in two of them is refused:
     /// the same collection given twice would count its pairs twice.
     public static func load(_ urls: [URL]) throws -> NoiseDataset {
-        guard let first = urls.first else { throw NoiseError.invalidArgument("no dataset given") }
-        var all = try load(first)
-        guard urls.count > 1 else { return all }
-        var origin: [String: String] = [:]
-        func key(_ d: NoiseDataset, _ i: Int) -> String { "\(d.seeds[i])\u{0}\(d.prompts[i])" }
-        for i in 0..<all.count { origin[key(all, i)] = first.path }
-        for url in urls.dropFirst() {
+        var all: NoiseDataset?
+        var origin: [String: String] = [:]   // "seed NUL prompt" -> the collection holding it
+        for url in urls {
             let part = try load(url)
-            for i in 0..<part.count {
-                if let other = origin[key(part, i)] {
-                    throw NoiseError.invalidArgument(
-                        "\(other) and \(url.path) both hold the start of \"\(part.prompts[i])\" with seed \(part.seeds[i]): the same collection twice, or runs with overlapping --seed ranges")
+            let keys = (0..<part.count).map { "\(part.seeds[$0])\u{0}\(part.prompts[$0])" }
+            if urls.count > 1 {
+                for (i, k) in keys.enumerated() {
+                    if let other = origin[k] {
+                        throw NoiseError.invalidArgument(
+                            "\(other) and \(url.path) both hold the start of \"\(part.prompts[i])\" with seed \(part.seeds[i]): the same collection twice, or runs with overlapping --seed ranges")
+                    }
                 }
+                for k in keys { origin[k] = url.path }
             }
-            for i in 0..<part.count { origin[key(part, i)] = url.path }
-            try all.append(part)
+            if all == nil { all = part } else { try all?.append(part) }
         }
+        guard let all else { throw NoiseError.invalidArgument("no dataset given") }
         return all
     }
 
