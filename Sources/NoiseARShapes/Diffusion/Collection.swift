@@ -89,8 +89,8 @@ public struct NoiseDataset {
         var origin: [String: String] = [:]   // "seed NUL prompt" -> the collection holding it
         for url in urls {
             let part = try load(url)
-            let keys = (0..<part.count).map { "\(part.seeds[$0])\u{0}\(part.prompts[$0])" }
             if urls.count > 1 {
+                let keys = (0..<part.count).map { "\(part.seeds[$0])\u{0}\(part.prompts[$0])" }
                 for (i, k) in keys.enumerated() {
                     if let other = origin[k] {
                         throw NoiseError.invalidArgument(
