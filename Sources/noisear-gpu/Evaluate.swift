@@ -7,9 +7,14 @@ struct EvaluateCommand: ParsableCommand {
         commandName: "evaluate",
         abstract: "Measure prompt fidelity of the model on the held-out (or train) prompts with the exact reward.",
         discussion: paragraphs("""
-            Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
+            --pair-classes keeps the two-object prompts in one wording per pair class (the 45 held-out
+            classes; on --split train, --limit N of its 219 spread evenly). Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
             --compare gaussian,noisear,npnet[,FILE...] runs every listed prior on the same prompts and seeds
-            (FILE: a NoiseAR or NPNet weights file; ITEM@T samples that NoiseAR item at temperature T) and prints per prior the mean fidelity, the all-facts
+            (FILE: a NoiseAR or NPNet weights file; ITEM@T samples that NoiseAR item at temperature T;
+            constant: the prompt-independent control, every element from N(mean, std^2) of the training data of
+            the first NoiseAR file listed, else --prior-weights, else the shipped prior, at the same temperature;
+            constant:MEAN:STD: that control with the given constants)
+            and prints per prior the mean fidelity, the all-facts
             rate, each fact's rate and the prior's share of the time, and per pair the paired difference
             with a 95% bootstrap interval over prompts and wins/losses/ties (--json: the whole table).
             --grid FILE.png draws the first --grid-prompts prompts with every prior from --seed, side by side.
@@ -28,6 +33,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "ddim | dpmpp2m | euler | euler-a | ddpm") var sampler = "dpmpp2m"
     @Option(help: "Prompts per batch.") var batch = 8
     @Option(help: "At most this many prompts (0 = all).") var limit = 0
+    @Flag(help: "Only two-object prompts, one wording per pair class.") var pairClasses = false
     @Option(help: "Model file.") var model: String?
     @Option(help: "Noise prior: gaussian | noisear | npnet.") var prior = "gaussian"
     @Option(help: "Prior weights (NoiseAR default: the shipped prior; NPNet: required).") var priorWeights: String?
@@ -77,6 +83,18 @@ struct EvaluateCommand: ParsableCommand {
                     tau = t
                 }
                 let suffix = tau == temperature ? "" : "@\(tau)"
+                if item.lowercased() == "constant" {
+                    let file = try controlStatisticsFile()
+                    let (m, sd) = try NoisePriors.dataStatistics(file)
+                    return ("constant" + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
+                }
+                if item.lowercased().hasPrefix("constant:") {
+                    let parts = item.split(separator: ":", omittingEmptySubsequences: false).dropFirst().map { Float($0) }
+                    guard parts.count == 2, let m = parts[0], let sd = parts[1], m.isFinite, sd.isFinite, sd > 0 else {
+                        throw CLIError("--compare \(entry): expected constant:MEAN:STD with a positive STD")
+                    }
+                    return (item + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
+                }
                 if let kind = NoisePriorKind(rawValue: item.lowercased()) {
                     return (kind.rawValue + suffix, try ShapesSampling.noiseSource(kind, path: nil, model: model,
                                                                                     temperature: tau, strength: strength))
@@ -86,6 +104,33 @@ struct EvaluateCommand: ParsableCommand {
                 return (url.deletingPathExtension().lastPathComponent + suffix,
                         try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: tau, strength: strength))
             }
+    }
+
+    /// The prior file whose training-data statistics the constant control uses.
+    func controlStatisticsFile() throws -> URL {
+        let listed = (compare ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            .map { e -> String in
+                guard !FileManager.default.fileExists(atPath: e), let at = e.lastIndex(of: "@") else { return e }
+                return String(e[..<at])
+            }
+        for item in listed where FileManager.default.fileExists(atPath: item) {
+            if let f = try? WeightsFile.read(URL(fileURLWithPath: item), skippingUnsupported: true), NoisePrior.detect(f) == .noiseAR {
+                return URL(fileURLWithPath: item)
+            }
+        }
+        if let priorWeights { return URL(fileURLWithPath: priorWeights) }
+        guard let url = ShippedModels.locate(NoisePriors.noiseARFile, variable: "NOISEAR_PRIOR") else {
+            throw NoiseError.io("--compare constant: no NoiseAR prior to take the training data's statistics from (list one, or pass --prior-weights)")
+        }
+        return url
+    }
+
+    /// The prompts of the split (this shard's), as --pair-classes and --limit select them.
+    func promptList(shard: (Int, Int) = (0, 1)) throws -> [String] {
+        var prompts = split == .heldout ? PromptSplit.heldOut : PromptSplit.train
+        if pairClasses { prompts = PromptSplit.pairClasses(prompts) }
+        if limit > 0 { prompts = pairClasses ? PromptSplit.spread(prompts, count: limit) : Array(prompts.prefix(limit)) }
+        return try NoiseCollection.shard(prompts, index: shard.0, of: shard.1).map(\.1)
     }
 
     func printTable(_ t: PriorComparison.Table) throws {
@@ -125,9 +170,7 @@ struct EvaluateCommand: ParsableCommand {
         let device = try options.open()
         let m = try TextToImageModel.load(url, device: device)
         try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "evaluate --batch \(batch)")
-        let (si, sn) = try parsedShard()
-        var prompts = try NoiseCollection.shard(split == .heldout ? PromptSplit.heldOut : PromptSplit.train, index: si, of: sn).map(\.1)
-        if limit > 0 { prompts = Array(prompts.prefix(limit)) }
+        let prompts = try promptList(shard: parsedShard())
         let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
         let seedList = try Seeds.consecutive(from: seed, count: seeds)
         let sources = try sources(m)
@@ -159,8 +202,7 @@ struct EvaluateCommand: ParsableCommand {
             let device = try options.open()
             let m = try TextToImageModel.load(url, device: device)
             try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "evaluate --batch \(batch)")
-            var prompts = split == .heldout ? PromptSplit.heldOut : PromptSplit.train
-            if limit > 0 { prompts = Array(prompts.prefix(limit)) }
+            let prompts = try promptList()
             let settings = SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg)
             let seedList = try Seeds.consecutive(from: seed, count: seeds)
             let priorKind = try NoisePriorKind.parse(prior)

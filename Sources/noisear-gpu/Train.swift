@@ -81,7 +81,13 @@ struct TrainPrior: ParsableCommand {
         commandName: "prior",
         abstract: "Train a NoiseAR prior on collected (noise, prompt) pairs by teacher-forced Gaussian NLL.",
         discussion: paragraphs("""
-            DATA is a folder of shards from `collect` (or one shard). Pairs whose prompt falls in a
+            DATA is a folder of shards from `collect` (or one shard). --forward trains on the diffusion's
+            forward marginal at T instead, drawn fresh for every batch: a correct scene of a train prompt
+            noised to the last timestep, its layout (the deviation from the background) scaled by
+            --layout-gain, with the expected NLL over the noise (Rao-Blackwellised: the prompt-dependent
+            mean is learned without the noise in its gradient); validation is on fixed draws of the
+            validation prompts, next to the prompt-independent control N(mean, std^2) of the same data.
+            Pairs whose prompt falls in a
             stable 10% of the prompts are held out for the validation NLL, reported next to a standard
             Gaussian's NLL on the same noises (nats per element). --mirror adds every pair mirrored
             left-right with its prompt's left/right swapped (embeddings from the diffusion model's
@@ -91,7 +97,11 @@ struct TrainPrior: ParsableCommand {
             """))
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "Dataset folder or shard; several separated by commas.") var data: String
+    @Option(help: "Dataset folder or shard; several separated by commas.") var data: String?
+    @Flag(help: "Train on the forward marginal of rendered train-prompt scenes (no --data).") var forward = false
+    @Option(help: "With --forward: scale of the layout's deviation from the background (1: the exact marginal).")
+    var layoutGain = 1.0
+    @Option(help: "With --forward: draw these prompts (repeatable) instead of the train split's.") var prompt: [String] = []
     @Option(help: "Total optimisation steps.") var steps = 3000
     @Option(help: "Pairs per step.") var batch = 32
     @Option(help: "Peak learning rate (linear warm-up, cosine decay).") var lr: Float = 3e-4
@@ -103,6 +113,8 @@ struct TrainPrior: ParsableCommand {
     @Option(help: "Attention heads.") var heads = 4
     @Option(help: "Transformer layers.") var layers = 2
     @Option(help: "Patch size (pixels).") var patch = 8
+    @Flag(help: "Add a layout head: a per-patch offset of the mean, linear in the flattened prompt states (with --forward fitted by ridge regression before training).")
+    var layoutHead = false
     @Option(help: "Seed of initialisation and batches.") var seed: UInt64 = 0
     @Flag(inversion: .prefixedNo, help: "Add left-right mirrored pairs.") var mirror = true
     @Option(help: "Diffusion model whose text encoder embeds mirrored prompts.") var model: String?
@@ -118,6 +130,9 @@ struct TrainPrior: ParsableCommand {
             throw CLIError("--steps, --batch, --checkpoint-every and the network sizes must be at least 1")
         }
         if dModel % heads != 0 { throw CLIError("--d-model must be divisible by --heads") }
+        if forward == (data != nil) { throw CLIError("give either --data DIR or --forward") }
+        if !(layoutGain > 0 && layoutGain.isFinite) { throw CLIError("--layout-gain must be a positive number") }
+        if !forward && (layoutGain != 1 || !prompt.isEmpty) { throw CLIError("--layout-gain and --prompt are for --forward") }
         if Scene.size % patch != 0 { throw CLIError("--patch must divide \(Scene.size)") }
         if !(lr > 0) { throw CLIError("--lr must be positive") }
         if !(dropout >= 0 && dropout < 1) { throw CLIError("--dropout must be in [0, 1)") }
@@ -127,51 +142,97 @@ struct TrainPrior: ParsableCommand {
         try runReportingErrors {
             let ckpt = try checkpointURL(checkpoint, resume: resume, overwrite: overwrite, export: export)
             let device = try options.open()
-            let (all, validation) = try NoiseDataset.load(dataURLs(data)).splitByPrompt()
-            var train = all
-            if mirror {
+            func diffusionModel(_ why: String) throws -> TextToImageModel {
                 guard let url = model.map({ URL(fileURLWithPath: $0) }) ?? ShippedModels.locate(ShippedModels.diffusionFile) else {
-                    throw NoiseError.io("--mirror needs the diffusion model's text encoder: pass --model FILE or --no-mirror")
+                    throw NoiseError.io("\(why) needs the diffusion model's text encoder: pass --model FILE")
                 }
-                let m = try TextToImageModel.load(url, device: device)
-                train = try PromptMirror.augmented(all) { prompts in try device.noGrad { try m.encode(prompts).toHost() } }
+                return try TextToImageModel.load(url, device: device)
+            }
+            var trainData: PriorTrainingData, validationData: PriorTrainingData
+            var textDim: Int?, textTokens = 0
+            var dataStats: (mean: Double, std: Double)
+            var described: String
+            if let data {
+                let (all, validation) = try NoiseDataset.load(dataURLs(data)).splitByPrompt()
+                var train = all
+                if mirror {
+                    let m = try diffusionModel("--mirror (or pass --no-mirror)")
+                    train = try PromptMirror.augmented(all) { prompts in try device.noGrad { try m.encode(prompts).toHost() } }
+                }
+                trainData = .pairs(train)
+                validationData = .pairs(validation)
+                textDim = train.promptEmbeds.shape.last
+                textTokens = train.promptEmbeds.shape.count == 3 ? train.promptEmbeds.shape[1] : 0
+                dataStats = NoiseStatistics.moments(all.noise.data[...])
+                described = "\(train.count) training pairs\(mirror ? " (with mirrors)" : ""), \(validation.count) validation pairs"
+            } else {
+                let m = try diffusionModel("--forward")
+                let prompts = prompt.isEmpty ? PromptSplit.train.filter { !PromptMirror.isValidation($0) } : prompt
+                let held = prompt.isEmpty ? PromptSplit.train.filter { PromptMirror.isValidation($0) } : []
+                let f = try ForwardMarginal(model: m, prompts: prompts, gain: layoutGain, seed: seed)
+                trainData = .forward(f, batches: 0)
+                validationData = held.isEmpty ? .forward(f, batches: 0)
+                    : .forward(try ForwardMarginal(model: m, prompts: held, gain: layoutGain, seed: seed ^ 0x7A11), batches: 4)
+                textDim = f.embeds.shape.last
+                textTokens = f.embeds.shape[1]
+                dataStats = try f.statistics()
+                described = String(format: "the forward marginal of %d train prompts (layout gain %g, sqrt(alpha-bar_T) %.4f), %d validation draws of %d other prompts",
+                                   prompts.count, layoutGain, f.signal, validationData.count, held.count)
             }
             var config = NoiseARConfig()
             config.latentChannels = 3; config.latentSize = Scene.size; config.patchSize = patch
             config.dModel = dModel; config.dFF = dFF; config.nHeads = heads; config.nLayers = layers
             config.headHidden = 2 * dModel
-            config.textDim = train.promptEmbeds.shape.last
+            config.textDim = textDim
             config.dropout = dropout
+            if layoutHead {
+                try requireShape(textTokens > 0, "--layout-head needs prompt embeddings [N, T, D]")
+                config.layoutTokens = textTokens
+            }
             let net = try NoiseARNet(config: config, device: device, seed: seed)
             var settings = PriorTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
-            let trainer = try PriorTrainer(net: net, train: train, validation: validation, settings: settings)
+            let trainer = try PriorTrainer(net: net, data: trainData, validation: validationData, settings: settings)
             if resume {
                 try trainer.resume(from: ckpt)
                 note("resumed from \(checkpoint) at step \(trainer.step)")
+            } else if layoutHead && forward {
+                let fit = try trainer.fitLayoutHead()
+                note(String(format: "layout head fitted by ridge regression (penalty %g)", fit.lambda)
+                     + (fit.validationR2.map { String(format: "; it explains %.1f%% of the validation prompts' expected-layout variance", 100 * $0) } ?? ""))
             }
-            note("prior: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs\(mirror ? " (with mirrors)" : ""), \(validation.count) validation pairs")
+            let reference = forward ? "control" : "gaussian"
+            note("prior: \(net.params.count) parameters on \(device.info.id); \(described)")
             var best = BestWeights()
             try runTrainingLoop(steps: steps, label: "train prior", quiet: quiet, lossName: "NLL", digits: 4,
                                 start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
-                let (v, g) = try trainer.evaluate(validation)
-                if validation.count > 0 { try best.offer(loss: v, step: trainer.step) { try net.params.hostTensors() } }
+                let (v, g) = try trainer.evaluate(validationData)
+                if validationData.count > 0 { try best.offer(loss: v, step: trainer.step) { try net.params.hostTensors() } }
                 try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
-                return String(format: "val %.4f (gaussian %.4f)", v, g)
+                return String(format: "val %.5f (\(reference) %.5f)", v, g)
             }
-            var (v, g) = try trainer.evaluate(validation)
-            let (t, tg) = try trainer.evaluate(all)
-            print(String(format: "validation NLL %.4f nats/element (standard Gaussian %.4f); train %.4f (Gaussian %.4f)", v, g, t, tg))
+            var (v, g) = try trainer.evaluate(validationData)
+            if case .pairs(let all) = trainData {
+                let (t, tg) = try trainer.evaluate(.pairs(all))
+                print(String(format: "validation NLL %.4f nats/element (standard Gaussian %.4f); train %.4f (Gaussian %.4f)", v, g, t, tg))
+            } else if validationData.count == 0 {
+                print(String(format: "no validation prompts; the prompt-independent control's constants: N(%.4f, %.4f^2)", dataStats.mean, dataStats.std))
+            } else {
+                print(String(format: "validation NLL %.5f nats/element (prompt-independent control N(%.4f, %.4f^2): %.5f)",
+                             v, dataStats.mean, dataStats.std, g))
+            }
             if best.weights != nil, best.step != trainer.step {
                 v = best.loss
                 print(String(format: "best validation NLL %.4f at step %d (exported)", best.loss, best.step))
             }
             if let export {
+                let source = data.map { "--data \(dataNames($0))" } ?? "--forward --layout-gain \(layoutGain)"
                 try trainer.export(URL(fileURLWithPath: export), weights: best.weights, step: best.weights == nil ? nil : best.step, metadata: [
-                    "training": "noisear-gpu train prior --data \(dataNames(data)) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch) --seed \(seed)\(mirror ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
-                    "pairs": "\(train.count) training (with mirrors), \(validation.count) validation",
-                    "val_nll": String(format: "%.5f", v), "val_nll_gaussian": String(format: "%.5f", g)])
+                    "training": "noisear-gpu train prior \(source) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch)\(layoutHead ? " --layout-head" : "") --seed \(seed)\(mirror || forward ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
+                    "pairs": described,
+                    NoisePriors.dataMeanKey: String(format: "%.6f", dataStats.mean), NoisePriors.dataStdKey: String(format: "%.6f", dataStats.std),
+                    "val_nll": String(format: "%.5f", v), "val_nll_\(reference)": String(format: "%.5f", g)])
                 note("wrote \(export)")
             }
         }

@@ -19,6 +19,12 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
     public var textDim: Int?
     /// Dropout probability while training (attention outputs and the FFN hidden layer).
     public var dropout = 0.0
+    /// Prompt tokens T read by the layout head (not in the authors' network; nil: no head). The
+    /// head is a linear map of the flattened prompt states [T x text width] to a per-patch,
+    /// per-channel offset of mu: the low frequencies of the start, where the layout of a scene
+    /// lies, read from every token at its place (a linear read-out of the token states knows
+    /// which object goes where; a pooled one does not).
+    public var layoutTokens: Int?
 
     public init() {}
 
@@ -26,6 +32,7 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
         case latentChannels = "latent_channels", latentSize = "latent_size", patchSize = "patch_size"
         case dModel = "d_model", dFF = "d_ff", nHeads = "n_heads", nLayers = "n_layers"
         case headHidden = "head_hidden", textDim = "text_dim", dropout
+        case layoutTokens = "layout_tokens"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -41,6 +48,7 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
         headHidden = try c.decodeIfPresent(Int.self, forKey: .headHidden)
         textDim = try c.decodeIfPresent(Int.self, forKey: .textDim)
         dropout = try c.decodeIfPresent(Double.self, forKey: .dropout) ?? 0
+        layoutTokens = try c.decodeIfPresent(Int.self, forKey: .layoutTokens)
     }
 
     /// Patches per side.
@@ -83,6 +91,10 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
         try c.product("head_hidden x latent_channels x patch_size^2 (prediction heads)",
                       [headHidden ?? 2 * dModel, latentChannels, p, p])
         try c.product("text_dim x d_model (dim_adapter.weight)", [contextDim, dModel])
+        if let layoutTokens {
+            try c.int("layout_tokens", layoutTokens, max: 1 << 16)
+            try c.product("patches x latent_channels x layout_tokens x text_dim (layout_head.weight)", [g * g, latentChannels, layoutTokens, contextDim])
+        }
     }
 
     public func jsonString() throws -> String {
@@ -133,6 +145,9 @@ public struct NoiseARConfig: Codable, Sendable, Equatable {
         c.nLayers = 0
         while file[prefix + "self_attn_layers.\(c.nLayers).in_proj_weight"] != nil { c.nLayers += 1 }
         if let a = file[prefix + "dim_adapter.weight"], a.shape.count == 2 { c.textDim = a.shape[1] }
+        if let h = file[prefix + "layout_head.weight"], h.shape.count == 2, c.contextDim > 0, h.shape[1] % c.contextDim == 0 {
+            c.layoutTokens = h.shape[1] / c.contextDim
+        }
         return c
     }
 }
@@ -222,6 +237,8 @@ public final class NoiseARNet {
     let layers: [Layer]
     // prediction_head_mu / _logvar: Linear(d -> hidden) -> GELU -> Linear(hidden -> C P P)
     let muHead0: Linear, muHead2: Linear, logvarHead0: Linear, logvarHead2: Linear
+    // layout_head (ours, optional): Linear(T text_dim -> N C)
+    public let layoutHead: Linear?
 
     /// A freshly initialised network (Philox stream `seed`).
     public init(config: NoiseARConfig, device: Device, seed: UInt64 = 0) throws {
@@ -254,6 +271,15 @@ public final class NoiseARNet {
         muHead2 = try Linear(p, "prediction_head_mu.2", hh, tok)
         logvarHead0 = try Linear(p, "prediction_head_logvar.0", d, hh)
         logvarHead2 = try Linear(p, "prediction_head_logvar.2", hh, tok)
+        if let t = config.layoutTokens {
+            let head = try Linear(p, "layout_head", t * config.contextDim, config.patches * config.latentChannels)
+            // Starts as the plain network: the head's output is zero until it is fitted or trained.
+            try head.weight.assign(Tensor.zeros(head.weight.shape, on: device))
+            if let b = head.bias { try b.assign(Tensor.zeros(b.shape, on: device)) }
+            layoutHead = head
+        } else {
+            layoutHead = nil
+        }
     }
 
     /// Sinusoidal positions: sin on even features, cos on odd ones, wavelengths 10000^(2i/d).
@@ -379,7 +405,21 @@ public final class NoiseARNet {
         try requireShape(text.rank == 3 && text.shape[0] == b,
                          "prompt embeddings \(text.shape) for a batch of \(b) latents")
         let prefix = c.patches > 1 ? try tokens.slice(axis: 1, 0, c.patches - 1) : nil
-        return try heads(hidden(prefix: prefix, batch: b, context: context(text)))
+        let (mu, lv) = try heads(hidden(prefix: prefix, batch: b, context: context(text)))
+        guard let offset = try layoutOffset(text) else { return (mu, lv) }
+        return (try mu + offset, lv)
+    }
+
+    /// The layout head's offset of mu for every patch, [B, N, C P P] (constant over each patch's
+    /// channel), or nil without a head.
+    func layoutOffset(_ text: Tensor) throws -> Tensor? {
+        guard let head = layoutHead, let t = config.layoutTokens else { return nil }
+        let c = config, b = text.shape.first ?? 0, pp = c.patchSize * c.patchSize
+        try requireShape(text.rank == 3 && text.shape[1] == t && text.shape[2] == c.contextDim,
+                         "this NoiseAR prior's layout head reads prompt embeddings [B, \(t), \(c.contextDim)], got \(text.shape)")
+        let o = try head(text.reshaped([b, t * c.contextDim]))   // [B, N C]
+        return try o.reshaped([b, c.patches, c.latentChannels, 1]).expanded(to: [b, c.patches, c.latentChannels, pp])
+            .reshaped([b, c.patches, c.tokenSize])
     }
 
     /// Teacher forcing on a latent: mu and logvar shaped like `noise` [B, C, S, S].
@@ -398,6 +438,23 @@ public final class NoiseARNet {
         let logVar = try lv.clamp(-20, 10) + 2 * Foundation.log(temperature)
         let z2 = try (tokens - mu).square() * logVar.scaled(-1).exp()
         let perElement = try (logVar + z2).affine(-0.5, -0.5 * Float(Foundation.log(2 * Double.pi)))
+        return try perElement.sum(axes: [1, 2])
+    }
+
+    /// E[log pi(x | text)] [B] over the draws x = `mean` + sqrt(`variance`) * z, teacher-forced on
+    /// `inputs` (one such draw) at temperature 1: the log-density with each element's squared
+    /// error replaced by its expectation over its own draw, (mean - mu)^2 + variance. This is the
+    /// Rao-Blackwellised form of `logProb(noise: inputs, ...)` when `inputs` is a draw around
+    /// `mean` (equal to it for variance 0): the same objective in expectation, without the draw's
+    /// noise in the gradient of mu, so a prompt-dependent mean far below the noise is learned in
+    /// few steps. `mean` is shaped like `inputs` [B, C, S, S].
+    public func expectedLogProb(inputs: Tensor, mean: Tensor, variance: Float, text: Tensor) throws -> Tensor {
+        try require(variance >= 0 && variance.isFinite, "variance must be non-negative, got \(variance)")
+        try requireShape(mean.shape == inputs.shape, "mean \(mean.shape) does not match the inputs \(inputs.shape)")
+        let (mu, lv) = try predict(tokens: patchify(inputs), text: text)
+        let logVar = try lv.clamp(-20, 10)
+        let err = try (patchify(mean) - mu).square() + variance
+        let perElement = try (logVar + err * logVar.scaled(-1).exp()).affine(-0.5, -0.5 * Float(Foundation.log(2 * Double.pi)))
         return try perElement.sum(axes: [1, 2])
     }
 
@@ -421,6 +478,7 @@ public final class NoiseARNet {
         try require(text.device === device, "prompt embeddings are on another device")
         return try device.noGrad {
             let ctx = try context(text)
+            let layout = try layoutOffset(text)
             let latent = try Tensor.empty([b] + c.latentShape, on: device)
             var decoder = cached ? try CachedDecoder(self, context: ctx, batch: b) : nil
             var tokens: [Tensor] = []
@@ -433,12 +491,13 @@ public final class NoiseARNet {
                     let h = try hidden(prefix: prefix, batch: b, context: ctx)
                     (mu, lv) = try heads(h.slice(axis: 1, i, i + 1))
                 }
+                let mean = try layout.map { try mu + $0.slice(axis: 1, i, i + 1) } ?? mu
                 let token = try Tensor.empty([b, 1, c.tokenSize], on: device)
                 var d = PatchSampleDesc(batch: b, channels: c.latentChannels, size: c.latentSize, patch: c.patchSize,
                                         gridY: i / c.grid, gridX: i % c.grid, seed: seed, temperature: temperature)
                 d.logvarMin = -20
                 d.logvarMax = 10
-                try device.run(Op.SamplePatch(d, mu: mu.ref, logvar: lv.ref, eps: eps?.ref, latent: latent.ref, token: token.ref))
+                try device.run(Op.SamplePatch(d, mu: mean.ref, logvar: lv.ref, eps: eps?.ref, latent: latent.ref, token: token.ref))
                 tokens.append(token)
                 try progress(i + 1, c.patches)
             }

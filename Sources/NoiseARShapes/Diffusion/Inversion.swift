@@ -85,7 +85,7 @@ public struct NoiseStatistics: Codable, Sendable, Equatable {
         self.meanSampleStd = meanSampleStd
     }
 
-    static func moments(_ v: ArraySlice<Float>) -> (mean: Double, std: Double) {
+    public static func moments(_ v: ArraySlice<Float>) -> (mean: Double, std: Double) {
         guard !v.isEmpty else { return (0, 0) }
         var s = 0.0, s2 = 0.0
         for x in v { s += Double(x); s2 += Double(x) * Double(x) }

@@ -7,6 +7,28 @@ extension NoisePriors {
     public static let noiseARFile = "shapes-noisear.safetensors"
     /// The shipped shapes-world NPNet.
     public static let npnetFile = "shapes-npnet.safetensors"
+    /// Metadata keys of a prior file: the mean and standard deviation of every element of its
+    /// training data (the prompt-independent control's constants).
+    public static let dataMeanKey = "data_mean", dataStdKey = "data_std"
+
+    /// The training data's mean and standard deviation recorded in a prior file.
+    public static func dataStatistics(_ url: URL) throws -> (mean: Float, std: Float) {
+        let file = try WeightsFile.read(url, skippingUnsupported: true)
+        guard let m = file.metadata[dataMeanKey].flatMap(Float.init), let s = file.metadata[dataStdKey].flatMap(Float.init),
+              m.isFinite, s.isFinite, s > 0 else {
+            throw NoiseError.invalidArgument(
+                "\(url.relativePath) records no \(dataMeanKey) / \(dataStdKey) metadata (its training data's statistics; priors trained before they were recorded lack them)")
+        }
+        return (m, s)
+    }
+
+    /// The prompt-independent control: every element of image i from N(mean, (temperature std)^2),
+    /// with the standard normals of Philox stream seeds[i] (the same draws as Gaussian noise and
+    /// the NoiseAR prior's). Any gain a prior shows over it is prompt-specific.
+    public static func constant(mean: Float, std: Float, temperature: Float, on device: Device) -> NoiseSource {
+        let gaussian = Evaluation.gaussian(on: device)
+        return { prompts, seeds in try gaussian(prompts, seeds).affine(temperature * std, mean) }
+    }
 
     /// The shapes world's NoiseAR source: prompt embeddings from the diffusion model's text
     /// encoder, image i drawn from stream seeds[i] (runs of consecutive seeds share a batch).

@@ -33,6 +33,21 @@ public enum PromptSplit {
         heldOutSet.contains(try PromptFacts.parse(prompt).prompt)
     }
 
+    /// The two-object prompts of `prompts` in one wording per pair class (left-of or above), in
+    /// their order: the 45 held-out pair classes, or the train split's 219.
+    public static func pairClasses(_ prompts: [String]) -> [String] {
+        prompts.filter { p in
+            guard let f = try? PromptFacts.parse(p), let r = f.relation else { return false }
+            return r == .leftOf || r == .above
+        }
+    }
+
+    /// `count` prompts spread evenly over `prompts` (all of them when there are no more).
+    public static func spread(_ prompts: [String], count: Int) -> [String] {
+        guard count > 0, count < prompts.count else { return prompts }
+        return (0..<count).map { prompts[$0 * prompts.count / count] }
+    }
+
     /// The class representative of a prompt: the pair stated as left-of or above.
     static func canonicalClass(_ f: PromptFacts) -> PromptFacts {
         guard let r = f.relation else { return f }
