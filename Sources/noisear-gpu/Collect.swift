@@ -21,6 +21,10 @@ struct CollectCommand: ParsableCommand {
             the pair is kept when x'_T scores strictly higher (--keep-all keeps every pair). Shards then
             also hold `target` (x'_T) and `target_score`.
 
+            --method prior (NPNet targets that carry the layout): each Gaussian start x_T is paired with the
+            draw of a NoiseAR prior (--prior-weights, default the shipped one; --temperature) from the same
+            standard normals as x'_T. Nothing is sampled, so the pairs have no scores (NaN) and all are kept.
+
             --method best-of-n: for each train prompt of the shard, --candidates Gaussian starts are sampled
             with the shipped model and scored with the exact reward; the starts whose images reach
             --threshold (default 1: every fact right) are kept. Prompts are processed in blocks of
@@ -31,10 +35,12 @@ struct CollectCommand: ParsableCommand {
             Spread over machines with --shard i/n (every n-th prompt); shards never overlap.
             """))
 
-    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise, inversion }
+    enum Method: String, ExpressibleByArgument { case bestOfN = "best-of-n", redenoise, inversion, prior }
 
     @OptionGroup var options: DeviceOptions
-    @Option(help: "best-of-n | redenoise | inversion") var method: Method = .bestOfN
+    @Option(help: "best-of-n | redenoise | inversion | prior") var method: Method = .bestOfN
+    @Option(help: "prior: the NoiseAR prior whose draws are the targets (default: the shipped one).") var priorWeights: String?
+    @Option(help: "prior: the temperature of its draws.") var temperature: Float = 0.5
     @Option(help: "redenoise: guidance of the DDIM step (w_l).") var highCfg = 5.5
     @Option(help: "redenoise: guidance of the inversion step (w_w, below --high-cfg).") var lowCfg = 1.0
     @Option(help: "redenoise: steps of the schedule the single DDIM / inversion step is taken from (default 50); inversion: DDIM inversion steps (default 25).")
@@ -68,6 +74,11 @@ struct CollectCommand: ParsableCommand {
         case .bestOfN: m = .bestOfN(threshold: threshold)
         case .redenoise: m = .redenoise(highCFG: highCfg, lowCFG: lowCfg, inversionSteps: inversionSteps ?? 50, keepAll: keepAll)
         case .inversion: m = .inversion(steps: inversionSteps ?? 25, cfg: inversionCfg, start: inversionStart, normalize: normalize, threshold: keepAll ? nil : threshold)
+        case .prior:
+            guard let w = priorWeights ?? ShippedModels.locate(NoisePriors.noiseARFile, variable: "NOISEAR_PRIOR")?.path else {
+                throw NoiseError.io("--method prior: no NoiseAR prior (pass --prior-weights FILE)")
+            }
+            m = .priorSamples(weights: w, temperature: temperature)
         }
         return CollectionJob(method: m, out: URL(fileURLWithPath: out), shard: try parsedShard(), candidates: candidates,
                              seed: seed, settings: SamplingSettings(sampler: try SamplerKind.parse(sampler), steps: steps, cfg: cfg),

@@ -289,8 +289,8 @@ struct TrainNPNet: ParsableCommand {
             let device = try options.open()
             var all = try NoiseDataset.load(dataURLs(data))
             if improvedOnly {
-                guard let targetScores = all.targetScores else {
-                    throw CLIError("--improved-only needs re-denoise pairs (\(data) has no x'_T scores)")
+                guard let targetScores = all.targetScores, !targetScores.contains(where: \.isNaN), !all.scores.contains(where: \.isNaN) else {
+                    throw CLIError("--improved-only needs scored re-denoise pairs (\(data) has no x'_T scores)")
                 }
                 let kept = all.scores.indices.filter { targetScores[$0] > all.scores[$0] }
                 note("--improved-only: \(kept.count) of \(all.count) pairs improved")

@@ -39,6 +39,14 @@ import Testing
         return (first - second) / Double(n * n / 2)
     }
 
+    /// A tiny prior with a layout head over 5 prompt tokens of width 12 (3x8x8 latent, 4x4 patches).
+    static func tinyNet(_ dev: Device, seed: UInt64) throws -> NoiseARNet {
+        var c = NoiseARConfig()
+        c.latentChannels = 3; c.latentSize = 8; c.patchSize = 4; c.dModel = 16; c.dFF = 24; c.nHeads = 2; c.nLayers = 1
+        c.headHidden = 20; c.textDim = 12; c.layoutTokens = 5
+        return try NoiseARNet(config: c, device: dev, seed: seed)
+    }
+
     @Test func ridgeRecoversALinearMap() throws {
         var rng = TestRNG(5)
         let n = 40, p = 6, q = 3
@@ -66,10 +74,7 @@ import Testing
 
     @Test func expectedLogProbIsTheLikelihoodAveragedOverTheNoise() throws {
         let dev = Device.cpuDevice()
-        var c = NoiseARConfig()
-        c.latentChannels = 3; c.latentSize = 8; c.patchSize = 4; c.dModel = 16; c.dFF = 24; c.nHeads = 2; c.nLayers = 1
-        c.headHidden = 20; c.textDim = 12; c.layoutTokens = 5
-        let net = try NoiseARNet(config: c, device: dev, seed: 2)
+        let net = try Self.tinyNet(dev, seed: 2)
         var rng = TestRNG(9)
         let x = try Tensor(rng.values(2 * 3 * 8 * 8, lo: -1, hi: 1), shape: [2, 3, 8, 8], on: dev)
         let text = try Tensor(rng.values(2 * 5 * 12, lo: -1, hi: 1), shape: [2, 5, 12], on: dev)
@@ -95,10 +100,7 @@ import Testing
 
     @Test func layoutHeadRoundTripsAndChecksItsTokens() throws {
         let dev = Device.cpuDevice()
-        var c = NoiseARConfig()
-        c.latentChannels = 3; c.latentSize = 8; c.patchSize = 4; c.dModel = 16; c.dFF = 24; c.nHeads = 2; c.nLayers = 1
-        c.headHidden = 20; c.textDim = 12; c.layoutTokens = 5
-        let net = try NoiseARNet(config: c, device: dev, seed: 4)
+        let net = try Self.tinyNet(dev, seed: 4)
         var rng = TestRNG(11)
         // A head that moves the mean: give it weights, then write, reload and compare.
         guard let head = net.layoutHead else { Issue.record("no layout head"); return }
@@ -242,5 +244,33 @@ import Testing
             guard let b = try runCLI(bad) else { return }
             #expect(b.status != 0 && b.stderr.split(separator: "\n").count == 1, "\(bad): \(b.stderr)")
         }
+    }
+
+    @Test func collectPriorSamplesForNPNet() throws {
+        let dir = try scratchDirectory("collect-prior")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("pairs")
+        guard let r = try runCLI(["collect", "--method", "prior", "--out", out.path, "--candidates", "2", "--limit", "2",
+                                  "--batch", "3", "--device", "cpu", "--quiet"]) else { return }
+        #expect(r.status == 0, "\(r.stderr)")
+        let ds = try NoiseDataset.load(out)
+        #expect(ds.count == 4 && ds.target != nil && ds.scores.allSatisfy(\.isNaN))
+        // The target is the shipped prior's draw from the start's own standard normals.
+        guard let model = try Self.shippedModel(), let url = ShippedModels.locate(NoisePriors.noiseARFile, environment: [:]),
+              let target = ds.target else { return }
+        let dev = model.device
+        let net = try NoiseARNet.load(url, device: dev)
+        let x = try Tensor(ds.subset([1]).noise, on: dev)
+        let text = try dev.noGrad { try model.encode([ds.prompts[1]]) }
+        let want = try NoisePriors.noiseAR(net, text: text, seed: ds.seeds[1], temperature: 0.5, eps: x).toArray()
+        let per = want.count
+        #expect(maxRelative(Array(target.data[per..<(2 * per)]), want) < 1e-5)
+        // Unscored pairs cannot be filtered by improvement: one line, non-zero status.
+        guard let t = try runCLI(["train", "npnet", "--data", out.path, "--improved-only", "--steps", "1", "--device", "cpu"]) else { return }
+        #expect(t.status != 0 && t.stderr.contains("scored"), "\(t.stderr)")
+        // A resumed run with another prior is refused.
+        guard let again = try runCLI(["collect", "--method", "prior", "--out", out.path, "--candidates", "2", "--limit", "2",
+                                      "--temperature", "0.7", "--resume", "--device", "cpu", "--quiet"]) else { return }
+        #expect(again.status != 0 && again.stderr.contains("different settings"), "\(again.stderr)")
     }
 }

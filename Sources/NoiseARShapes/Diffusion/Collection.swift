@@ -273,3 +273,40 @@ extension NoiseCollection {
         return (ds, jobs.count)
     }
 }
+
+extension NoiseCollection {
+    /// NPNet targets from a NoiseAR prior: for each prompt and candidate seed, the Gaussian start
+    /// x_T (Philox stream of the seed) and the prior's draw at `temperature` from the same
+    /// standard normals, x'_T. Nothing is sampled or scored (scores are NaN: not measured); every
+    /// pair is kept.
+    public static func priorSamples(model: TextToImageModel, prior: NoiseARNet, prompts: [(Int, String)], candidates: Int,
+                                    baseSeed: UInt64, temperature: Float, batch: Int,
+                                    progress: (Int) -> Void = { _ in }) throws -> (NoiseDataset, Int) {
+        try require(candidates >= 1 && batch >= 1, "candidates and batch must be at least 1")
+        try requireShape(prior.config.latentShape == [3, Scene.size, Scene.size],
+                         "the NoiseAR prior's latent \(prior.config.latentShape) is not the shapes world's [3, \(Scene.size), \(Scene.size)]")
+        let jobs = prompts.flatMap { p in (0..<candidates).map { (p.1, seed(base: baseSeed, prompt: p.0, candidate: $0, candidates: candidates)) } }
+        let dev = model.device
+        var noiseV: [Float] = [], targetV: [Float] = [], embedV: [Float] = []
+        var start = 0
+        while start < jobs.count {
+            let chunk = Array(jobs[start..<min(start + batch, jobs.count)])
+            let ps = chunk.map(\.0), ss = chunk.map(\.1)
+            let x = try Evaluation.gaussian(on: dev)(ps, ss)
+            let embeds = try dev.noGrad { try model.encode(ps) }
+            let target = try NoisePriors.noiseAR(prior, text: embeds, seed: ss[0], temperature: temperature, eps: x)
+            noiseV += try x.toArray()
+            targetV += try target.toArray()
+            embedV += try embeds.toArray()
+            start += chunk.count
+            progress(start)
+        }
+        let k = jobs.count, shape = [k, 3, Scene.size, Scene.size]
+        var ds = NoiseDataset(noise: HostTensor(shape: shape, data: noiseV),
+                              promptEmbeds: HostTensor(shape: [k, model.config.text.maxLength, model.config.text.hiddenSize], data: embedV),
+                              scores: [Float](repeating: .nan, count: k), prompts: jobs.map(\.0), seeds: jobs.map(\.1))
+        ds.target = HostTensor(shape: shape, data: targetV)
+        ds.targetScores = [Float](repeating: .nan, count: k)
+        return (ds, k)
+    }
+}

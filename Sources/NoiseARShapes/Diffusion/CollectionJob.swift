@@ -15,6 +15,10 @@ public struct CollectionJob: Sendable {
         /// DDIM inversion of rendered scenes (candidate c of a prompt: layout seed); `threshold`
         /// nil keeps every inverted noise, else only those whose resampled image reaches it.
         case inversion(steps: Int, cfg: Double, start: Double, normalize: Bool, threshold: Double?)
+        /// NPNet targets from a NoiseAR prior (weights file): each Gaussian start x_T paired with
+        /// the prior's draw at `temperature` from the same standard normals (no images sampled,
+        /// so no scores: they are NaN).
+        case priorSamples(weights: String, temperature: Float)
     }
 
     public var method: Method
@@ -75,6 +79,8 @@ public struct CollectionJob: Sendable {
             try require(start >= 0 && start < 1, "the inversion's start must be in [0, 1), got \(start)")
             try require(cfg.isFinite && cfg >= 0, "the inversion's guidance must be a non-negative number, got \(cfg)")
             if let t = threshold { try require(t >= 0 && t <= 1, "threshold must be in [0, 1], got \(t)") }
+        case let .priorSamples(_, temperature):
+            try require(temperature > 0 && temperature.isFinite, "the prior's temperature must be positive, got \(temperature)")
         }
         try require(settings.sampler != .eulerA && settings.sampler != .ddpm && settings.sampler != .ddimInverse,
                     "collection needs a deterministic sampler (ddim, dpmpp2m, euler), not \(settings.sampler.rawValue)")
@@ -88,6 +94,8 @@ public struct CollectionJob: Sendable {
         case let .redenoise(high, low, steps, keepAll): m = "redenoise high \(high) low \(low) inversion-steps \(steps) keep-all \(keepAll)"
         case let .inversion(steps, cfg, start, normalize, threshold):
             m = "inversion steps \(steps) cfg \(cfg) start \(start) normalize \(normalize) threshold \(threshold.map { String($0) } ?? "none (keep all)")"
+        case let .priorSamples(weights, temperature):
+            m = "prior-samples weights \(URL(fileURLWithPath: weights).lastPathComponent) temperature \(temperature)"
         }
         return "\(m) candidates \(candidates) seed \(seed) \(settings.sampler.rawValue) steps \(settings.steps) cfg \(settings.cfg) model \(modelName)"
     }
@@ -184,6 +192,13 @@ public struct CollectionJob: Sendable {
         var progress = try existingProgress(resume: resume)
             ?? Progress(settings: settingsKey, finishedBlocks: [], sampled: 0, kept: 0, keptPerBlock: [:])
         let blocks = try blocks()
+        var prior: NoiseARNet?
+        if case .priorSamples(let weights, _) = method {
+            guard case .noiseAR(let net) = try NoisePrior.load(URL(fileURLWithPath: weights), device: model.device, expected: .noiseAR) else {
+                throw NoiseError.invalidArgument("\(weights) is not a NoiseAR prior")
+            }
+            prior = net
+        }
         let redo = verifyFinished(&progress, blocks: blocks)
         if !redo.isEmpty { events(.redoing(redo)) }
         let total = blocks.reduce(0) { $0 + $1.count } * candidates
@@ -212,6 +227,10 @@ public struct CollectionJob: Sendable {
                 if let stats {
                     metadata[NoiseStatistics.metadataKey] = String(decoding: try JSONEncoder().encode(stats), as: UTF8.self)
                 }
+            case .priorSamples(_, let temperature):
+                guard let prior else { throw NoiseError.invalidArgument("no prior loaded") }
+                (ds, sampled) = try NoiseCollection.priorSamples(model: model, prior: prior, prompts: prompts, candidates: candidates,
+                                                                 baseSeed: seed, temperature: temperature, batch: batch, progress: report)
             }
             if ds.count > 0 {
                 try ds.file(metadata: metadata).write(to: blockURL(k))
