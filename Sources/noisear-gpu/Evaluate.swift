@@ -8,7 +8,7 @@ struct EvaluateCommand: ParsableCommand {
         abstract: "Measure prompt fidelity of the model on the held-out (or train) prompts with the exact reward.",
         discussion: paragraphs("""
             --pair-classes keeps the two-object prompts in one wording per pair class (the 45 held-out
-            classes; on --split train, --limit N of its 219 spread evenly). Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
+            classes; on --split train, --limit N of its 219 spread evenly; --limit applies to each shard). Every prompt of the split is sampled with seeds --seed ..< --seed + --seeds and scored.
             --compare gaussian,noisear,npnet[,FILE...] runs every listed prior on the same prompts and seeds
             (FILE: a NoiseAR or NPNet weights file; ITEM@T samples that NoiseAR item at temperature T;
             constant: the prompt-independent control, every element from N(mean, std^2) of the training data of
@@ -129,8 +129,9 @@ struct EvaluateCommand: ParsableCommand {
     func promptList(shard: (Int, Int) = (0, 1)) throws -> [String] {
         var prompts = split == .heldout ? PromptSplit.heldOut : PromptSplit.train
         if pairClasses { prompts = PromptSplit.pairClasses(prompts) }
+        prompts = try NoiseCollection.shard(prompts, index: shard.0, of: shard.1).map(\.1)
         if limit > 0 { prompts = pairClasses ? PromptSplit.spread(prompts, count: limit) : Array(prompts.prefix(limit)) }
-        return try NoiseCollection.shard(prompts, index: shard.0, of: shard.1).map(\.1)
+        return prompts
     }
 
     func printTable(_ t: PriorComparison.Table) throws {
