@@ -133,6 +133,21 @@ func elements(_ shape: [Int64], _ what: String) throws -> Int {
     return n
 }
 
+/// A caller's element count as C sees it (a size_t: SIZE_MAX is not "-1").
+func bufferCount(_ c: Int) -> String { c >= 0 ? String(c) : String(UInt(bitPattern: c)) }
+
+/// The caller's output buffer for `batch` latents, checked before any work is done: not NULL
+/// and exactly [B, C, H, W] floats, so a huge batch is refused here rather than by an
+/// allocation that aborts the host.
+func checkLatentOut(_ p: Prior, _ out: UnsafeMutablePointer<Float>?, _ count: Int, batch: Int64, _ what: String) throws {
+    guard out != nil else { throw NoiseError.invalidArgument("\(what) is NULL") }
+    let shape = [batch] + p.prior.latentShape.map(Int64.init)
+    let n = try elements(shape, "\(what) [B, C, H, W]")
+    guard count == n else {
+        throw NoiseError.shapeMismatch("\(what) holds \(bufferCount(count)) floats; [B, C, H, W] = \(shape) needs \(n)")
+    }
+}
+
 /// Copies `values` to a caller's buffer of `capacity` floats (NULL allowed when `optional`).
 func store(_ values: [Float], _ out: UnsafeMutablePointer<Float>?, capacity: Int, _ what: String, optional: Bool = false) throws {
     guard let out else {
@@ -140,7 +155,7 @@ func store(_ values: [Float], _ out: UnsafeMutablePointer<Float>?, capacity: Int
         throw NoiseError.invalidArgument("\(what) is NULL")
     }
     guard capacity == values.count else {
-        throw NoiseError.shapeMismatch("\(what) holds \(capacity) floats; the result has \(values.count)")
+        throw NoiseError.shapeMismatch("\(what) holds \(bufferCount(capacity)) floats; the result has \(values.count)")
     }
     values.withUnsafeBufferPointer { src in
         if let base = src.baseAddress { out.update(from: base, count: src.count) }
@@ -348,7 +363,7 @@ func embeddings(_ p: Prior, _ data: UnsafePointer<Float>?, _ b: Int64, _ t: Int6
 func latent(_ p: Prior, _ data: UnsafePointer<Float>?, count: Int, batch: Int64, _ what: String) throws -> Tensor {
     let shape = [Int(batch)] + p.prior.latentShape
     let n = try elements(shape.map(Int64.init), what)
-    guard count == n else { throw NoiseError.shapeMismatch("\(what) holds \(count) floats; [B, C, H, W] = \(shape) needs \(n)") }
+    guard count == n else { throw NoiseError.shapeMismatch("\(what) holds \(bufferCount(count)) floats; [B, C, H, W] = \(shape) needs \(n)") }
     let host = HostTensor(shape: shape, data: try floats(data, n, what))
     try host.requireFinite(what)
     return try Tensor(host.data, shape: shape, on: p.context.device)
@@ -364,6 +379,7 @@ public func noisear_prior_sample(_ prior: OpaquePointer?, _ promptEmbeds: Unsafe
         }
         let sp = params?.pointee ?? noisear_sample_default_params()
         let device = p.context.device
+        try checkLatentOut(p, out, outCount, batch: batch, "out")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let eps = try sp.eps.map { try latent(p, $0, count: outCount, batch: batch, "eps") }
         try Seeds.check(sp.seed, count: Int(batch), option: "seed")
@@ -412,6 +428,7 @@ public func noisear_prior_golden(_ prior: OpaquePointer?, _ noise: UnsafePointer
         guard case .npnet(let net) = p.prior else {
             throw NoiseError.unsupported("noisear_prior_golden needs an NPNet; a NoiseAR prior samples with noisear_prior_sample")
         }
+        try checkLatentOut(p, out, outCount, batch: batch, "out")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let x = try latent(p, noise, count: noiseCount, batch: batch, "noise")
         let golden = try p.context.device.noGrad { try net.golden(noise: x, promptEmbeds: text) }

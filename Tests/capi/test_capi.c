@@ -194,6 +194,13 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_sample(prior, embeds, -1, nt, nd, &sp, out, latent) == NOISEAR_ERR_SHAPE, "batch -1");
     CHECK(noisear_prior_sample(prior, embeds, INT64_MAX, INT64_MAX, nd, &sp, out, latent) == NOISEAR_ERR_SHAPE, "overflow");
     CHECK(noisear_prior_sample(NULL, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL prior");
+    /* A huge batch with a small output buffer is refused before any work (it used to abort the
+       host on a 512 GB allocation), and SIZE_MAX is named as the size it is. */
+    CHECK(noisear_prior_sample(prior, embeds, (int64_t)1 << 31, 1, nd, &sp, out, latent) == NOISEAR_ERR_SHAPE, "huge batch");
+    CHECK(strstr(noisear_context_last_error(ctx), "needs") != NULL, "%s", noisear_context_last_error(ctx));
+    CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, SIZE_MAX) == NOISEAR_ERR_SHAPE, "SIZE_MAX out");
+    CHECK(strstr(noisear_context_last_error(ctx), "18446744073709551615") != NULL, "%s", noisear_context_last_error(ctx));
+    CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, NULL, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL out");
     sp.temperature = -1;
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "temperature -1");
     sp.temperature = 0.5f;
