@@ -55,7 +55,12 @@ enum ThreadError {
 final class Context {
     let device: Device
     let deviceID: CStringBox
-    var lastError = CStringBox("")
+    private var lastError = CStringBox("")
+    /// Messages already handed to the caller, kept until the context is freed: the header
+    /// promises a returned string lives as long as its handle, so a later failure must not free
+    /// it. Only handed-out messages are kept (one per failure that was asked about).
+    private var handedOut: [CStringBox] = []
+    private var lastErrorHandedOut = false
     var models: [String: TextToImageModel] = [:]
     init(device: Device) {
         self.device = device
@@ -63,9 +68,16 @@ final class Context {
     }
     func fail(_ error: Error) -> noisear_status {
         let (status, message) = classify(error)
+        if lastErrorHandedOut { handedOut.append(lastError) }
         lastError = CStringBox(message)
+        lastErrorHandedOut = false
         Log.emit(3, message)
         return status
+    }
+    /// The last failure's message for the caller (it stays valid until the context is freed).
+    var lastErrorForCaller: UnsafePointer<CChar> {
+        lastErrorHandedOut = true
+        return lastError.c
     }
 }
 
@@ -292,7 +304,7 @@ public func noisear_context_device(_ ctx: OpaquePointer?) -> UnsafePointer<CChar
 @_cdecl("noisear_context_last_error")
 public func noisear_context_last_error(_ ctx: OpaquePointer?) -> UnsafePointer<CChar> {
     guard let c = handle(ctx, as: Context.self) else { return staticC("noisear_context_last_error: the context is NULL") }
-    return c.lastError.c
+    return c.lastErrorForCaller
 }
 
 // MARK: - priors

@@ -92,6 +92,24 @@ import Testing
         #expect(status == 0, "test_capi: \(output)")
         #expect(output.contains(" passed, 0 failed"), "\(output)")
 
+        // The same program under AddressSanitizer and UndefinedBehaviorSanitizer (the library is
+        // not instrumented, but its allocations go through the sanitizer's malloc, so a use after
+        // free of a string it returned is caught). Leak checks are off: the Swift runtime keeps
+        // its metadata for the life of the process.
+        let asan = work.appendingPathComponent("test_capi_asan").path
+        let (ccA, ccAOut) = try Self.run("/usr/bin/env", [
+            "cc", "-std=c11", "-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
+            "-I", Self.repositoryRoot.appendingPathComponent("include").path,
+            Self.repositoryRoot.appendingPathComponent("Tests/capi/test_capi.c").path, "-o", asan,
+            "-L", libDir, "-lnoisear", "-lpthread", "-lm", "-Wl,-rpath," + libDir])
+        #expect(ccA == 0, "cc -fsanitize=address,undefined failed: \(ccAOut)")
+        if ccA == 0 {
+            var asanEnv = env
+            asanEnv["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:exitcode=86"
+            let (s, o) = try Self.run(asan, [fixtures.appendingPathComponent("pth").path, work.path], environment: asanEnv)
+            #expect(s == 0 && o.contains(" passed, 0 failed") && !o.contains("Sanitizer"), "test_capi under ASan/UBSan (\(s)): \(o.suffix(4000))")
+        }
+
         // Outputs against the PyTorch reference (float64), as the Swift parity tests bound them.
         let sample = try nf.tensor("output.sample").data
         #expect(Self.relErr(try Self.readFloats(work.appendingPathComponent("c_sample_eps.f32")), sample) < 1e-4)

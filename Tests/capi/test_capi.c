@@ -201,6 +201,13 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, SIZE_MAX) == NOISEAR_ERR_SHAPE, "SIZE_MAX out");
     CHECK(strstr(noisear_context_last_error(ctx), "18446744073709551615") != NULL, "%s", noisear_context_last_error(ctx));
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, NULL, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL out");
+    /* A message from noisear_context_last_error lives as long as its context: a later failure on
+       the same context does not free it (AddressSanitizer saw a use after free here). */
+    const char *first_message = noisear_context_last_error(ctx);
+    char first_copy[512];
+    snprintf(first_copy, sizeof first_copy, "%s", first_message);
+    CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd + 1, &sp, out, latent) == NOISEAR_ERR_SHAPE, "wrong D again");
+    CHECK(strcmp(first_message, first_copy) == 0, "an earlier message changed or was freed");
     sp.temperature = -1;
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "temperature -1");
     sp.temperature = 0.5f;
