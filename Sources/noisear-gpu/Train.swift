@@ -49,6 +49,7 @@ struct TrainDiffusion: ParsableCommand {
             let device = try options.open()
             var config = DiffusionModelConfig()
             config.predictionType = prediction
+            try MemoryBudget.check(config.unet.estimatedTrainingBytes(batch: batch), on: device, what: "train diffusion --batch \(batch)")
             let model = try TextToImageModel(config: config, device: device, seed: seed)
             var settings = DiffusionTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup

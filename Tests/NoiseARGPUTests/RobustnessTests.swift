@@ -213,6 +213,13 @@ import Testing
         guard let s = try runCLI(["sample", "--prompt", "a red circle", "--batch", "100000", "--device", "cpu",
                                   "--out", FileManager.default.temporaryDirectory.path + "/never-\(getpid()).png"]) else { return }
         Self.expectOneLineFailure(s, containing: "sample --batch 100000 needs about")
+        // Training is refused up front too (it used to run until the kernel killed it).
+        guard let t = try runCLI(["train", "diffusion", "--batch", "4096", "--steps", "1", "--device", "cpu",
+                                  "--checkpoint", FileManager.default.temporaryDirectory.path + "/never-\(getpid()).safetensors"]) else { return }
+        Self.expectOneLineFailure(t, containing: "train diffusion --batch 4096 needs about")
+        let perTrainingImage = try #require(UNetConfig().estimatedTrainingBytes(batch: 1))
+        #expect(perTrainingImage > 32 << 20 && perTrainingImage < 128 << 20, "\(perTrainingImage)")
+        #expect(UNetConfig().estimatedTrainingBytes(batch: Int.max / 2) == nil)
         // The estimate is an upper bound of what one image takes, not absurdly above it.
         let perImage = try #require(UNetConfig().estimatedSamplingBytes(batch: 1))
         #expect(perImage > 8 << 20 && perImage < 64 << 20, "\(perImage)")

@@ -121,4 +121,14 @@ extension UNetConfig {
         guard let images = MemoryBudget.product([2, batch, perPass]) else { return nil }
         return MemoryBudget.floatBytes([images])
     }
+
+    /// An upper estimate of the memory one training step takes for `batch` images: the forward
+    /// pass's tape, its gradients and the optimiser's work, taken as three guided sampler steps'
+    /// worth. Measured on the shipped model with the CPU backend (peak resident memory at batch
+    /// 16 and 64): 31 MiB per image against an estimate of 45 MiB. Nil when it overflows.
+    public func estimatedTrainingBytes(batch: Int) -> UInt64? {
+        guard let step = estimatedSamplingBytes(batch: batch) else { return nil }
+        let (bytes, overflow) = step.multipliedReportingOverflow(by: 3)
+        return overflow ? nil : bytes
+    }
 }
