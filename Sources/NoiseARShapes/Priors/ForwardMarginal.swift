@@ -22,6 +22,9 @@ public struct ForwardMarginal: Sendable {
     public let signal: Double, noise: Double
     public let gain: Double
     public let seed: UInt64
+    /// The mean and standard deviation of every element (`statistics()`, estimated once): the
+    /// prompt-independent control's constants.
+    public private(set) var control: (mean: Double, std: Double) = (0, 1)
     /// The renderer's background level in [-1, 1].
     public static let background = Double(Scene.background.red) / 127.5 - 1
 
@@ -44,7 +47,11 @@ public struct ForwardMarginal: Sendable {
             rows += part.data
         }
         embeds = HostTensor(shape: [prompts.count] + shape.dropFirst(), data: rows)
+        control = try statistics()
     }
+
+    /// The marginal's mean at a pixel of value `x0`: sqrt(alpha-bar_T) (b + gain (x0 - b)).
+    func mean(_ x0: Float) -> Double { signal * (Self.background + gain * (Double(x0) - Self.background)) }
 
     /// One batch: the teacher-forcing inputs x_T, their mean and prompt embeddings (the noise's
     /// variance is `noise`^2).
@@ -60,24 +67,23 @@ public struct ForwardMarginal: Sendable {
         var rng = ShapesRNG(seed: seed &+ index &* 0x9E37_79B9_7F4A_7C15 &+ 0xF0D)
         let per = 3 * Scene.size * Scene.size, perE = embeds.data.count / prompts.count
         let z = Philox.normal(count: size * per, seed: seed ^ 0xF02A_2D00, offset: index &* 0x1_0000_0000)
-        var inputs = [Float](repeating: 0, count: size * per), mean = inputs
+        var inputs = [Float](repeating: 0, count: size * per), means = inputs
         var e: [Float] = []
         e.reserveCapacity(size * perE)
         var chosen: [String] = []
-        let b = Self.background
         for i in 0..<size {
             let p = rng.below(prompts.count)
             let x0 = try Scene.sample(prompt: prompts[p], seed: rng.next()).renderTensor().data
             for j in 0..<per {
-                let m = Float(signal * (b + gain * (Double(x0[j]) - b)))
-                mean[i * per + j] = m
+                let m = Float(mean(x0[j]))
+                means[i * per + j] = m
                 inputs[i * per + j] = m + Float(noise) * z[i * per + j]
             }
             e += embeds.data[p * perE..<(p + 1) * perE]
             chosen.append(prompts[p])
         }
         let shape = [size, 3, Scene.size, Scene.size]
-        return Batch(inputs: HostTensor(shape: shape, data: inputs), mean: HostTensor(shape: shape, data: mean),
+        return Batch(inputs: HostTensor(shape: shape, data: inputs), mean: HostTensor(shape: shape, data: means),
                      embeds: HostTensor(shape: [size] + embeds.shape.dropFirst(), data: e), prompts: chosen)
     }
 
@@ -108,15 +114,14 @@ public struct ForwardMarginal: Sendable {
     }
 
     /// The mean and standard deviation of every element of the marginal (over prompts, layouts
-    /// and noise), estimated from `count` draws: the prompt-independent control's constants.
+    /// and noise), estimated from `count` draws (`control` holds the default estimate).
     public func statistics(count: Int = 2048) throws -> (mean: Double, std: Double) {
         var s = 0.0, s2 = 0.0, n = 0.0
         var rng = ShapesRNG(seed: seed ^ 0x57A7)
-        let b = Self.background
         for _ in 0..<count {
             let x0 = try Scene.sample(prompt: prompts[rng.below(prompts.count)], seed: rng.next()).renderTensor().data
             for v in x0 {
-                let m = signal * (b + gain * (Double(v) - b))
+                let m = mean(v)
                 s += m
                 s2 += m * m
                 n += 1
