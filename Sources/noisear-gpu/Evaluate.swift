@@ -68,52 +68,52 @@ struct EvaluateCommand: ParsableCommand {
         if try SamplerKind.parse(sampler) == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts images to noise; it does not sample") }
     }
 
-    /// The compared sources: names of kinds, or weights files (kind from their keys); `ITEM@T`
-    /// samples a NoiseAR item at temperature T instead of --temperature.
-    func sources(_ model: TextToImageModel) throws -> [(label: String, source: NoiseSource)] {
+    /// The --compare list: each entry, its item and its temperature (`ITEM@T`, else --temperature).
+    func compareEntries() throws -> [(entry: String, item: String, temperature: Float)] {
         guard let compare else { return [] }
         return try compare.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             .map { entry in
-                var item = entry, tau = temperature
-                if let at = entry.lastIndex(of: "@"), !FileManager.default.fileExists(atPath: entry) {
-                    guard let t = Float(entry[entry.index(after: at)...]), t >= 0, t.isFinite else {
-                        throw CLIError("--compare \(entry): expected ITEM@TEMPERATURE with a non-negative number")
-                    }
-                    item = String(entry[..<at])
-                    tau = t
+                guard let at = entry.lastIndex(of: "@"), !FileManager.default.fileExists(atPath: entry) else {
+                    return (entry, entry, temperature)
                 }
-                let suffix = tau == temperature ? "" : "@\(tau)"
-                if item.lowercased() == "constant" {
-                    let file = try controlStatisticsFile()
-                    let (m, sd) = try NoisePriors.dataStatistics(file)
-                    return ("constant" + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
+                guard let t = Float(entry[entry.index(after: at)...]), t >= 0, t.isFinite else {
+                    throw CLIError("--compare \(entry): expected ITEM@TEMPERATURE with a non-negative number")
                 }
-                if item.lowercased().hasPrefix("constant:") {
-                    let parts = item.split(separator: ":", omittingEmptySubsequences: false).dropFirst().map { Float($0) }
-                    guard parts.count == 2, let m = parts[0], let sd = parts[1], m.isFinite, sd.isFinite, sd > 0 else {
-                        throw CLIError("--compare \(entry): expected constant:MEAN:STD with a positive STD")
-                    }
-                    return (item + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
-                }
-                if let kind = NoisePriorKind(rawValue: item.lowercased()) {
-                    return (kind.rawValue + suffix, try ShapesSampling.noiseSource(kind, path: nil, model: model,
-                                                                                    temperature: tau, strength: strength))
-                }
-                let url = URL(fileURLWithPath: item)
-                let prior = try NoisePrior.load(url, device: model.device)
-                return (url.deletingPathExtension().lastPathComponent + suffix,
-                        try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: tau, strength: strength))
+                return (entry, String(entry[..<at]), t)
             }
+    }
+
+    /// The compared sources: names of kinds, or weights files (kind from their keys); `ITEM@T`
+    /// samples a NoiseAR item at temperature T instead of --temperature.
+    func sources(_ model: TextToImageModel) throws -> [(label: String, source: NoiseSource)] {
+        try compareEntries().map { entry, item, tau in
+            let suffix = tau == temperature ? "" : "@\(tau)"
+            if item.lowercased() == "constant" {
+                let file = try controlStatisticsFile()
+                let (m, sd) = try NoisePriors.dataStatistics(file)
+                return ("constant" + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
+            }
+            if item.lowercased().hasPrefix("constant:") {
+                let parts = item.split(separator: ":", omittingEmptySubsequences: false).dropFirst().map { Float($0) }
+                guard parts.count == 2, let m = parts[0], let sd = parts[1], m.isFinite, sd.isFinite, sd > 0 else {
+                    throw CLIError("--compare \(entry): expected constant:MEAN:STD with a positive STD")
+                }
+                return (item + suffix, NoisePriors.constant(mean: m, std: sd, temperature: tau, on: model.device))
+            }
+            if let kind = NoisePriorKind(rawValue: item.lowercased()) {
+                return (kind.rawValue + suffix, try ShapesSampling.noiseSource(kind, path: nil, model: model,
+                                                                                temperature: tau, strength: strength))
+            }
+            let url = URL(fileURLWithPath: item)
+            let prior = try NoisePrior.load(url, device: model.device)
+            return (url.deletingPathExtension().lastPathComponent + suffix,
+                    try ShapesSampling.noiseSource(prior.kind, path: item, model: model, temperature: tau, strength: strength))
+        }
     }
 
     /// The prior file whose training-data statistics the constant control uses.
     func controlStatisticsFile() throws -> URL {
-        let listed = (compare ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-            .map { e -> String in
-                guard !FileManager.default.fileExists(atPath: e), let at = e.lastIndex(of: "@") else { return e }
-                return String(e[..<at])
-            }
-        for item in listed where FileManager.default.fileExists(atPath: item) {
+        for item in try compareEntries().map(\.item) where FileManager.default.fileExists(atPath: item) {
             if let f = try? WeightsFile.read(URL(fileURLWithPath: item), skippingUnsupported: true), NoisePrior.detect(f) == .noiseAR {
                 return URL(fileURLWithPath: item)
             }
