@@ -153,11 +153,18 @@ func bufferCount(_ c: Int) -> String { c >= 0 ? String(c) : String(UInt(bitPatte
 /// allocation that aborts the host.
 func checkLatentOut(_ p: Prior, _ out: UnsafeMutablePointer<Float>?, _ count: Int, batch: Int64, _ what: String) throws {
     guard out != nil else { throw NoiseError.invalidArgument("\(what) is NULL") }
+    _ = try latentShape(p, count: count, batch: batch, what)
+}
+
+/// The latent shape [B, C, H, W] of `batch` images and its element count, which a caller's
+/// buffer of `count` floats must hold exactly.
+func latentShape(_ p: Prior, count: Int, batch: Int64, _ what: String) throws -> (shape: [Int], elements: Int) {
     let shape = [batch] + p.prior.latentShape.map(Int64.init)
-    let n = try elements(shape, "\(what) [B, C, H, W]")
+    let n = try elements(shape, what)
     guard count == n else {
         throw NoiseError.shapeMismatch("\(what) holds \(bufferCount(count)) floats; [B, C, H, W] = \(shape) needs \(n)")
     }
+    return (shape.map { Int($0) }, n)
 }
 
 /// Copies `values` to a caller's buffer of `capacity` floats (NULL allowed when `optional`).
@@ -373,9 +380,7 @@ func embeddings(_ p: Prior, _ data: UnsafePointer<Float>?, _ b: Int64, _ t: Int6
 
 /// A latent-shaped caller buffer [B, C, H, W] as a tensor.
 func latent(_ p: Prior, _ data: UnsafePointer<Float>?, count: Int, batch: Int64, _ what: String) throws -> Tensor {
-    let shape = [Int(batch)] + p.prior.latentShape
-    let n = try elements(shape.map(Int64.init), what)
-    guard count == n else { throw NoiseError.shapeMismatch("\(what) holds \(bufferCount(count)) floats; [B, C, H, W] = \(shape) needs \(n)") }
+    let (shape, n) = try latentShape(p, count: count, batch: batch, what)
     let host = HostTensor(shape: shape, data: try floats(data, n, what))
     try host.requireFinite(what)
     return try Tensor(host.data, shape: shape, on: p.context.device)
