@@ -272,11 +272,10 @@ public final class NoiseARNet {
         logvarHead0 = try Linear(p, "prediction_head_logvar.0", d, hh)
         logvarHead2 = try Linear(p, "prediction_head_logvar.2", hh, tok)
         if let t = config.layoutTokens {
-            let head = try Linear(p, "layout_head", t * config.contextDim, config.patches * config.latentChannels)
             // Starts as the plain network: the head's output is zero until it is fitted or trained.
-            try head.weight.assign(Tensor.zeros(head.weight.shape, on: device))
-            if let b = head.bias { try b.assign(Tensor.zeros(b.shape, on: device)) }
-            layoutHead = head
+            let out = config.patches * config.latentChannels
+            layoutHead = Linear(weight: try p.make("layout_head.weight", [out, t * config.contextDim], .zeros),
+                                bias: try p.make("layout_head.bias", [out], .zeros))
         } else {
             layoutHead = nil
         }
