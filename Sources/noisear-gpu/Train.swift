@@ -176,7 +176,7 @@ struct TrainPrior: ParsableCommand {
                     : .forward(try ForwardMarginal(model: m, prompts: held, gain: layoutGain, seed: seed ^ 0x7A11), batches: 4)
                 textDim = f.embeds.shape.last
                 textTokens = f.embeds.shape[1]
-                dataStats = try f.statistics()
+                dataStats = f.control
                 described = String(format: "the forward marginal of %d train prompts (layout gain %g, sqrt(alpha-bar_T) %.4f), %d validation draws of %d other prompts",
                                    prompts.count, layoutGain, f.signal, validationData.count, held.count)
             }
@@ -228,7 +228,8 @@ struct TrainPrior: ParsableCommand {
                 print(String(format: "best validation NLL %.4f at step %d (exported)", best.loss, best.step))
             }
             if let export {
-                let source = data.map { "--data \(dataNames($0))" } ?? "--forward --layout-gain \(layoutGain)"
+                let source = data.map { "--data \(dataNames($0))" }
+                    ?? "--forward --layout-gain \(layoutGain)" + prompt.map { " --prompt \"\($0)\"" }.joined()
                 try trainer.export(URL(fileURLWithPath: export), weights: best.weights, step: best.weights == nil ? nil : best.step, metadata: [
                     "training": "noisear-gpu train prior \(source) --steps \(steps) --batch \(batch) --lr \(lr) --warmup \(warmup) --weight-decay \(weightDecay) --dropout \(dropout) --d-model \(dModel) --d-ff \(dFF) --heads \(heads) --layers \(layers) --patch \(patch)\(layoutHead ? " --layout-head" : "") --seed \(seed)\(mirror || forward ? "" : " --no-mirror") --checkpoint-every \(checkpointEvery)",
                     "pairs": described,
