@@ -45,6 +45,8 @@ typedef enum noisear_status {
     NOISEAR_ERR_DEVICE = -5,           /* no such device, or the device failed */
     NOISEAR_ERR_UNSUPPORTED = -6,      /* the operation does not apply (e.g. scoring an NPNet) */
     NOISEAR_ERR_CANCELLED = -7,        /* a progress callback returned false */
+    NOISEAR_ERR_OOM = -8,              /* the request needs more memory than the device or host
+                                        * has (estimated before any allocation) */
     NOISEAR_ERR_INTERNAL = -99
 } noisear_status;
 

@@ -35,7 +35,10 @@ func classify(_ error: Error) -> (noisear_status, String) {
     case .invalidArgument: return (NOISEAR_ERR_INVALID_ARGUMENT, e.description)
     case .shapeMismatch: return (NOISEAR_ERR_SHAPE, e.description)
     case .io: return (NOISEAR_ERR_IO, e.description)
-    case .safetensors: return (NOISEAR_ERR_FORMAT, e.description)
+    case .safetensors, .format: return (NOISEAR_ERR_FORMAT, e.description)
+    case .outOfMemory: return (NOISEAR_ERR_OOM, e.description)
+    case .openCL(_, let code, _) where code == -4 || code == -6:  // allocation failures
+        return (NOISEAR_ERR_OOM, e.description)
     case .openCL, .kernelBuild, .device: return (NOISEAR_ERR_DEVICE, e.description)
     case .unsupported: return (NOISEAR_ERR_UNSUPPORTED, e.description)
     case .cancelled: return (NOISEAR_ERR_CANCELLED, e.description)
@@ -229,6 +232,7 @@ public func noisear_status_name(_ status: noisear_status) -> UnsafePointer<CChar
     case NOISEAR_ERR_DEVICE: return staticC("NOISEAR_ERR_DEVICE")
     case NOISEAR_ERR_UNSUPPORTED: return staticC("NOISEAR_ERR_UNSUPPORTED")
     case NOISEAR_ERR_CANCELLED: return staticC("NOISEAR_ERR_CANCELLED")
+    case NOISEAR_ERR_OOM: return staticC("NOISEAR_ERR_OOM")
     case NOISEAR_ERR_INTERNAL: return staticC("NOISEAR_ERR_INTERNAL")
     default: return staticC("NOISEAR_STATUS_UNKNOWN")
     }

@@ -112,7 +112,7 @@ private let malformedCases: [MalformedSafeTensorsCase] = {
         MalformedSafeTensorsCase(label: label, data: rawFile(entry("w", body), data: data), mentions: mentions)
     }
     return [
-        c("empty file", Data(), "shorter"),
+        c("empty file", Data(), "an empty file (0 bytes)"),
         c("7-byte file", Data([8, 0, 0, 0, 0, 0, 0]), "shorter"),
         c("header length past end", rawFile("{}", headerLength: 100), "past the end"),
         c("header length absurd", rawFile("{}", headerLength: 200_000_000), "limit"),

@@ -326,17 +326,17 @@ private func bf16RoundedToNearestEven(_ x: Float) -> Float {
         let viaDispatch = try WeightsFile.read(safetensors, skippingUnsupported: true)
         let direct = try SafeTensorsFile.read(safetensors, skippingUnsupported: true)
         #expect(viaDispatch.tensors == direct.tensors && viaDispatch.metadata == direct.metadata)
-        #expect(WeightsFile.format(of: try Data(contentsOf: safetensors)) == .safetensors)
+        #expect(try WeightsFile.format(of: Data(contentsOf: safetensors)) == .safetensors)
         for (name, format) in [("noisear_tiny", WeightsFile.Format.torchZip), ("noisear_tiny_legacy", .torchLegacy)] {
             let url = fx.appendingPathComponent("pth/\(name).pth")
-            #expect(WeightsFile.format(of: try Data(contentsOf: url)) == format)
+            #expect(try WeightsFile.format(of: Data(contentsOf: url)) == format)
             let a = try WeightsFile.read(url), b = try TorchCheckpoint.read(url)
             #expect(a.tensors == b.tensors && a.source == url.path)
         }
         // A safetensors header length whose low byte is 0x80 is not taken for a pickle.
         var tricky = Data(le(UInt64(0x280)))
         tricky.append(contentsOf: Array(repeating: UInt8(ascii: " "), count: 0x280))
-        #expect(WeightsFile.format(of: tricky) == .safetensors)
+        #expect(try WeightsFile.format(of: tricky) == .safetensors)
     }
 
     @Test func evilPickleIsRefusedAndNothingRuns() throws {
@@ -789,5 +789,83 @@ private func bf16RoundedToNearestEven(_ x: Float) -> Float {
             let size = (try FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0
             print("TorchCheckpoint load \(name).pth: \(String(format: "%.2f", ms)) ms (\(tensors) tensors, \(size) bytes)")
         }
+    }
+
+    /// Nested dicts that share long keys through the pickle memo: a ~6 KB file whose flattened
+    /// names would take gigabytes. The walk's budget, set by the file's size, refuses it early.
+    @Test func sharedNestedDictsWithLongKeysAreRefusedByTheBudget() throws {
+        var w = PickleWriter()
+        w.op(0x7D)
+        w.op(0x28)
+        w.string("t")
+        w.tensor(storageClass: "FloatStorage", key: "0", numel: 1, offset: 0, size: [1], stride: [1])
+        w.op(0x75)
+        w.op(0x71)
+        w.op(0)
+        for level in 1 ... 24 {
+            w.op(0x7D)
+            w.op(0x28)
+            w.string(String(repeating: "a", count: 200) + "\(level)")
+            w.op(0x68)
+            w.op(UInt8(level - 1))
+            w.string(String(repeating: "b", count: 200) + "\(level)")
+            w.op(0x68)
+            w.op(UInt8(level - 1))
+            w.op(0x75)
+            w.op(0x71)
+            w.op(UInt8(level))
+        }
+        w.op(0x2E)
+        let file = zipCheckpoint(w.bytes, [("0", floats([1]))])
+        #expect(file.count < 12_000)
+        var message: String?
+        do { _ = try TorchCheckpoint.parse(Data(file)) } catch let e as NoiseError {
+            guard case .format = e else { Issue.record("not a format error: \(e)"); return }
+            message = e.description
+        }
+        let text = try #require(message)
+        #expect(text.contains("for a file of this size"), "\(text)")
+    }
+
+    /// Each wrong kind of file is named by its content, as a format error, in one line.
+    @Test func wrongFileKindsAreNamed() throws {
+        let npy = NPY.serialized(HostTensor(shape: [2], data: [1, 2]))
+        let png = try PNGImage(width: 1, height: 1, pixels: [1, 2, 3]).encoded()
+        let cases: [(Data, String)] = [
+            (Data(), "an empty file"),
+            (npy, "a .npy array"),
+            (png, "a PNG image"),
+            (Data([0x80, 0x02, 0x4B, 0x07, 0x2E]), "not a PyTorch checkpoint"),
+            (Data([0x1F, 0x8B, 8, 0, 0, 0, 0, 0]), "a gzip stream"),
+            (Data("hello world, not weights".utf8), "unknown kind"),
+        ]
+        for (data, expected) in cases {
+            let message = try #require(checkpointError { _ = try WeightsFile.parse(data, source: "w.bin") })
+            #expect(message.contains(expected) && message.contains("w.bin"), "\(message)")
+            #expect(!message.contains("header length"), "\(message)")
+        }
+        // A safetensors-only reader handed a PyTorch checkpoint says what it got.
+        let pth = try Data(contentsOf: pthFixtures().appendingPathComponent("pth/noisear_tiny.pth"))
+        let m = try #require(checkpointError { _ = try SafeTensorsFile.parse(pth, source: "m.pth") })
+        #expect(m.contains("zip archive") && m.contains("not a safetensors file"), "\(m)")
+        let legacyPickle = try #require(checkpointError { _ = try SafeTensorsFile.parse(Data([0x80, 2, 0x2E]), source: "x") })
+        #expect(legacyPickle.contains("a pickle"), "\(legacyPickle)")
+        // A legacy checkpoint of another protocol version names the version.
+        var bad: [UInt8] = [0x80, 2, 0x8A, 10, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E]
+        bad += [0x80, 2, 0x4D] + le(UInt16(1002)) + [0x2E]
+        let v = try #require(checkpointError { _ = try TorchCheckpoint.parse(Data(bad)) })
+        #expect(v.contains("version 1002"), "\(v)")
+    }
+
+    /// A device or a FIFO is not a regular file: said so, not "permission denied".
+    @Test func devicesAndPipesAreNotRegularFiles() throws {
+        let dev = try #require(checkpointError { _ = try WeightsFile.read(URL(fileURLWithPath: "/dev/zero")) })
+        #expect(dev.contains("/dev/zero") && dev.contains("not a regular file"), "\(dev)")
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("noisear-fifo-\(getpid())")
+        try? FileManager.default.removeItem(at: fifo)
+        #expect(mkfifo(fifo.path, 0o600) == 0)
+        defer { try? FileManager.default.removeItem(at: fifo) }
+        let pipe = try #require(checkpointError { _ = try WeightsFile.read(fifo) })
+        #expect(pipe.contains("pipe") && pipe.contains("not a regular file"), "\(pipe)")
     }
 }

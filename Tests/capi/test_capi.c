@@ -148,9 +148,19 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_load(ctx, path(work, "missing.pth"), &prior) == NOISEAR_ERR_IO && prior == NULL, "missing file");
     CHECK(strstr(noisear_context_last_error(ctx), "missing.pth") != NULL, "%s", noisear_context_last_error(ctx));
     noisear_status evil = noisear_prior_load(ctx, path(pth, "evil.pth"), &prior);
-    CHECK(evil != NOISEAR_OK && prior == NULL, "evil.pth loaded");
+    CHECK(evil == NOISEAR_ERR_FORMAT && prior == NULL, "evil.pth: %s", noisear_status_name(evil));
     CHECK(strlen(noisear_context_last_error(ctx)) > 0, "no message for evil.pth");
     CHECK(noisear_prior_load(ctx, NULL, &prior) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL path");
+    {   /* a malformed .pth (a pickle without PyTorch's magic number) is a format error, not I/O */
+        FILE *f = fopen(path(work, "bad_magic.pth"), "wb");
+        const unsigned char bad[] = {0x80, 0x02, 0x4B, 0x07, 0x2E};
+        fwrite(bad, 1, sizeof bad, f);
+        fclose(f);
+        noisear_status st = noisear_prior_load(ctx, path(work, "bad_magic.pth"), &prior);
+        CHECK(st == NOISEAR_ERR_FORMAT && prior == NULL, "bad magic: %s", noisear_status_name(st));
+        CHECK(strstr(noisear_context_last_error(ctx), "not a PyTorch checkpoint") != NULL, "%s", noisear_context_last_error(ctx));
+        CHECK(strcmp(noisear_status_name(NOISEAR_ERR_OOM), "NOISEAR_ERR_OOM") == 0, "OOM status name");
+    }
     CHECK(noisear_prior_load(NULL, path(pth, "noisear_tiny.pth"), &prior) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL context");
     CHECK(noisear_prior_load(ctx, path(pth, "noisear_tiny.pth"), &prior) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));
     CHECK(noisear_prior_get_kind(prior) == NOISEAR_PRIOR_NOISEAR, "kind");

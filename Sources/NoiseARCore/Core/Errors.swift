@@ -10,6 +10,11 @@ public enum NoiseError: Error, CustomStringConvertible, LocalizedError, Equatabl
     case io(String)
     /// A safetensors file is malformed.
     case safetensors(String)
+    /// A file's content is malformed or refused (a PyTorch checkpoint, a pickle, a zip, an
+    /// array, an image, or a file of the wrong kind).
+    case format(String)
+    /// A request needs more memory than the device (or the host) has, found before allocating.
+    case outOfMemory(String)
     /// An OpenCL call failed: the call, the numeric code and its name.
     case openCL(call: String, code: Int32, name: String)
     /// An OpenCL program failed to build: file, options and the compiler's log.
@@ -27,6 +32,8 @@ public enum NoiseError: Error, CustomStringConvertible, LocalizedError, Equatabl
         case .shapeMismatch(let m): return "shape mismatch: \(m)"
         case .io(let m): return "I/O error: \(m)"
         case .safetensors(let m): return "malformed safetensors: \(m)"
+        case .format(let m): return "bad file: \(m)"
+        case .outOfMemory(let m): return "out of memory: \(m)"
         case .openCL(let call, let code, let name): return "OpenCL error in \(call): \(name) (\(code))"
         case .kernelBuild(let program, let options, let log):
             let trimmed = log.trimmingCharacters(in: .whitespacesAndNewlines)

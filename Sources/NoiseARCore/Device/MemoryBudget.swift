@@ -41,15 +41,15 @@ public enum MemoryBudget {
         let cap = capacity(of: device)
         let place = device.isCPU ? "host memory" : "\(device.info.id) (\(device.info.name))"
         guard let bytes else {
-            throw NoiseError.invalidArgument("\(what) needs more memory than can be counted; \(place) has \(describe(Double(cap)))")
+            throw NoiseError.outOfMemory("\(what) needs more memory than can be counted; \(place) has \(describe(Double(cap)))")
         }
         if bytes > cap {
-            throw NoiseError.invalidArgument(
+            throw NoiseError.outOfMemory(
                 "\(what) needs about \(describe(Double(bytes))) but \(place) has \(describe(Double(cap))): use a smaller size or batch")
         }
         // Host-side copies (inputs, outputs, reference runs) also live in host memory.
         if !device.isCPU && bytes > ProcessInfo.processInfo.physicalMemory {
-            throw NoiseError.invalidArgument(
+            throw NoiseError.outOfMemory(
                 "\(what) needs about \(describe(Double(bytes))) of host memory for its copies but the host has \(describe(Double(ProcessInfo.processInfo.physicalMemory)))")
         }
     }

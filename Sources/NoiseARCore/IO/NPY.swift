@@ -33,7 +33,7 @@ public enum NPY {
     /// allocate more than the file holds); Fortran-order arrays are transposed to C order.
     public static func parse(_ data: Data, source: String) throws -> HostTensor {
         let bytes = [UInt8](data)
-        func bad(_ why: String) -> NoiseError { .io("\(source): not a supported .npy file: \(why)") }
+        func bad(_ why: String) -> NoiseError { .format("\(source): not a supported .npy file: \(why)") }
         guard bytes.count >= 10, bytes[0] == 0x93, Array(bytes[1..<6]) == Array("NUMPY".utf8) else { throw bad("bad magic") }
         let major = bytes[6]
         guard major >= 1 && major <= 3 else { throw bad("version \(major)") }

@@ -186,7 +186,14 @@ public enum InputFile {
         guard stat(path, &st) == 0 else {
             throw NoiseError.io("cannot read \(path): \(errno == ENOENT ? "no such file" : OutputFile.errnoText())")
         }
-        if (st.st_mode & S_IFMT) == S_IFDIR { throw NoiseError.io("cannot read \(path): it is a folder, not a file") }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw NoiseError.io("cannot read \(path): it is a folder, not a file")
+        case S_IFCHR, S_IFBLK: throw NoiseError.io("cannot read \(path): it is a device, not a regular file")
+        case S_IFIFO: throw NoiseError.io("cannot read \(path): it is a pipe (FIFO), not a regular file")
+        case S_IFSOCK: throw NoiseError.io("cannot read \(path): it is a socket, not a regular file")
+        default: throw NoiseError.io("cannot read \(path): not a regular file")
+        }
         guard access(path, R_OK) == 0 else { throw NoiseError.io("cannot read \(path): \(OutputFile.errnoText())") }
         do {
             return try Data(contentsOf: url, options: .mappedIfSafe)

@@ -84,28 +84,16 @@ public struct PNGImage: Sendable, Equatable {
 
     // MARK: Reading
 
-    /// Reads a PNG file. Throws `io` for a missing, unreadable or corrupt file.
+    /// Reads a PNG file. Throws `io` for a missing or unreadable file, `format` for a corrupt one.
     public static func read(from url: URL) throws -> PNGImage {
-        let path = url.path
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw NoiseError.io("cannot read \(path): no such file")
-        }
-        guard !isDir.boolValue else { throw NoiseError.io("cannot read \(path): it is a directory") }
-        let data: Data
-        do {
-            data = try Data(contentsOf: url)
-        } catch {
-            throw NoiseError.io("cannot read \(path): \(error.localizedDescription)")
-        }
-        return try decode(data, source: path)
+        try decode(InputFile.contents(of: url), source: url.path)
     }
 
-    /// Decodes PNG bytes; `source` names them in errors. Throws `io` for corrupt data.
+    /// Decodes PNG bytes; `source` names them in errors. Throws `format` for corrupt data.
     public static func decode(_ data: Data, source: String = "<memory>") throws -> PNGImage {
         let bytes = [UInt8](data)
         guard bytes.count >= 8, Array(bytes[0..<8]) == signature else {
-            throw NoiseError.io("\(source): not a PNG file (bad signature)")
+            throw NoiseError.format("\(source): not a PNG file (bad signature)")
         }
         let text = textChunks(bytes)
         var image = png_image()
@@ -113,7 +101,7 @@ public struct PNGImage: Sendable, Equatable {
         return try bytes.withUnsafeBytes { raw -> PNGImage in
             // libpng reads from this memory in both calls; it stays alive for the whole closure.
             guard png_image_begin_read_from_memory(&image, raw.baseAddress, raw.count) != 0 else {
-                throw NoiseError.io("\(source): corrupt PNG: \(message(&image))")
+                throw NoiseError.format("\(source): corrupt PNG: \(message(&image))")
             }
             let w = Int(image.width), h = Int(image.height)
             // Overflow-checked: the limits keep these small, but a hostile header must never trap.
@@ -123,7 +111,7 @@ public struct PNGImage: Sendable, Equatable {
             guard w > 0, h > 0, w <= maxDimension, h <= maxDimension, !overflow, !overflow3, !overflowRow,
                   count <= maxPixels, rowBytes <= Int(Int32.max) else {
                 png_image_free(&image)
-                throw NoiseError.io("\(source): PNG size \(w)x\(h) is beyond the supported \(maxDimension) per side / \(maxPixels) pixels")
+                throw NoiseError.format("\(source): PNG size \(w)x\(h) is beyond the supported \(maxDimension) per side / \(maxPixels) pixels")
             }
             image.format = UInt32(PNG_FORMAT_RGB)
             image.flags |= UInt32(PNG_IMAGE_FLAG_16BIT_sRGB)
@@ -135,7 +123,7 @@ public struct PNGImage: Sendable, Equatable {
             guard ok != 0 else {
                 let m = message(&image)
                 png_image_free(&image)
-                throw NoiseError.io("\(source): corrupt PNG: \(m)")
+                throw NoiseError.format("\(source): corrupt PNG: \(m)")
             }
             png_image_free(&image)
             return PNGImage(width: w, height: h, pixels: pixels, text: text)

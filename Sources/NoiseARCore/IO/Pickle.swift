@@ -216,7 +216,7 @@ struct Unpickler {
     }
 
     private func fail(_ why: String) -> NoiseError {
-        .io("\(context): malformed pickle at byte \(opcodeOffset): \(why)")
+        .format("\(context): malformed pickle at byte \(opcodeOffset): \(why)")
     }
 
     // MARK: Reading arguments
@@ -547,7 +547,7 @@ struct Unpickler {
 
     private func global(_ module: String, _ name: String) throws -> PickleGlobal {
         guard let g = PickleGlobal(module: module, name: name) else {
-            throw NoiseError.unsupported(
+            throw NoiseError.format(
                 "\(context): refused to load: the pickle asks for \(Text.quoted(module + "." + name, limit: 60)), "
                     + "which a tensor checkpoint never needs (allowed: \(PickleGlobal.allowedNames)); nothing was run")
         }

@@ -187,6 +187,10 @@ extension SafeTensorsFile {
     private static func parse(_ raw: UnsafeRawBufferPointer, source: String,
                               skippingUnsupported: Bool) throws -> SafeTensorsFile {
         func fail(_ message: String) -> NoiseError { .safetensors("\(source): \(message)") }
+        switch FileKind.of(ByteView(raw: raw)) {
+        case .safetensors, .unknown: break
+        case let kind: throw fail("this is \(kind.name), not a safetensors file")
+        }
 
         guard raw.count >= 8 else {
             throw fail("file is \(raw.count) bytes, shorter than the 8-byte header length")
@@ -437,17 +441,5 @@ extension SafeTensorsFile {
             }
         }
         return out + "\""
-    }
-}
-
-extension Tensor {
-    /// A device tensor from a host tensor.
-    public convenience init(_ host: HostTensor, on device: Device, requiresGrad: Bool = false) throws {
-        try self.init(host.data, shape: host.shape, on: device, requiresGrad: requiresGrad)
-    }
-
-    /// The values and shape on the host.
-    public func toHost() throws -> HostTensor {
-        HostTensor(shape: shape, data: try toArray())
     }
 }

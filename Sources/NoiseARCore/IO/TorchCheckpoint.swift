@@ -50,10 +50,10 @@ public enum TorchCheckpoint {
                 return try parseLegacy(raw, source: source)
             }
             if let magic = b.slice(257, 5), Array(magic) == Array("ustar".utf8) {
-                throw NoiseError.unsupported(
+                throw NoiseError.format(
                     "\(source): a tar-format PyTorch checkpoint (the oldest torch.save format) is not supported; re-save it with a newer PyTorch")
             }
-            throw NoiseError.io("\(source): not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+            throw NoiseError.format("\(source): not a PyTorch checkpoint (neither a zip archive nor a pickle)")
         }
     }
 
@@ -91,7 +91,7 @@ public enum TorchCheckpoint {
         func register(_ key: String, _ dtype: TorchDType, _ count: Int) throws {
             if let old = roots[key] {
                 guard old.dtype == dtype, old.count == count else {
-                    throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)) is referenced as "
+                    throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)) is referenced as "
                         + "\(old.count) x \(old.dtype.rawValue) and as \(count) x \(dtype.rawValue)")
                 }
                 return
@@ -103,7 +103,7 @@ public enum TorchCheckpoint {
         func byteCount(_ key: String, _ dtype: TorchDType, _ count: Int) throws -> Int {
             let (n, overflow) = count.multipliedReportingOverflow(by: dtype.size)
             guard !overflow else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)) of \(count) elements is too large")
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)) of \(count) elements is too large")
             }
             return n
         }
@@ -113,13 +113,13 @@ public enum TorchCheckpoint {
     private static func storageRecord(_ pid: PickleValue, fields: Int, source: String, context: String)
         throws -> (dtype: TorchDType, key: String, count: Int, rest: [PickleValue])
     {
-        func bad(_ why: String) -> NoiseError { .io("\(source): \(context): bad storage record: \(why)") }
+        func bad(_ why: String) -> NoiseError { .format("\(source): \(context): bad storage record: \(why)") }
         guard case .tuple(let items, _) = pid, let first = items.first else {
             throw bad("the persistent id is \(pid.kind), not a tuple")
         }
         guard case .string(let typename) = first, typename == "storage" else {
             if case .string("module") = first {
-                throw NoiseError.unsupported("\(source): the checkpoint saves a whole nn.Module (its source code), "
+                throw NoiseError.format("\(source): the checkpoint saves a whole nn.Module (its source code), "
                     + "not a state dict; save model.state_dict() instead")
             }
             throw bad("the persistent id starts with \(first.kind), not 'storage'")
@@ -144,10 +144,10 @@ public enum TorchCheckpoint {
             $0.name.hasSuffix("/data.pkl") && $0.name.split(separator: "/", omittingEmptySubsequences: false).count == 2
         }
         guard let pickle = pickles.first else {
-            throw NoiseError.io("\(source): zip archive without a <folder>/data.pkl record: not a PyTorch checkpoint")
+            throw NoiseError.format("\(source): zip archive without a <folder>/data.pkl record: not a PyTorch checkpoint")
         }
         guard pickles.count == 1 else {
-            throw NoiseError.io("\(source): zip archive with \(pickles.count) data.pkl records")
+            throw NoiseError.format("\(source): zip archive with \(pickles.count) data.pkl records")
         }
         let folder = String(pickle.name.dropLast("data.pkl".count))
         let storages = Storages(source: source)
@@ -156,7 +156,7 @@ public enum TorchCheckpoint {
             switch text.trimmingCharacters(in: .whitespacesAndNewlines) {
             case "little": storages.bigEndian = false
             case "big": storages.bigEndian = true
-            default: throw NoiseError.io("\(source): byteorder record says \(Text.quoted(text, limit: 20))")
+            default: throw NoiseError.format("\(source): byteorder record says \(Text.quoted(text, limit: 20))")
             }
         }
         let context = "\(Text.quoted(pickle.name, limit: 60))"
@@ -166,12 +166,12 @@ public enum TorchCheckpoint {
             if storages.roots[r.key]?.data == nil {
                 let name = folder + "data/" + r.key
                 guard let entry = zip.entry(named: name) else {
-                    throw NoiseError.io("\(source): storage \(Text.quoted(r.key, limit: 40)) has no record \(Text.quoted(name, limit: 60))")
+                    throw NoiseError.format("\(source): storage \(Text.quoted(r.key, limit: 40)) has no record \(Text.quoted(name, limit: 60))")
                 }
                 let bytes = try zip.contents(of: entry)
                 let expected = try storages.byteCount(r.key, r.dtype, r.count)
                 guard bytes.count == expected else {
-                    throw NoiseError.io("\(source): record \(Text.quoted(name, limit: 60)) has \(bytes.count) bytes "
+                    throw NoiseError.format("\(source): record \(Text.quoted(name, limit: 60)) has \(bytes.count) bytes "
                         + "for \(r.count) x \(r.dtype.rawValue) (\(expected) bytes)")
                 }
                 try storages.register(r.key, r.dtype, r.count)
@@ -182,7 +182,7 @@ public enum TorchCheckpoint {
             return .storage(StorageRef(key: r.key, dtype: r.dtype, offset: 0, count: r.count))
         }
         let object = try vm.load()
-        return try tensors(from: object, storages: storages, source: source)
+        return try tensors(from: object, storages: storages, source: source, fileBytes: raw.count)
     }
 
     // MARK: - Legacy format
@@ -198,15 +198,17 @@ public enum TorchCheckpoint {
         }
         let magic = try next("magic number")
         guard case .bigInt(let m) = magic, m == legacyMagic else {
-            throw NoiseError.io("\(source): a pickle, but not a PyTorch checkpoint (no PyTorch magic number)")
+            throw NoiseError.format("\(source): a pickle, but not a PyTorch checkpoint (no PyTorch magic number)")
         }
         let version = try next("protocol version")
         guard case .int(1001) = version else {
-            throw NoiseError.unsupported("\(source): legacy checkpoint protocol version \(version.kind) is not supported (1001)")
+            let shown: String
+            if case .int(let v) = version { shown = String(v) } else { shown = version.kind }
+            throw NoiseError.format("\(source): legacy checkpoint protocol version \(shown) is not supported (only 1001)")
         }
         let sysInfo = try next("system info")
         if case .dict(let info) = sysInfo, case .bool(false)? = info["little_endian"] {
-            throw NoiseError.unsupported("\(source): a big-endian legacy checkpoint is not supported")
+            throw NoiseError.format("\(source): a big-endian legacy checkpoint is not supported")
         }
 
         let storages = Storages(source: source)
@@ -221,44 +223,44 @@ public enum TorchCheckpoint {
                 guard case .int(let offset) = view[1], case .int(let count) = view[2], offset >= 0, count >= 0,
                       offset <= r.count, count <= r.count - offset
                 else {
-                    throw NoiseError.io("\(source): main pickle: storage view \(view[1].kind), \(view[2].kind) "
+                    throw NoiseError.format("\(source): main pickle: storage view \(view[1].kind), \(view[2].kind) "
                         + "does not lie inside storage \(Text.quoted(r.key, limit: 40)) of \(r.count) elements")
                 }
                 return .storage(StorageRef(key: r.key, dtype: r.dtype, offset: offset, count: count))
             default:
-                throw NoiseError.io("\(source): main pickle: storage view is \(r.rest[0].kind)")
+                throw NoiseError.format("\(source): main pickle: storage view is \(r.rest[0].kind)")
             }
         }
         let keysValue = try next("storage keys")
         guard let keys = keysValue.sequence else {
-            throw NoiseError.io("\(source): the storage key list is \(keysValue.kind), not a list")
+            throw NoiseError.format("\(source): the storage key list is \(keysValue.kind), not a list")
         }
         for keyValue in keys {
             guard case .string(let key) = keyValue else {
-                throw NoiseError.io("\(source): a storage key is \(keyValue.kind), not a string")
+                throw NoiseError.format("\(source): a storage key is \(keyValue.kind), not a string")
             }
             guard let root = storages.roots[key] else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)) is listed but no tensor uses it")
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)) is listed but no tensor uses it")
             }
             guard root.data == nil else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)) is listed twice")
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)) is listed twice")
             }
             guard let header = b.u64(position) else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)): the file ends at byte \(position) before its size")
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)): the file ends at byte \(position) before its size")
             }
             guard header == UInt64(root.count) else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)) holds \(header) elements; "
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)) holds \(header) elements; "
                     + "the pickle says \(root.count)")
             }
             let n = try storages.byteCount(key, root.dtype, root.count)
             guard let data = b.slice(position + 8, n) else {
-                throw NoiseError.io("\(source): storage \(Text.quoted(key, limit: 40)): \(n) bytes at byte \(position + 8) "
+                throw NoiseError.format("\(source): storage \(Text.quoted(key, limit: 40)): \(n) bytes at byte \(position + 8) "
                     + "run past the end of the file (\(b.count) bytes)")
             }
             storages.roots[key]?.data = data
             position += 8 + n
         }
-        return try tensors(from: object, storages: storages, source: source)
+        return try tensors(from: object, storages: storages, source: source, fileBytes: raw.count)
     }
 
     // MARK: - From the unpickled object to named tensors
@@ -268,26 +270,61 @@ public enum TorchCheckpoint {
         case scalar(Double)
     }
 
-    /// How many dict entries flattening may visit (shared sub-dicts are visited once per use).
-    private static let maxVisits = 4_000_000
+    /// The resource budget of turning the unpickled object into named tensors, set by the
+    /// file's size: dict entries visited (shared sub-dicts are visited once per use, so a hostile
+    /// file could make the walk exponential) and bytes of flattened names (nested dicts that
+    /// share long keys multiply them). A small file can cost no more than a small multiple of
+    /// its size plus its tensors' declared bytes.
+    struct Walk {
+        let source: String
+        let maxVisits: Int
+        let maxNameBytes: Int
+        var visits = 0
+        var nameBytes = 0
 
-    private static func tensors(from object: PickleValue, storages: Storages, source: String) throws -> SafeTensorsFile {
+        init(source: String, fileBytes: Int) {
+            self.source = source
+            let size = min(fileBytes, 1 << 40)
+            maxVisits = min(4_000_000, 16 * size + 65_536)
+            maxNameBytes = 16 * size + (1 << 20)
+        }
+
+        /// Counts one visited dict entry.
+        mutating func visit() throws {
+            visits += 1
+            guard visits <= maxVisits else {
+                throw NoiseError.format("\(source): the checkpoint's dicts have more than \(maxVisits) entries "
+                    + "for a file of this size (shared sub-dicts?)")
+            }
+        }
+
+        /// Counts the bytes of one flattened name.
+        mutating func name(_ full: String) throws {
+            nameBytes += full.utf8.count
+            guard nameBytes <= maxNameBytes else {
+                throw NoiseError.format("\(source): the flattened tensor names would take more than \(maxNameBytes) bytes "
+                    + "for a file of this size (nested dicts sharing long keys?)")
+            }
+        }
+    }
+
+    private static func tensors(from object: PickleValue, storages: Storages, source: String, fileBytes: Int) throws -> SafeTensorsFile {
         guard case .dict(let top) = object else {
             if case .tensor = object {
-                throw NoiseError.io("\(source): the checkpoint holds a single unnamed tensor, not a dict of named tensors")
+                throw NoiseError.format("\(source): the checkpoint holds a single unnamed tensor, not a dict of named tensors")
             }
-            throw NoiseError.io("\(source): the checkpoint holds \(object.kind), not a dict of tensors")
+            throw NoiseError.format("\(source): the checkpoint holds \(object.kind), not a dict of tensors")
         }
-        var visits = 0
-        let chosen = try stateDict(in: top, depth: 0, visits: &visits, source: source)
+        var walk = Walk(source: source, fileBytes: fileBytes)
+        let chosen = try stateDict(in: top, depth: 0, walk: &walk)
         var leaves: [(String, Leaf)] = []
-        try flatten(chosen, prefix: "", topLevel: true, into: &leaves, visits: &visits, source: source)
+        try flatten(chosen, prefix: "", topLevel: true, into: &leaves, walk: &walk)
         guard !leaves.isEmpty else {
             let keys = top.keys.prefix(8).map { k -> String in
                 if case .string(let s) = k { return Text.quoted(s, limit: 30) }
                 return k.kind
             }
-            throw NoiseError.io("\(source): no tensors in the checkpoint (top-level keys: \(keys.joined(separator: ", ")))")
+            throw NoiseError.format("\(source): no tensors in the checkpoint (top-level keys: \(keys.joined(separator: ", ")))")
         }
 
         // Bound the values produced by views that share or repeat storage elements.
@@ -303,7 +340,7 @@ public enum TorchCheckpoint {
         file.dtypes = [:]
         for (name, leaf) in leaves {
             guard file.tensors[name] == nil else {
-                throw NoiseError.io("\(source): tensor name \(Text.quoted(name)) occurs twice after flattening")
+                throw NoiseError.format("\(source): tensor name \(Text.quoted(name)) occurs twice after flattening")
             }
             switch leaf {
             case .scalar(let v):
@@ -312,7 +349,7 @@ public enum TorchCheckpoint {
             case .tensor(let t):
                 let (sum, overflow) = total.addingReportingOverflow(t.count)
                 guard !overflow, sum <= budget else {
-                    throw NoiseError.io("\(source): the tensors would hold more than \(budget) values, over "
+                    throw NoiseError.format("\(source): the tensors would hold more than \(budget) values, over "
                         + "\(maxExpansion)x the \(stored) stored (repeated views of the same storage)")
                 }
                 total = sum
@@ -323,26 +360,16 @@ public enum TorchCheckpoint {
         return file
     }
 
-    /// Counts one visited dict entry; shared sub-dicts are visited once per use, so hostile
-    /// files could otherwise make the walk exponential.
-    private static func visit(_ visits: inout Int, _ source: String) throws {
-        visits += 1
-        guard visits <= maxVisits else {
-            throw NoiseError.io("\(source): the checkpoint's dicts have more than \(maxVisits) entries (shared sub-dicts?)")
-        }
-    }
-
     /// True when every leaf under `dict` is a tensor (a top-level `alpha`/`beta` may be a number).
-    private static func isTensorTree(_ dict: PickleDict, topLevel: Bool, depth: Int, visits: inout Int,
-                                     source: String) throws -> Bool {
+    private static func isTensorTree(_ dict: PickleDict, topLevel: Bool, depth: Int, walk: inout Walk) throws -> Bool {
         guard depth < Unpickler.maxDepth else { return false }
         var any = false
         for (key, value) in zip(dict.keys, dict.values) {
-            try visit(&visits, source)
+            try walk.visit()
             switch value {
             case .tensor: any = true
             case .dict(let d):
-                guard try isTensorTree(d, topLevel: false, depth: depth + 1, visits: &visits, source: source) else {
+                guard try isTensorTree(d, topLevel: false, depth: depth + 1, walk: &walk) else {
                     return false
                 }
                 any = true
@@ -354,13 +381,13 @@ public enum TorchCheckpoint {
         return any
     }
 
-    private static func holdsTensors(_ dict: PickleDict, depth: Int, visits: inout Int, source: String) throws -> Bool {
+    private static func holdsTensors(_ dict: PickleDict, depth: Int, walk: inout Walk) throws -> Bool {
         guard depth < Unpickler.maxDepth else { return false }
         for value in dict.values {
-            try visit(&visits, source)
+            try walk.visit()
             switch value {
             case .tensor: return true
-            case .dict(let d): if try holdsTensors(d, depth: depth + 1, visits: &visits, source: source) { return true }
+            case .dict(let d): if try holdsTensors(d, depth: depth + 1, walk: &walk) { return true }
             default: continue
             }
         }
@@ -369,18 +396,18 @@ public enum TorchCheckpoint {
 
     /// The dict that holds the state dict: `dict` itself when it is one, else the first
     /// wrapper key holding tensors (unwrapped again), else `dict`.
-    private static func stateDict(in dict: PickleDict, depth: Int, visits: inout Int, source: String) throws -> PickleDict {
-        if try isTensorTree(dict, topLevel: true, depth: 0, visits: &visits, source: source) || depth >= 8 { return dict }
+    private static func stateDict(in dict: PickleDict, depth: Int, walk: inout Walk) throws -> PickleDict {
+        if try isTensorTree(dict, topLevel: true, depth: 0, walk: &walk) || depth >= 8 { return dict }
         for key in wrapperKeys {
-            if case .dict(let inner)? = dict[key], try holdsTensors(inner, depth: 0, visits: &visits, source: source) {
-                return try stateDict(in: inner, depth: depth + 1, visits: &visits, source: source)
+            if case .dict(let inner)? = dict[key], try holdsTensors(inner, depth: 0, walk: &walk) {
+                return try stateDict(in: inner, depth: depth + 1, walk: &walk)
             }
         }
         return dict
     }
 
     private static func flatten(_ dict: PickleDict, prefix: String, topLevel: Bool, into out: inout [(String, Leaf)],
-                                visits: inout Int, source: String) throws {
+                                walk: inout Walk) throws {
         // DataParallel's "module." prefix, when every key of this dict carries it.
         var names: [String?] = dict.keys.map { key in
             switch key {
@@ -394,13 +421,14 @@ public enum TorchCheckpoint {
             names = strings.map { String($0.dropFirst("module.".count)) }
         }
         for (name, value) in zip(names, dict.values) {
-            try visit(&visits, source)
+            try walk.visit()
             guard let name else { continue }
             let full = prefix.isEmpty ? name : prefix + "." + name
+            try walk.name(full)
             switch value {
             case .tensor(let t): out.append((full, .tensor(t)))
             case .dict(let d):
-                try flatten(d, prefix: full, topLevel: false, into: &out, visits: &visits, source: source)
+                try flatten(d, prefix: full, topLevel: false, into: &out, walk: &walk)
             case .float(let v) where topLevel && (name == "alpha" || name == "beta"):
                 out.append((full, .scalar(v)))
             case .int(let v) where topLevel && (name == "alpha" || name == "beta"):
@@ -418,7 +446,7 @@ public enum TorchCheckpoint {
         let source = storages.source
         let key = t.storage.key
         guard let root = storages.roots[key], let data = root.data else {
-            throw NoiseError.io("\(source): tensor \(Text.quoted(name)): storage \(Text.quoted(key, limit: 40)) has no data")
+            throw NoiseError.format("\(source): tensor \(Text.quoted(name)): storage \(Text.quoted(key, limit: 40)) has no data")
         }
         let dtype = root.dtype
         let size = dtype.size
@@ -427,7 +455,7 @@ public enum TorchCheckpoint {
         guard base >= 0, t.storage.count >= 0, base <= root.count, t.storage.count <= root.count - base,
               root.count <= data.count / size
         else {
-            throw NoiseError.io("\(source): tensor \(Text.quoted(name)): view of storage \(Text.quoted(key, limit: 40)) is out of range")
+            throw NoiseError.format("\(source): tensor \(Text.quoted(name)): view of storage \(Text.quoted(key, limit: 40)) is out of range")
         }
         let count = t.count
         guard count > 0 else { return [] }
@@ -528,14 +556,16 @@ public enum WeightsFile {
         case torchLegacy = "PyTorch legacy checkpoint"
     }
 
-    /// The format by the first bytes: zip magic "PK\u{3}\u{4}" (or an empty zip's end record),
-    /// the legacy magic-number pickle, else safetensors.
-    public static func format(of data: Data) -> Format {
-        data.withUnsafeBytes { raw in
-            let b = ByteView(raw: raw)
-            if b.u32(0) == ZipArchive.localSignature || b.u32(0) == 0x0605_4B50 { return .torchZip }
-            if TorchCheckpoint.looksLegacy(b) { return .torchLegacy }
-            return .safetensors
+    /// The format by the first bytes (see `FileKind`); a file of any other kind is refused
+    /// with a message that names what it is.
+    public static func format(of data: Data, source: String = "<memory>") throws -> Format {
+        let kind = FileKind.of(data)
+        switch kind {
+        case .zip, .tar: return .torchZip
+        case .pickle: return .torchLegacy
+        case .safetensors: return .safetensors
+        default:
+            throw NoiseError.format("\(source) is \(kind.name), not a weights file (safetensors or a PyTorch checkpoint)")
         }
     }
 
@@ -547,7 +577,7 @@ public enum WeightsFile {
 
     public static func parse(_ data: Data, source: String = "<memory>",
                              skippingUnsupported: Bool = false) throws -> SafeTensorsFile {
-        switch format(of: data) {
+        switch try format(of: data, source: source) {
         case .torchZip, .torchLegacy: return try TorchCheckpoint.parse(data, source: source)
         case .safetensors: return try SafeTensorsFile.parse(data, source: source, skippingUnsupported: skippingUnsupported)
         }

@@ -67,7 +67,7 @@ struct ZipArchive {
     private static let end64LocatorSignature: UInt32 = 0x0706_4B50
 
     private func fail(_ why: String) -> NoiseError {
-        .io("\(source): not a readable zip archive: \(why)")
+        .format("\(source): not a readable zip archive: \(why)")
     }
 
     init(_ raw: UnsafeRawBufferPointer, source: String) throws {
@@ -123,7 +123,7 @@ struct ZipArchive {
             cdOffset = offset
         }
         guard diskNumber == 0, cdDiskNumber == 0 else {
-            throw NoiseError.unsupported("\(source): multi-disk zip archives are not supported")
+            throw NoiseError.format("\(source): multi-disk zip archives are not supported")
         }
         let start = try fileOffset(cdOffset, "central directory offset")
         let size = try fileOffset(cdSize, "central directory size")
@@ -159,7 +159,7 @@ struct ZipArchive {
                                            local32 == 0xFFFF_FFFF, entryDisk == 0xFFFF))
             }
             guard diskOfEntry == 0 else {
-                throw NoiseError.unsupported("\(source): zip entry \(Text.quoted(name)) is on disk \(diskOfEntry) of a multi-disk archive")
+                throw NoiseError.format("\(source): zip entry \(Text.quoted(name)) is on disk \(diskOfEntry) of a multi-disk archive")
             }
             let entry = Entry(
                 name: name, flags: flags, method: method, crc32: crc,
@@ -217,11 +217,11 @@ struct ZipArchive {
     func contents(of entry: Entry) throws -> UnsafeRawBufferPointer {
         var name: String { Text.quoted(entry.name) }
         if entry.flags & 1 != 0 {
-            throw NoiseError.unsupported("\(source): zip entry \(name) is encrypted")
+            throw NoiseError.format("\(source): zip entry \(name) is encrypted")
         }
         guard entry.method == 0 else {
             let how = entry.method == 8 ? "deflate-compressed" : "compressed (method \(entry.method))"
-            throw NoiseError.unsupported("\(source): zip entry \(name) is \(how); only stored entries are read "
+            throw NoiseError.format("\(source): zip entry \(name) is \(how); only stored entries are read "
                 + "(torch.save stores its entries uncompressed: re-save, or unzip and re-zip with `zip -0`)")
         }
         guard entry.compressedSize == entry.size else {

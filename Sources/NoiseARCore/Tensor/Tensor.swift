@@ -145,3 +145,15 @@ public final class Tensor {
 extension Tensor: CustomStringConvertible {
     public var description: String { "Tensor(\(shape), \(device.info.id))" }
 }
+
+extension Tensor {
+    /// A device tensor from a host tensor.
+    public convenience init(_ host: HostTensor, on device: Device, requiresGrad: Bool = false) throws {
+        try self.init(host.data, shape: host.shape, on: device, requiresGrad: requiresGrad)
+    }
+
+    /// The values and shape on the host.
+    public func toHost() throws -> HostTensor {
+        HostTensor(shape: shape, data: try toArray())
+    }
+}

@@ -24,11 +24,11 @@ public final class CPUBuffer: DeviceBuffer {
     init(count: Int) throws {
         let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
         guard count >= 0, !overflow else {
-            throw NoiseError.device("cannot allocate \(count) floats of host memory (the size overflows)")
+            throw NoiseError.outOfMemory("cannot allocate \(count) floats of host memory (the size overflows)")
         }
         let (raw, bucket) = try Self.pool.obtain(bytes) { size in
             guard let p = malloc(size) else {
-                throw NoiseError.device("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
+                throw NoiseError.outOfMemory("cannot allocate \(count) floats (\(MemoryBudget.describe(Double(count) * 4))) of host memory")
             }
             return p
         }
