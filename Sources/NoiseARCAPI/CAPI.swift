@@ -382,6 +382,14 @@ func embeddings(_ p: Prior, _ data: UnsafePointer<Float>?, _ b: Int64, _ t: Int6
     return try Tensor(host.data, shape: host.shape, on: p.context.device)
 }
 
+/// Refuses a call whose estimated working memory exceeds the device's (NOISEAR_ERR_OOM),
+/// before anything is allocated.
+func checkMemory(_ p: Prior, batch: Int64, tokens: Int64, _ name: String) throws {
+    guard batch > 0, tokens >= 0 else { return }  // the shape checks name these
+    let bytes = p.prior.estimatedBytes(batch: Int(clamping: batch), tokens: Int(clamping: tokens))
+    try MemoryBudget.check(bytes, on: p.context.device, what: "\(name) with batch \(batch) and \(tokens) tokens")
+}
+
 /// A latent-shaped caller buffer [B, C, H, W] as a tensor.
 func latent(_ p: Prior, _ data: UnsafePointer<Float>?, count: Int, batch: Int64, _ what: String) throws -> Tensor {
     let (shape, n) = try latentShape(p, count: count, batch: batch, what)
@@ -401,6 +409,7 @@ public func noisear_prior_sample(_ prior: OpaquePointer?, _ promptEmbeds: Unsafe
         let sp = params?.pointee ?? noisear_sample_default_params()
         let device = p.context.device
         try checkLatentOut(p, out, outCount, batch: batch, "out")
+        try checkMemory(p, batch: batch, tokens: tokens, "noisear_prior_sample")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let eps = try sp.eps.map { try latent(p, $0, count: outCount, batch: batch, "eps") }
         try Seeds.check(sp.seed, count: Int(batch), option: "seed")
@@ -429,6 +438,8 @@ public func noisear_prior_score(_ prior: OpaquePointer?, _ promptEmbeds: UnsafeP
             throw NoiseError.invalidArgument("temperature must be a positive number, got \(temperature)")
         }
         guard logProb != nil else { throw NoiseError.invalidArgument("noisear_prior_score: log_prob is NULL") }
+        _ = try latentShape(p, count: noiseCount, batch: batch, "noise")
+        try checkMemory(p, batch: batch, tokens: tokens, "noisear_prior_score")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let x = try latent(p, noise, count: noiseCount, batch: batch, "noise")
         let (m, lv, lp) = try p.context.device.noGrad {
@@ -450,6 +461,7 @@ public func noisear_prior_golden(_ prior: OpaquePointer?, _ noise: UnsafePointer
             throw NoiseError.unsupported("noisear_prior_golden needs an NPNet; a NoiseAR prior samples with noisear_prior_sample")
         }
         try checkLatentOut(p, out, outCount, batch: batch, "out")
+        try checkMemory(p, batch: batch, tokens: tokens, "noisear_prior_golden")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let x = try latent(p, noise, count: noiseCount, batch: batch, "noise")
         let golden = try p.context.device.noGrad { try net.golden(noise: x, promptEmbeds: text) }

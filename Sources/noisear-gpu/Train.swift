@@ -63,8 +63,9 @@ struct TrainDiffusion: ParsableCommand {
             let t0 = Date()
             let startStep = trainer.step
             try runTrainingLoop(steps: steps, label: "train", quiet: quiet, lossName: "loss", digits: 4, start: trainer.step,
-                                every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
-                try trainer.saveCheckpoint(ckpt, extraMetadata: ["loss_avg50": String(avg)])
+                                every: checkpointEvery, resumedFrom: resume ? ckpt : nil,
+                                step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg, recent in
+                try trainer.saveCheckpoint(ckpt, extraMetadata: recent.merging(["loss_avg50": String(avg)]) { a, _ in a })
                 let sps = Double((trainer.step - startStep) * batch) / max(Date().timeIntervalSince(t0), 1e-9)
                 return String(format: "%.1f samples/s", sps)
             }
@@ -191,6 +192,8 @@ struct TrainPrior: ParsableCommand {
                 config.layoutTokens = textTokens
             }
             let net = try NoiseARNet(config: config, device: device, seed: seed)
+            try MemoryBudget.check(NoisePrior.noiseAR(net).estimatedTrainingBytes(batch: batch, tokens: max(textTokens, 1)),
+                                   on: device, what: "train prior --batch \(batch)")
             var settings = PriorTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
@@ -207,10 +210,11 @@ struct TrainPrior: ParsableCommand {
             note("prior: \(net.params.count) parameters on \(device.info.id); \(described)")
             var best = BestWeights()
             try runTrainingLoop(steps: steps, label: "train prior", quiet: quiet, lossName: "NLL", digits: 4,
-                                start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
+                                start: trainer.step, every: checkpointEvery, resumedFrom: resume ? ckpt : nil,
+                                step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg, recent in
                 let (v, g) = try trainer.evaluate(validationData)
                 if validationData.count > 0 { try best.offer(loss: v, step: trainer.step) { try net.params.hostTensors() } }
-                try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_nll_avg50": String(avg), "val_nll": String(v)])
+                try trainer.saveCheckpoint(ckpt, extraMetadata: recent.merging(["train_nll_avg50": String(avg), "val_nll": String(v)]) { a, _ in a })
                 return String(format: "val %.5f (\(reference) %.5f)", v, g)
             }
             var (v, g) = try trainer.evaluate(validationData)
@@ -305,6 +309,8 @@ struct TrainNPNet: ParsableCommand {
             config.svdBranch = !noSvdBranch
             config.residualBranch = !noResidualBranch
             let net = try NPNet(config: config, device: device, seed: seed)
+            try MemoryBudget.check(NoisePrior.npnet(net).estimatedTrainingBytes(batch: batch, tokens: config.textTokens),
+                                   on: device, what: "train npnet --batch \(batch)")
             var settings = PriorTrainingSettings()
             settings.steps = steps; settings.batch = batch; settings.lr = lr; settings.warmup = warmup
             settings.weightDecay = weightDecay; settings.seed = seed
@@ -315,9 +321,10 @@ struct TrainNPNet: ParsableCommand {
             }
             note("npnet: \(net.params.count) parameters on \(device.info.id); \(train.count) training pairs, \(validation.count) validation pairs")
             try runTrainingLoop(steps: steps, label: "train npnet", quiet: quiet, lossName: "MSE", digits: 5,
-                                start: trainer.step, every: checkpointEvery, step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg in
+                                start: trainer.step, every: checkpointEvery, resumedFrom: resume ? ckpt : nil,
+                                step: { let l = try trainer.trainStep(); return (trainer.step, l) }) { avg, recent in
                 let (v, identity) = try trainer.evaluate(validation)
-                try trainer.saveCheckpoint(ckpt, extraMetadata: ["train_mse_avg50": String(avg), "val_mse": String(v)])
+                try trainer.saveCheckpoint(ckpt, extraMetadata: recent.merging(["train_mse_avg50": String(avg), "val_mse": String(v)]) { a, _ in a })
                 return String(format: "val %.5f (identity %.5f)", v, identity)
             }
             let (v, identity) = try trainer.evaluate(validation)
@@ -352,6 +359,8 @@ func dataNames(_ list: String) -> String {
 func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String?) throws -> URL {
     if resume && overwrite { throw CLIError("--resume and --overwrite exclude each other") }
     let url = URL(fileURLWithPath: path)
+    // Held until the process exits: a second run on the same checkpoint is refused at once.
+    try HeldClaims.add(OutputClaim(url, what: "wait for it to finish, or choose another --checkpoint"))
     let removed = OutputFile.removeStaleTemporaries(of: url)
     if removed > 0 { note("removed \(removed) temporary file\(removed == 1 ? "" : "s") of an interrupted checkpoint write") }
     var st = stat()
@@ -368,12 +377,40 @@ func checkpointURL(_ path: String, resume: Bool, overwrite: Bool, export: String
     return url
 }
 
+/// The output claims of this process, released (their lock files removed) at exit.
+enum HeldClaims {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var claims: [OutputClaim] = []
+    nonisolated(unsafe) private static var registered = false
+
+    static func add(_ claim: OutputClaim) {
+        lock.lock()
+        defer { lock.unlock() }
+        claims.append(claim)
+        if !registered {
+            registered = true
+            atexit { HeldClaims.releaseAll() }
+        }
+    }
+
+    static func releaseAll() {
+        lock.lock()
+        let all = claims
+        claims = []
+        lock.unlock()
+        for c in all { c.release() }
+    }
+}
+
 /// The library's training loop with a progress bar (a line per checkpoint when standard error is
 /// not a terminal).
 func runTrainingLoop(steps: Int, label: String, quiet: Bool, lossName: String, digits: Int, start: Int, every: Int,
-                     step: () throws -> (Int, Float), checkpoint: (Float) throws -> String) throws {
+                     resumedFrom: URL?, step: () throws -> (Int, Float),
+                     checkpoint: (Float, [String: String]) throws -> String) throws {
+    // A resumed run's running mean continues from the losses its checkpoint saved.
+    let recent = try resumedFrom.map { TrainingLoop.recentLosses(in: try SafeTensorsFile.readMetadata($0)) } ?? []
     let bar = ProgressBar(total: steps, label: label, quiet: quiet)
-    try TrainingLoop.run(steps: steps, start: start, every: every, step: step, checkpoint: checkpoint) { done, avg, summary, checkpointed in
+    try TrainingLoop.run(steps: steps, start: start, every: every, recent: recent, step: step, checkpoint: checkpoint) { done, avg, summary, checkpointed in
         let lossText = String(format: "%@ %.\(digits)f ", lossName, avg)
         if checkpointed && !bar.enabled && !quiet { note("step \(done)/\(steps) train " + lossText + summary) }
         bar.update(done, lossText + summary)

@@ -73,6 +73,8 @@ struct TrainDPO: ParsableCommand {
             let m = try TextToImageModel.load(modelURL, device: device)
             let policy = try NoiseARNet.load(priorURL, device: device)
             let reference = try NoiseARNet.load(ref.map { URL(fileURLWithPath: $0) } ?? priorURL, device: device)
+            try MemoryBudget.check(NoisePrior.noiseAR(policy).estimatedTrainingBytes(batch: 2 * batch, tokens: m.config.text.maxLength),
+                                   on: device, what: "train dpo --batch \(batch)")
             var s = DPOSettings()
             s.rounds = rounds; s.promptsPerRound = prompts; s.samplesPerPrompt = samples; s.temperature = temperature
             s.beta = beta; s.lr = lr; s.weightDecay = weightDecay; s.batch = batch; s.epochs = epochs; s.seed = seed

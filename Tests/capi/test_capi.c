@@ -211,6 +211,11 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, SIZE_MAX) == NOISEAR_ERR_SHAPE, "SIZE_MAX out");
     CHECK(strstr(noisear_context_last_error(ctx), "18446744073709551615") != NULL, "%s", noisear_context_last_error(ctx));
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, NULL, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL out");
+    /* Prompts of 2^40 tokens: the working memory is estimated and refused before the
+       embeddings are read or anything is allocated. */
+    CHECK(noisear_prior_sample(prior, embeds, nb, (int64_t)1 << 40, nd, &sp, out, latent) == NOISEAR_ERR_OOM,
+          "huge prompt: %s", noisear_context_last_error(ctx));
+    CHECK(strstr(noisear_context_last_error(ctx), "out of memory") != NULL, "%s", noisear_context_last_error(ctx));
     /* A message from noisear_context_last_error lives as long as its context: a later failure on
        the same context does not free it (AddressSanitizer saw a use after free here). */
     const char *first_message = noisear_context_last_error(ctx);

@@ -106,8 +106,10 @@ public enum OutputFile {
         }
     }
 
-    /// Temporary file in the same folder, flushed, then renamed over `target`.
+    /// Temporary file in the same folder, flushed, then renamed over `target`. Temporaries that
+    /// killed writers of the same path left behind are removed first.
     private static func replace(_ target: String, with data: Data, mode: mode_t?, shownAs path: String) throws {
+        removeStaleTemporaries(of: URL(fileURLWithPath: target), keepingOwn: true)
         let dir = folder(of: target)
         let name = (target as NSString).lastPathComponent
         let tmp = dir + "/.\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -153,9 +155,10 @@ public enum OutputFile {
     }
 
     /// Removes temporary files `.NAME.tmp-*` that an interrupted write of `url` left in its
-    /// folder (those of live processes are kept). Returns how many were removed.
+    /// folder (those of live processes are kept, and this process's own with `keepingOwn`), and
+    /// a `.NAME.lock` of an `OutputClaim` that no process holds. Returns how many were removed.
     @discardableResult
-    public static func removeStaleTemporaries(of url: URL) -> Int {
+    public static func removeStaleTemporaries(of url: URL, keepingOwn: Bool = false) -> Int {
         guard let target = try? resolved(url.path) else { return 0 }
         let dir = folder(of: target)
         let prefix = ".\((target as NSString).lastPathComponent).tmp-"
@@ -170,11 +173,78 @@ public enum OutputFile {
         for name in names where name.hasPrefix(prefix) {
             // .NAME.tmp-PID-RANDOM: keep the files of a process that is still running.
             let pidText = name.dropFirst(prefix.count).split(separator: "-").first.map(String.init) ?? ""
-            if let pid = Int32(pidText), pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }
+            if let pid = Int32(pidText), pid == getpid() ? keepingOwn : (kill(pid, 0) == 0 || errno == EPERM) { continue }
             if unlink(dir + "/" + name) == 0 { removed += 1 }
+        }
+        let lock = dir + "/" + OutputClaim.lockName(of: target)
+        if names.contains(OutputClaim.lockName(of: target)) {
+            let fd = open(lock, O_RDWR | O_CLOEXEC)
+            if fd >= 0 {
+                // Unheld: its holder was killed. Removed while locked, so no one can take it meanwhile.
+                if flock(fd, LOCK_EX | LOCK_NB) == 0, unlink(lock) == 0 { removed += 1 }
+                close(fd)
+            }
         }
         return removed
     }
+}
+
+/// An exclusive claim on an output path (a training checkpoint) held for as long as the object
+/// lives: a second process that claims the same path is refused at once, with the holder's
+/// process id, instead of both writing it in turn. The claim is an advisory lock (`flock`) on a
+/// hidden `.NAME.lock` beside the path, so the kernel releases it when the holder exits or is
+/// killed; the file is removed on release (and a killed holder's by the next claim or write).
+public final class OutputClaim: @unchecked Sendable {
+    public let path: String
+    private let lockPath: String
+    private var fd: Int32 = -1
+    private let lock = NSLock()
+
+    static func lockName(of target: String) -> String { ".\((target as NSString).lastPathComponent).lock" }
+
+    /// Claims `url`; `what` finishes the refusal's message (e.g. "choose another --checkpoint").
+    public init(_ url: URL, what: String) throws {
+        path = url.relativePath
+        let target = try OutputFile.resolved(path)
+        lockPath = OutputFile.folder(of: target) + "/" + Self.lockName(of: target)
+        for _ in 0 ..< 100 {
+            let f = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard f >= 0 else {
+                throw NoiseError.io("cannot claim \(path): cannot create \(lockPath): \(OutputFile.errnoText())")
+            }
+            guard flock(f, LOCK_EX | LOCK_NB) == 0 else {
+                var buf = [UInt8](repeating: 0, count: 32)
+                let n = pread(f, &buf, 31, 0)
+                close(f)
+                let holder = n > 0 ? String(decoding: buf[0 ..< n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+                throw NoiseError.io("\(path) is being written by another run (process \(holder)): \(what)")
+            }
+            // The last holder may have removed the file between our open and our lock: then the
+            // lock is on a file no one else will see; try again on the new one.
+            var held = stat(), named = stat()
+            if fstat(f, &held) == 0, stat(lockPath, &named) == 0, held.st_ino == named.st_ino, held.st_dev == named.st_dev {
+                let pid = Data("\(getpid())\n".utf8)
+                _ = ftruncate(f, 0)
+                _ = OutputFile.writeAll(f, pid)
+                fd = f
+                return
+            }
+            close(f)
+        }
+        throw NoiseError.io("cannot claim \(path): its lock file \(lockPath) keeps changing")
+    }
+
+    /// Gives the claim up (also on deinit).
+    public func release() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard fd >= 0 else { return }
+        unlink(lockPath)
+        close(fd)
+        fd = -1
+    }
+
+    deinit { release() }
 }
 
 /// Reading a user's input file (memory-mapped where safe) with errors in words (missing, a

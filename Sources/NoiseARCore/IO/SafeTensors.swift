@@ -48,6 +48,11 @@ public struct SafeTensorsFile: Sendable {
     /// - Parameter skippingUnsupported: when true, tensors of a known but unsupported dtype
     ///   (integers, BOOL, F8) are validated, then left out of `tensors` (their dtype stays in
     ///   `dtypes`) instead of failing the whole file.
+    /// The `__metadata__` of a file (the whole file is checked as `read` checks it).
+    public static func readMetadata(_ url: URL) throws -> [String: String] {
+        try read(url, skippingUnsupported: true).metadata
+    }
+
     public static func read(_ url: URL, skippingUnsupported: Bool = false) throws -> SafeTensorsFile {
         try parse(InputFile.contents(of: url), source: url.path, skippingUnsupported: skippingUnsupported)
     }

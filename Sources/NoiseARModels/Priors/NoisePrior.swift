@@ -62,6 +62,59 @@ public enum NoisePrior {
         }
     }
 
+    /// An upper estimate of the working memory of one call on `batch` images with prompts of
+    /// `tokens` tokens (activations, attention scores, the SVD's matrices, inputs and outputs),
+    /// in bytes; nil when it overflows. Hosts check it against the device before working
+    /// (`MemoryBudget.check`), so an oversized request is refused instead of aborting.
+    public func estimatedBytes(batch: Int, tokens: Int) -> UInt64? {
+        let p = MemoryBudget.product
+        let perImage: [Int?]
+        switch self {
+        case .noiseAR(let n):
+            let c = n.config
+            let side = c.patchSize > 0 ? c.latentSize / c.patchSize : 0
+            let s = side * side, t = max(tokens, 1), d = c.dModel, layers = max(c.nLayers, 1)
+            let patch = c.latentChannels * c.patchSize * c.patchSize
+            let hidden = c.headHidden ?? 2 * d
+            perImage = [
+                p([s, patch, 8]),                          // patches, mu, logvar, eps, sample
+                p([s, d, 8 * layers + 4]),                 // block activations (and the KV cache)
+                p([s, c.dFF, 2 * layers]),                 // feed-forward hidden layers
+                p([s, hidden, 4]),                         // the mu / logvar heads
+                p([c.nHeads, s, s + t, 2 * layers]),       // self- and cross-attention scores
+                p([t, max(d, c.textDim ?? d), 2 * layers + 2]), // prompt states, cross-attention K/V
+            ]
+        case .npnet(let n):
+            let c = n.config, l = c.latentSize, latent = c.latentChannels * l * l
+            let grid = c.swin.patchSize > 0 ? c.swin.imgSize / c.swin.patchSize : 0
+            let blocks = c.swin.depths.reduce(0, +)
+            perImage = [
+                p([latent, 24]),                           // noise, branches, text injection, result
+                p([2 * l, 2 * l, 12]),                     // the SVD's tiled matrix, U, S, Vh, work
+                p([grid, grid, c.swin.embedDim, (c.swin.mlpRatio + 4) * max(blocks, 1)]), // Swin activations
+                p([c.swin.imgSize, c.swin.imgSize, c.swin.inChans, 4]), // the resized input
+                p([max(tokens, 1), max(c.textDim, 1), 4]), // prompt embeddings
+            ]
+        }
+        var floats = 0
+        for term in perImage {
+            guard let term else { return nil }
+            let (sum, o) = floats.addingReportingOverflow(term)
+            if o { return nil }
+            floats = sum
+        }
+        guard let total = p([max(batch, 0), floats]) else { return nil }
+        return MemoryBudget.floatBytes([total])
+    }
+
+    /// Training's working memory: the forward estimate three times over (activations kept for
+    /// the backward pass, their gradients, the recomputed pieces); nil when it overflows.
+    public func estimatedTrainingBytes(batch: Int, tokens: Int) -> UInt64? {
+        guard let f = estimatedBytes(batch: batch, tokens: tokens) else { return nil }
+        let (t, o) = f.multipliedReportingOverflow(by: 3)
+        return o ? nil : t
+    }
+
     /// The kind of prior a weights file holds, from its keys (with or without the fixtures'
     /// `weights.` / `model.` prefixes); nil when it is neither.
     public static func detect(_ file: SafeTensorsFile) -> NoisePriorKind? {
