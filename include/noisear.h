@@ -121,6 +121,9 @@ typedef enum noisear_prior_kind {
  * The kind is detected from the keys. */
 noisear_status noisear_prior_load(noisear_context *ctx, const char *path, noisear_prior **out);
 void noisear_prior_free(noisear_prior *prior);
+/* The message of the last failure on the prior's context (the prior keeps its context alive,
+ * so this works after noisear_context_free too); "" when none. */
+const char *noisear_prior_last_error(const noisear_prior *prior);
 noisear_prior_kind noisear_prior_get_kind(const noisear_prior *prior);
 /* The latent of one image: channels, height, width. */
 void noisear_prior_latent_shape(const noisear_prior *prior, int64_t shape[3]);

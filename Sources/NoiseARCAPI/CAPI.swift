@@ -341,6 +341,12 @@ public func noisear_prior_free(_ prior: OpaquePointer?) {
     Unmanaged<Prior>.fromOpaque(UnsafeRawPointer(prior)).release()
 }
 
+@_cdecl("noisear_prior_last_error")
+public func noisear_prior_last_error(_ prior: OpaquePointer?) -> UnsafePointer<CChar> {
+    guard let p = handle(prior, as: Prior.self) else { return staticC("noisear_prior_last_error: the prior is NULL") }
+    return p.context.lastErrorForCaller
+}
+
 @_cdecl("noisear_prior_get_kind")
 public func noisear_prior_get_kind(_ prior: OpaquePointer?) -> noisear_prior_kind {
     guard let p = handle(prior, as: Prior.self) else { return noisear_prior_kind(rawValue: 0) }

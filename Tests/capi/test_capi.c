@@ -240,6 +240,19 @@ int main(int argc, char **argv) {
     CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_ERR_CANCELLED && calls == 2, "cancel: %d calls", calls);
     sp.progress = NULL;
 
+    {   /* a prior outlives its freed context, and its errors are still readable */
+        noisear_context *ctx2 = NULL;
+        noisear_prior *p2 = NULL;
+        CHECK(noisear_context_create(&cp, &ctx2) == NOISEAR_OK, "%s", noisear_last_error());
+        CHECK(noisear_prior_load(ctx2, path(pth, "noisear_tiny.pth"), &p2) == NOISEAR_OK, "%s", noisear_context_last_error(ctx2));
+        noisear_context_free(ctx2);
+        CHECK(noisear_prior_sample(p2, embeds, nb, nt, nd + 1, &sp, out, latent) == NOISEAR_ERR_SHAPE, "wrong D after free");
+        CHECK(strstr(noisear_prior_last_error(p2), "D = ") != NULL, "%s", noisear_prior_last_error(p2));
+        CHECK(noisear_prior_sample(p2, embeds, nb, nt, nd, &sp, out, latent) == NOISEAR_OK, "%s", noisear_prior_last_error(p2));
+        noisear_prior_free(p2);
+        CHECK(strstr(noisear_prior_last_error(NULL), "NULL") != NULL, "NULL prior message");
+    }
+
     /* scoring */
     float *mu = calloc(latent, sizeof(float)), *logvar = calloc(latent, sizeof(float)), *log_prob = calloc((size_t)nb, sizeof(float));
     CHECK(noisear_prior_score(prior, embeds, nb, nt, nd, noise, latent, 1.0f, mu, logvar, log_prob) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));

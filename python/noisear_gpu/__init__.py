@@ -119,6 +119,7 @@ def _load():
             "noisear_context_last_error": (cp, [vp]),
             "noisear_prior_load": (c_int, [vp, cp, ctypes.POINTER(vp)]),
             "noisear_prior_free": (None, [vp]),
+            "noisear_prior_last_error": (cp, [vp]),
             "noisear_prior_get_kind": (c_int, [vp]),
             "noisear_prior_latent_shape": (None, [vp, ctypes.POINTER(c_i64)]),
             "noisear_prior_embed_size": (c_i64, [vp]),
@@ -178,15 +179,49 @@ def _ptr(a: np.ndarray):
     return a.ctypes.data_as(_FP)
 
 
-def _progress(callback: Optional[Callable[[int, int], bool]]):
-    if callback is None:
-        return _PROGRESS()
-    def trampoline(done, total, _user):
-        try:
-            return bool(callback(done, total) is not False)
-        except Exception:
-            return False  # an exception in the callback stops the call
-    return _PROGRESS(trampoline)
+class _Progress:
+    """A progress callback for the C library. Whatever the Python callback raises (an error,
+    KeyboardInterrupt, SystemExit) cancels the call and is raised again, unchanged, once the
+    call has returned: nothing is swallowed and the interpreter's own signals keep working."""
+
+    def __init__(self, callback: Optional[Callable[[int, int], bool]]):
+        self.error: Optional[BaseException] = None
+        if callback is None:
+            self.c = _PROGRESS()
+            return
+
+        def trampoline(done, total, _user):
+            if self.error is not None:
+                return False
+            try:
+                return bool(callback(done, total) is not False)
+            except BaseException as e:  # noqa: B036 - re-raised after the C call returns
+                self.error = e
+                return False
+        self.c = _PROGRESS(trampoline)
+
+    def reraise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def _seed(seed) -> int:
+    """A seed as the library takes it: an integer in 0 ... 2^64 - 1 (no silent wrap-around)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise NoiseARError(-1, f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed < 1 << 64:
+        raise NoiseARError(-1, f"seed {seed} is outside 0 ... 2^64 - 1")
+    return seed
+
+
+def _cstring(name: str, value) -> bytes:
+    """A path or text as C bytes; an embedded NUL byte is refused (C would cut the string there)."""
+    b = os.fsencode(value) if isinstance(value, (os.PathLike, bytes)) else str(value).encode()
+    if b"\0" in b:
+        raise NoiseARError(-1, f"{name} {value!r} contains a NUL byte")
+    return b
 
 
 # ---- devices and contexts -------------------------------------------------------------------
@@ -211,29 +246,46 @@ class Context:
     def __init__(self, device: Optional[str] = "auto"):
         self._lib = _load()
         params = self._lib.noisear_context_default_params()
-        params.device = device.encode() if device is not None else None
+        params.device = _cstring("device", device) if device is not None else None
         handle = ctypes.c_void_p()
         _check(self._lib.noisear_context_create(ctypes.byref(params), ctypes.byref(handle)), self._lib.noisear_last_error)
         self._handle = handle
 
     @property
+    def closed(self) -> bool:
+        return not getattr(self, "_handle", None)
+
+    def _open_handle(self):
+        if self.closed:
+            raise NoiseARError(-1, "this Context is closed")
+        return self._handle
+
+    @property
     def device(self) -> str:
-        return self._lib.noisear_context_device(self._handle).decode()
+        return self._lib.noisear_context_device(self._open_handle()).decode()
 
     def _error(self) -> bytes:
-        return self._lib.noisear_context_last_error(self._handle)
+        return self._lib.noisear_context_last_error(self._handle) if not self.closed else b"the context is closed"
 
     def close(self):
-        if getattr(self, "_handle", None):
+        """Frees the context; priors loaded from it stay usable until they are closed."""
+        if not self.closed:
             self._lib.noisear_context_free(self._handle)
             self._handle = None
 
     def __del__(self):
         self.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def load_prior(self, path) -> "Prior":
         handle = ctypes.c_void_p()
-        _check(self._lib.noisear_prior_load(self._handle, os.fsencode(str(path)), ctypes.byref(handle)), self._error)
+        _check(self._lib.noisear_prior_load(self._open_handle(), _cstring("path", path), ctypes.byref(handle)),
+               self._error)
         return Prior(self, handle)
 
 
@@ -250,25 +302,42 @@ class Prior:
         self._lib = context._lib
         self._handle = handle
 
-    def __del__(self):
+    def close(self):
         if getattr(self, "_handle", None):
             self._lib.noisear_prior_free(self._handle)
             self._handle = None
 
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _open_handle(self):
+        if not getattr(self, "_handle", None):
+            raise NoiseARError(-1, "this Prior is closed")
+        return self._handle
+
+    def _error(self) -> bytes:
+        return self._lib.noisear_prior_last_error(self._handle) if self._handle else b"the prior is closed"
+
     @property
     def kind(self) -> str:
-        return {1: "noisear", 2: "npnet"}.get(self._lib.noisear_prior_get_kind(self._handle), "unknown")
+        return {1: "noisear", 2: "npnet"}.get(self._lib.noisear_prior_get_kind(self._open_handle()), "unknown")
 
     @property
     def latent_shape(self) -> Tuple[int, int, int]:
         s = (ctypes.c_int64 * 3)()
-        self._lib.noisear_prior_latent_shape(self._handle, s)
+        self._lib.noisear_prior_latent_shape(self._open_handle(), s)
         return (int(s[0]), int(s[1]), int(s[2]))
 
     @property
     def embed_size(self) -> int:
         """NoiseAR: the width D of prompt embeddings [B, T, D] (any T); NPNet: T * D."""
-        return int(self._lib.noisear_prior_embed_size(self._handle))
+        return int(self._lib.noisear_prior_embed_size(self._open_handle()))
 
     def sample(self, prompt_embeds, seed: int = 0, temperature: float = 0.5, strength: float = 1.0,
                eps=None, cached: bool = True, progress: Optional[Callable[[int, int], bool]] = None) -> np.ndarray:
@@ -278,9 +347,7 @@ class Prior:
         b, t, d = e.shape
         out = np.empty((b,) + self.latent_shape, dtype=np.float32)
         params = self._lib.noisear_sample_default_params()
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise NoiseARError(-1, f"seed must be a non-negative integer, got {seed!r}")
-        params.seed = int(seed)
+        params.seed = _seed(seed)
         params.temperature = float(temperature)
         params.strength = float(strength)
         params.uncached = not cached
@@ -290,10 +357,11 @@ class Prior:
             if keep.shape != out.shape:
                 raise NoiseARError(-2, f"eps: shape {keep.shape} does not match the latent {out.shape}")
             params.eps = _ptr(keep)
-        cb = _progress(progress)
-        params.progress = cb
-        _check(self._lib.noisear_prior_sample(self._handle, _ptr(e), b, t, d, ctypes.byref(params), _ptr(out), out.size),
-               self.context._error)
+        cb = _Progress(progress)
+        params.progress = cb.c
+        status = self._lib.noisear_prior_sample(self._open_handle(), _ptr(e), b, t, d, ctypes.byref(params), _ptr(out), out.size)
+        cb.reraise()
+        _check(status, self._error)
         return out
 
     def score(self, prompt_embeds, noise, temperature: float = 1.0):
@@ -305,8 +373,8 @@ class Prior:
         mu = np.empty_like(x)
         logvar = np.empty_like(x)
         log_prob = np.empty((b,), dtype=np.float32)
-        _check(self._lib.noisear_prior_score(self._handle, _ptr(e), b, t, d, _ptr(x), x.size, float(temperature),
-                                             _ptr(mu), _ptr(logvar), _ptr(log_prob)), self.context._error)
+        _check(self._lib.noisear_prior_score(self._open_handle(), _ptr(e), b, t, d, _ptr(x), x.size, float(temperature),
+                                             _ptr(mu), _ptr(logvar), _ptr(log_prob)), self._error)
         return mu, logvar, log_prob
 
     def golden(self, noise, prompt_embeds) -> np.ndarray:
@@ -315,8 +383,8 @@ class Prior:
         e = _floats("prompt_embeds", prompt_embeds, 3)
         b, t, d = e.shape
         out = np.empty_like(x)
-        _check(self._lib.noisear_prior_golden(self._handle, _ptr(x), x.size, _ptr(e), b, t, d, _ptr(out), out.size),
-               self.context._error)
+        _check(self._lib.noisear_prior_golden(self._open_handle(), _ptr(x), x.size, _ptr(e), b, t, d, _ptr(out), out.size),
+               self._error)
         return out
 
 
@@ -330,20 +398,22 @@ def shapes_sample(prompt: str, seed: int = 0, batch: int = 1, steps: int = 30, c
     ctx = context or Context("cpu")
     lib = ctx._lib
     p = lib.noisear_shapes_default_params()
-    p.prompt = prompt.encode()
-    p.seed, p.batch, p.steps, p.cfg = int(seed), int(batch), int(steps), float(cfg)
-    p.sampler, p.prior = sampler.encode(), prior.encode()
-    p.prior_path = os.fsencode(prior_path) if prior_path else None
+    p.prompt = _cstring("prompt", prompt)
+    p.seed, p.batch, p.steps, p.cfg = _seed(seed), int(batch), int(steps), float(cfg)
+    p.sampler, p.prior = _cstring("sampler", sampler), _cstring("prior", prior)
+    p.prior_path = _cstring("prior_path", prior_path) if prior_path else None
     p.temperature, p.strength = float(temperature), float(strength)
-    p.model_path = os.fsencode(model_path) if model_path else None
-    cb = _progress(progress)
-    p.progress = cb
+    p.model_path = _cstring("model_path", model_path) if model_path else None
+    cb = _Progress(progress)
+    p.progress = cb.c
     if batch < 1:
         raise NoiseARError(-1, f"batch must be at least 1, got {batch}")
     out = np.empty((batch, 32, 32, 3), dtype=np.uint8)
     w, h = ctypes.c_int32(), ctypes.c_int32()
-    _check(lib.noisear_shapes_sample(ctx._handle, ctypes.byref(p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-                                     out.size, ctypes.byref(w), ctypes.byref(h)), ctx._error)
+    status = lib.noisear_shapes_sample(ctx._open_handle(), ctypes.byref(p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                       out.size, ctypes.byref(w), ctypes.byref(h))
+    cb.reraise()
+    _check(status, ctx._error)
     return out
 
 
@@ -355,5 +425,5 @@ def shapes_reward(image, prompt: str) -> float:
         raise NoiseARError(-2, f"image: expected [H, W, 3], got shape {a.shape}")
     score = ctypes.c_double()
     _check(lib.noisear_shapes_reward(a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), a.shape[1], a.shape[0],
-                                     prompt.encode(), ctypes.byref(score)), lib.noisear_last_error)
+                                     _cstring("prompt", prompt), ctypes.byref(score)), lib.noisear_last_error)
     return score.value

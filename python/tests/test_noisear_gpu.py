@@ -136,6 +136,56 @@ def test_errors_raise_with_the_library_message(noisear_fx):
     assert calls == [1, 2, 3]
 
 
+def test_hostile_callers(noisear_fx, tmp_path):
+    """What a careless or hostile caller hands the package: each is refused or propagated cleanly."""
+    prior = ng.load_prior(FIXTURES / "pth" / "noisear_tiny.pth", device="cpu")
+    text = noisear_fx["input.text_emb"]
+    # The malformed or refused file is a format error, as the header documents.
+    with pytest.raises(ng.NoiseARError) as e:
+        ng.load_prior(FIXTURES / "pth" / "evil.pth", device="cpu")
+    assert e.value.status_name == "NOISEAR_ERR_FORMAT"
+    # KeyboardInterrupt / SystemExit / errors in a progress callback cancel the call and come
+    # back unchanged, once, with no "Exception ignored" noise.
+    for error in (KeyboardInterrupt(), SystemExit(3), ValueError("mine")):
+        calls = []
+
+        def cb(done, total, error=error):
+            calls.append(done)
+            raise error
+        with pytest.raises(type(error)) as caught:
+            prior.sample(text, progress=cb)
+        assert calls == [1], calls
+        if isinstance(error, ValueError):
+            assert caught.value is error
+    # Seeds outside 0 ... 2^64 - 1 are refused, not wrapped.
+    assert prior.sample(text, seed=2**63 - 10).shape[0] == text.shape[0]
+    for seed in (2**64, 2**64 + 5, -1, 1.5, True, "3", 2**64 - 1):
+        with pytest.raises(ng.NoiseARError) as e:
+            prior.sample(text, seed=seed)
+        assert "seed" in str(e.value)
+    # NUL bytes in paths and text are refused, not cut.
+    with pytest.raises(ng.NoiseARError) as e:
+        ng.load_prior(str(FIXTURES / "pth" / "noisear_tiny.pth") + "\0.evil", device="cpu")
+    assert "NUL" in str(e.value)
+    with pytest.raises(ng.NoiseARError):
+        ng.shapes_reward(np.zeros((32, 32, 3), np.uint8), "a red circle\0")
+    # After close(): a closed context says so; its priors still work and report their own errors.
+    ctx = ng.Context("cpu")
+    p2 = ctx.load_prior(FIXTURES / "pth" / "noisear_tiny.pth")
+    ctx.close()
+    with pytest.raises(ng.NoiseARError) as e:
+        ctx.load_prior(FIXTURES / "pth" / "noisear_tiny.pth")
+    assert "closed" in str(e.value)
+    with pytest.raises(ng.NoiseARError) as e:
+        p2.sample(text[:, :, :10])
+    assert "D = 64" in str(e.value)
+    assert p2.sample(text).shape[0] == text.shape[0]
+    p2.close()
+    with pytest.raises(ng.NoiseARError) as e:
+        p2.sample(text)
+    assert "closed" in str(e.value)
+
+
 def test_two_threads_two_contexts(noisear_fx):
     text = noisear_fx["input.text_emb"]
     reference = ng.load_prior(FIXTURES / "pth" / "noisear_tiny.pth", device="cpu").sample(text, seed=11)
