@@ -87,7 +87,8 @@ struct NoiseCommand: ParsableCommand {
             embeds shapes-world prompts with the diffusion model's text encoder. OUT gets `noise`
             [B, C, S, S] (.safetensors, or .npy). --weights takes .safetensors or the authors' .pth.
             noisear: image b draws its standard normals from Philox stream seed + b (the same numbers on
-            every device), or replays them from --eps (tensor `eps`, the latent's shape) for exact
+            every device), or with --rng torch the batch's from PyTorch's CPU generator seeded --seed
+            (torch.randn, bit for bit, as diffusers and ComfyUI draw), or replays them from --eps (tensor `eps`, the latent's shape) for exact
             comparison with another implementation.
             npnet: maps an initial Gaussian noise (--init-noise, tensor `noise`, else drawn from the seed
             like noisear's) to the golden noise; --intermediates also writes text_emb, svd_branch,
@@ -97,6 +98,8 @@ struct NoiseCommand: ParsableCommand {
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions
     @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Gaussian draws: philox (image b from stream seed + b) or torch (the batch as torch.randn with a CPU generator seeded --seed).")
+    var rng = "philox"
     @Option(help: "Sampling temperature (scale of the predicted standard deviation).") var temperature: Float = 0.5
     @Option(help: "Blend with the Gaussian noise of the same draws: 0 Gaussian, 1 prior (spherical).") var strength: Float = 1
     @Option(help: "Standard-normal draws to replay: .safetensors with `eps`, or .npy.") var eps: String?
@@ -111,6 +114,7 @@ struct NoiseCommand: ParsableCommand {
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
+        _ = try GaussianSource.parse(rng)
         try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors", "npy"])
         if priorOptions.kind == .npnet && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
         if priorOptions.kind == .noiseAR && (initNoise != nil || intermediates) {
@@ -135,7 +139,8 @@ struct NoiseCommand: ParsableCommand {
             try Seeds.check(usedSeed, count: b)
             note("seed \(usedSeed)")
             seedNote = String(usedSeed)
-            x = try DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: usedSeed, on: device)
+            x = try DiffusionSampler.gaussianNoise(count: b, shape: net.config.latentShape, seed: usedSeed, on: device,
+                                                   rng: try GaussianSource.parse(rng))
         }
         let t0 = Date()
         let o = try device.noGrad { try net(noise: x, promptEmbeds: text) }
@@ -147,7 +152,7 @@ struct NoiseCommand: ParsableCommand {
                 tensors += [("residual_branch", try r.toHost()), ("swin_features", try f.toHost())]
             }
         }
-        try writeTensors(tensors, to: out, metadata: ["prior": "npnet", "seed": seedNote, "software": "noisear-gpu"])
+        try writeTensors(tensors, to: out, metadata: ["prior": "npnet", "seed": seedNote, "rng": rng, "software": "noisear-gpu"])
         print("wrote \(out): noise \(tensors[0].1.shape) in \(String(format: "%.3f", Date().timeIntervalSince(t0))) s on \(device.info.id)")
     }
 
@@ -179,10 +184,10 @@ struct NoiseCommand: ParsableCommand {
             let bar = ProgressBar(total: net.config.patches, label: "noise", quiet: quiet)
             let t0 = Date()
             let noise = try NoisePriors.noiseAR(net, text: text, seed: usedSeed, temperature: temperature, strength: strength,
-                                                eps: epsTensor, cached: !uncached) { done, _ in bar.update(done) }
+                                                eps: epsTensor, cached: !uncached, rng: try GaussianSource.parse(rng)) { done, _ in bar.update(done) }
             let host = try noise.toHost()
             try writeTensors([("noise", host)], to: out, metadata: [
-                "prior": "noisear", "seed": eps == nil ? String(usedSeed) : "eps", "temperature": String(temperature),
+                "prior": "noisear", "seed": eps == nil ? String(usedSeed) : "eps", "rng": eps == nil ? rng : "eps", "temperature": String(temperature),
                 "strength": String(strength), "software": "noisear-gpu"])
             print("wrote \(out): noise \(host.shape) in \(String(format: "%.3f", Date().timeIntervalSince(t0))) s on \(device.info.id)")
         }

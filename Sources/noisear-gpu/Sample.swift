@@ -23,6 +23,8 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Blend the prior's noise with the Gaussian noise of the same seed: 0 Gaussian, 1 prior.")
     var strength: Float = 1
     @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Gaussian draws: philox (image i from stream seed + i, the same on every device) or torch (the batch as torch.randn with a CPU generator seeded --seed, as diffusers and ComfyUI draw it).")
+    var rng = "philox"
     @Option(help: "Sampler steps.") var steps = 30
     @Option(help: "Classifier-free guidance scale (1 = no guidance).") var cfg = 5.0
     @Option(help: "ddim | dpmpp2m | euler | euler-a | ddpm") var sampler = "dpmpp2m"
@@ -44,6 +46,7 @@ struct SampleCommand: ParsableCommand {
         if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
         _ = try NoisePriorKind.parse(prior)
+        _ = try GaussianSource.parse(rng)
         if initNoise != nil && prior != "gaussian" { throw CLIError("--init-noise replaces the prior's noise: leave --prior at gaussian") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
@@ -71,7 +74,8 @@ struct SampleCommand: ParsableCommand {
             let m = try TextToImageModel.load(url, device: device, prefix: rawWeights ? "" : nil)
             var request = ShapesSampleRequest(prompt: prompt, seed: 0, batch: batch,
                                               settings: SamplingSettings(sampler: kind, steps: steps, cfg: cfg, karras: karras),
-                                              prior: priorKind, priorPath: priorWeights, temperature: temperature, strength: strength)
+                                              prior: priorKind, priorPath: priorWeights, temperature: temperature, strength: strength,
+                                              rng: try GaussianSource.parse(rng))
             try request.validate()
             try MemoryBudget.check(m.config.unet.estimatedSamplingBytes(batch: batch), on: device, what: "sample --batch \(batch)")
             let source: NoiseSource
@@ -85,7 +89,7 @@ struct SampleCommand: ParsableCommand {
                 source = { _, _ in t }
             } else {
                 source = try ShapesSampling.noiseSource(priorKind, path: priorWeights, model: m,
-                                                        temperature: temperature, strength: strength)
+                                                        temperature: temperature, strength: strength, rng: request.rng)
             }
             request.seed = Seeds.resolve(seed)
             try Seeds.check(request.seed, count: batch)
@@ -98,7 +102,7 @@ struct SampleCommand: ParsableCommand {
             let priorText = initNoise != nil ? "init-noise \(URL(fileURLWithPath: initNoise ?? "").lastPathComponent)"
                 : priorKind == .noiseAR ? "noisear (temperature \(temperature), strength \(strength))" : priorKind.rawValue
             let text = ["prompt": result.prompt, "seed": String(request.seed), "sampler": kind.rawValue, "steps": String(steps),
-                        "cfg": String(cfg), "karras": String(karras), "prior": priorText, "device": device.info.id,
+                        "cfg": String(cfg), "karras": String(karras), "prior": priorText, "rng": request.rng.rawValue, "device": device.info.id,
                         "model": url.lastPathComponent, "software": "noisear-gpu"]
             let pngs = try result.images.map { try PNGImage(width: result.size, height: result.size, pixels: $0).scaled(by: scale) }
             var grid = try PNGImage.grid(pngs, columns: min(batch, 8), spacing: 2 * scale)

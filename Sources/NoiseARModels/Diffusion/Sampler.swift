@@ -35,13 +35,12 @@ public struct SamplingSettings: Sendable, Equatable {
 
 /// The denoising loop with classifier-free guidance (uncond and cond batched in one call).
 public enum DiffusionSampler {
-    /// Initial noise for image i of a batch from seed + i (Philox, the same on every backend),
-    /// shape [count, C, H, W], unscaled (standard normal).
-    public static func gaussianNoise(count: Int, shape: [Int], seed: UInt64, on device: Device) throws -> Tensor {
-        let per = try (0..<count).map {
-            try Tensor.randn([1] + shape, seed: seed &+ UInt64($0), on: device)
-        }
-        return count == 1 ? per[0] : try Tensor.concat(per, axis: 0)
+    /// Initial noise [count, C, H, W], unscaled (standard normal): image i from Philox stream
+    /// seed + i (the same on every backend), or the batch as PyTorch's CPU generator draws it
+    /// for `seed` (`rng: .torch`).
+    public static func gaussianNoise(count: Int, shape: [Int], seed: UInt64, on device: Device,
+                                     rng: GaussianSource = .philox) throws -> Tensor {
+        try rng.standardNormal(count: count, shape: shape, seed: seed, on: device)
     }
 
     /// Denoises standard-normal `noise` [B, C, H, W] for `prompts` (B of them). Step noise of

@@ -70,11 +70,26 @@ public struct PairedComparison: Codable, Sendable {
 /// default; the learned priors plug in as `NoiseSource`s.
 public enum Evaluation {
     /// Gaussian noise: image i from Philox stream seeds[i].
-    public static func gaussian(on device: Device) -> NoiseSource {
-        { _, seeds in
-            let parts = try seeds.map { try Tensor.randn([1, 3, Scene.size, Scene.size], seed: $0, on: device) }
-            return parts.count == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
+    public static func gaussian(on device: Device, rng: GaussianSource = .philox) -> NoiseSource {
+        { _, seeds in try consecutiveRuns(seeds) { start, count in
+            try rng.standardNormal(count: count, shape: [3, Scene.size, Scene.size], seed: start, on: device)
+        } }
+    }
+
+    /// `draw(first seed, count)` for every run of consecutive seeds, concatenated in order: a
+    /// Philox draw is per image anyway; PyTorch's generator draws a run as one batch from its
+    /// first seed (what a diffusers user's seed gives for the batch).
+    public static func consecutiveRuns(_ seeds: [UInt64], _ draw: (UInt64, Int) throws -> Tensor) throws -> Tensor {
+        var parts: [Tensor] = []
+        var start = 0
+        while start < seeds.count {
+            var end = start + 1
+            while end < seeds.count && seeds[end] == seeds[end - 1] &+ 1 { end += 1 }
+            parts.append(try draw(seeds[start], end - start))
+            start = end
         }
+        try require(!parts.isEmpty, "no seeds")
+        return parts.count == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
     }
 
     /// Samples every (prompt, seed) pair in batches and scores each with the reward.

@@ -22,10 +22,12 @@ public enum ShapesNPNet {
         return c
     }
 
-    /// Four-channel starts [B, 4, 32, 32], image i from Philox stream seeds[i].
-    public static func start(seeds: [UInt64], on device: Device) throws -> Tensor {
-        let parts = try seeds.map { try Tensor.randn([1, 4, Scene.size, Scene.size], seed: $0, on: device) }
-        return parts.count == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
+    /// Four-channel starts [B, 4, 32, 32], image i from Philox stream seeds[i] (or PyTorch's
+    /// generator, a run of consecutive seeds as one batch).
+    public static func start(seeds: [UInt64], on device: Device, rng: GaussianSource = .philox) throws -> Tensor {
+        try Evaluation.consecutiveRuns(seeds) { first, count in
+            try rng.standardNormal(count: count, shape: [4, Scene.size, Scene.size], seed: first, on: device)
+        }
     }
 
     /// The spare fourth channels [B, 1, 32, 32] of those starts.
@@ -39,13 +41,13 @@ public enum ShapesNPNet {
 extension NoisePriors {
     /// The shapes world's NPNet source: the golden noise of each seed's four-channel start,
     /// its RGB channels handed to the sampler.
-    public static func npnet(_ net: NPNet, model: TextToImageModel) throws -> NoiseSource {
+    public static func npnet(_ net: NPNet, model: TextToImageModel, rng: GaussianSource = .philox) throws -> NoiseSource {
         try requireShape(net.config.latentShape == [4, Scene.size, Scene.size]
                             && net.config.textFeatures == model.config.text.maxLength * model.config.text.hiddenSize,
                          "the NPNet (latent \(net.config.latentShape), \(net.config.textFeatures) prompt features) does not fit the shapes-world model")
         return { prompts, seeds in
             try model.device.noGrad {
-                let x = try ShapesNPNet.start(seeds: seeds, on: model.device)
+                let x = try ShapesNPNet.start(seeds: seeds, on: model.device, rng: rng)
                 let golden = try net.golden(noise: x, promptEmbeds: model.encode(prompts))
                 return try golden.slice(axis: 1, 0, 3)
             }

@@ -33,7 +33,7 @@ extension NoisePriors {
     /// The shapes world's NoiseAR source: prompt embeddings from the diffusion model's text
     /// encoder, image i drawn from stream seeds[i] (runs of consecutive seeds share a batch).
     public static func noiseAR(_ net: NoiseARNet, model: TextToImageModel, temperature: Float = 0.5,
-                               strength: Float = 1) throws -> NoiseSource {
+                               strength: Float = 1, rng: GaussianSource = .philox) throws -> NoiseSource {
         let want = [3, Scene.size, Scene.size]
         try requireShape(net.config.latentShape == want,
                          "the NoiseAR prior's latent \(net.config.latentShape) does not match the shapes-world model's \(want)")
@@ -41,16 +41,12 @@ extension NoisePriors {
                          "the NoiseAR prior takes \(net.config.contextDim)-wide prompt embeddings; the model's text encoder gives \(model.config.text.hiddenSize)")
         return { prompts, seeds in
             try require(prompts.count == seeds.count, "\(prompts.count) prompts for \(seeds.count) seeds")
-            var parts: [Tensor] = []
-            var start = 0
-            while start < seeds.count {
-                var end = start + 1
-                while end < seeds.count && seeds[end] == seeds[end - 1] &+ 1 { end += 1 }
-                let text = try model.device.noGrad { try model.encode(Array(prompts[start..<end])) }
-                parts.append(try noiseAR(net, text: text, seed: seeds[start], temperature: temperature, strength: strength))
-                start = end
+            var done = 0
+            return try Evaluation.consecutiveRuns(seeds) { first, count in
+                let text = try model.device.noGrad { try model.encode(Array(prompts[done ..< done + count])) }
+                done += count
+                return try noiseAR(net, text: text, seed: first, temperature: temperature, strength: strength, rng: rng)
             }
-            return parts.count == 1 ? parts[0] : try Tensor.concat(parts, axis: 0)
         }
     }
 }

@@ -17,9 +17,13 @@ public struct ShapesSampleRequest: Sendable {
     /// NoiseAR sampling temperature and strength (0 Gaussian ... 1 prior).
     public var temperature: Float
     public var strength: Float
+    /// The source of the standard normals (Philox per image, or PyTorch's generator for the batch).
+    public var rng: GaussianSource
 
     public init(prompt: String, seed: UInt64, batch: Int = 1, settings: SamplingSettings = SamplingSettings(),
-                prior: NoisePriorKind = .gaussian, priorPath: String? = nil, temperature: Float = 0.5, strength: Float = 1) {
+                prior: NoisePriorKind = .gaussian, priorPath: String? = nil, temperature: Float = 0.5, strength: Float = 1,
+                rng: GaussianSource = .philox) {
+        self.rng = rng
         self.prompt = prompt
         self.seed = seed
         self.batch = batch
@@ -58,20 +62,20 @@ public enum ShapesSampling {
     /// The noise source of a prior kind for the shapes-world model (the shipped prior of that
     /// kind unless `path` names weights).
     public static func noiseSource(_ kind: NoisePriorKind, path: String?, model: TextToImageModel,
-                                   temperature: Float = 0.5, strength: Float = 1) throws -> NoiseSource {
+                                   temperature: Float = 0.5, strength: Float = 1, rng: GaussianSource = .philox) throws -> NoiseSource {
         switch kind {
         case .gaussian:
-            return Evaluation.gaussian(on: model.device)
+            return Evaluation.gaussian(on: model.device, rng: rng)
         case .noiseAR:
             guard case .noiseAR(let net) = try NoisePrior.shapesWorld(.noiseAR, path: path, device: model.device) else {
                 throw NoiseError.invalidArgument("not a NoiseAR prior")
             }
-            return try NoisePriors.noiseAR(net, model: model, temperature: temperature, strength: strength)
+            return try NoisePriors.noiseAR(net, model: model, temperature: temperature, strength: strength, rng: rng)
         case .npnet:
             guard case .npnet(let net) = try NoisePrior.shapesWorld(.npnet, path: path, device: model.device) else {
                 throw NoiseError.invalidArgument("not an NPNet")
             }
-            return try NoisePriors.npnet(net, model: model)
+            return try NoisePriors.npnet(net, model: model, rng: rng)
         }
     }
 
@@ -83,7 +87,7 @@ public enum ShapesSampling {
                                what: "sampling \(request.batch) images")
         let facts = try PromptFacts.parse(request.prompt)
         let noiseSource = try source ?? noiseSource(request.prior, path: request.priorPath, model: model,
-                                                    temperature: request.temperature, strength: request.strength)
+                                                    temperature: request.temperature, strength: request.strength, rng: request.rng)
         let seeds = try Seeds.consecutive(from: request.seed, count: request.batch, option: "seed")
         let prompts = [String](repeating: facts.prompt, count: request.batch)
         let noise = try noiseSource(prompts, seeds)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The C API test (Tests/capi/test_capi.c: every entry point, two contexts on two threads) under
+# ThreadSanitizer, against a libnoisear.so built with ThreadSanitizer too (in .build/tsan; an
+# uninstrumented library hides its lock-free synchronisation from the sanitizer). Part of the
+# README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fixtures=${NOISEAR_FIXTURES:-../shared/fixtures}
+[ -d "$fixtures/pth" ] || { echo "tsan: reference fixtures not found at $fixtures (set NOISEAR_FIXTURES)" >&2; exit 1; }
+echo "tsan: building libnoisear.so with -sanitize=thread (.build/tsan)"
+swift build -c release --sanitize=thread --scratch-path .build/tsan --product noisear >.build/tsan-build.log 2>&1 \
+    || { tail -30 .build/tsan-build.log; exit 1; }
+lib=$(cd .build/tsan/release && pwd)
+swiftlib=$(dirname "$(dirname "$(command -v swift)")")/lib/swift/linux
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The toolchain's clang, so the sanitizer runtime is the one the library was built against.
+clang -std=c11 -O1 -g -fsanitize=thread -I include Tests/capi/test_capi.c -o "$work/test_capi_tsan" \
+    -L "$lib" -lnoisear -L "$swiftlib" -ldispatch -lBlocksRuntime -lpthread -lm -Wl,-rpath,"$lib" -Wl,-rpath,"$swiftlib"
+# The test's inputs: the NoiseAR and NPNet fixtures' tensors as raw float32, and their shapes.
+python3 - "$fixtures" "$work" <<'PY'
+import json, struct, sys
+import numpy as np
+fixtures, work = sys.argv[1], sys.argv[2]
+def tensors(path):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    kinds = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64}
+    out = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            a, b = info["data_offsets"]
+            out[name] = np.frombuffer(data[8 + n + a:8 + n + b], dtype=kinds[info["dtype"]]).reshape(info["shape"])
+    return out
+nf = tensors(f"{fixtures}/noisear/noisear_tiny.safetensors")
+pf = tensors(f"{fixtures}/npnet/npnet_tiny.safetensors")
+for name, t in [("noisear_embeds", nf["input.text_emb"]), ("noisear_eps", nf["input.sample_eps"]),
+                ("noisear_noise", nf["input.noise"]), ("npnet_noise", pf["input.noise"]),
+                ("npnet_embeds", pf["input.prompt_embeds"])]:
+    t.astype(np.float32).tofile(f"{work}/{name}.f32")
+dims = list(nf["input.text_emb"].shape) + list(pf["input.prompt_embeds"].shape)
+open(f"{work}/dims.txt", "w").write(" ".join(map(str, dims)))
+PY
+echo "tsan: running the C API test"
+if ! env -u NOISEAR_DEVICE TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$work/test_capi_tsan" "$fixtures/pth" "$work" >"$work/out.txt" 2>&1 \
+    || grep -q "ThreadSanitizer" "$work/out.txt"; then
+    tail -60 "$work/out.txt"
+    echo "tsan: FAILED" >&2
+    exit 1
+fi
+echo "tsan: clean ($(grep -o '[0-9]* passed, 0 failed' "$work/out.txt"))"
