@@ -1,6 +1,6 @@
 /*
  * noisear.h — C API of noisear-gpu: learned initial-noise priors (NoiseAR, NPNet) for diffusion
- * pipelines, on OpenCL devices or the CPU.
+ * pipelines, on OpenCL or Vulkan devices or the CPU.
  *
  * Link with libnoisear.so (`swift build -c release` puts it in .build/release/).
  *
@@ -19,8 +19,10 @@
  *   on different contexts may run concurrently on different threads. noisear_device_count,
  *   noisear_device_get, noisear_set_log_callback, noisear_abi_version and noisear_version are
  *   safe from any thread.
- * - Randomness: image b of a batch draws from the Philox4x32-10 stream seed + b, so one seed
- *   gives the same noise on every device.
+ * - Randomness: by default image b of a batch draws from the Philox4x32-10 stream seed + b, so
+ *   one seed gives the same noise on every device; with NOISEAR_RNG_TORCH the batch's standard
+ *   normals are torch.randn([B, ...], generator=torch.Generator().manual_seed(seed)) bit for
+ *   bit, as diffusers and ComfyUI draw them (drawn on the host, so also the same on every device).
  */
 #ifndef NOISEAR_H
 #define NOISEAR_H
@@ -34,7 +36,7 @@ extern "C" {
 #endif
 
 /* The ABI this header describes; compare with noisear_abi_version() at run time. */
-#define NOISEAR_ABI_VERSION 1
+#define NOISEAR_ABI_VERSION 2
 
 typedef enum noisear_status {
     NOISEAR_OK = 0,
@@ -107,6 +109,21 @@ const char *noisear_context_device(const noisear_context *ctx);
 /* The message of the last failure of a call on this context or on a prior loaded on it. */
 const char *noisear_context_last_error(const noisear_context *ctx);
 
+/* ---- Gaussian noise ---------------------------------------------------------------------- */
+
+typedef enum noisear_rng {
+    NOISEAR_RNG_PHILOX = 0, /* image b from the Philox4x32-10 stream seed + b */
+    NOISEAR_RNG_TORCH = 1   /* PyTorch's CPU generator (mt19937), as torch.randn draws */
+} noisear_rng;
+
+/* Standard-normal noise for `batch` images into out (out_count = batch * elements per image).
+ * batch_index (NULL: 0, 1, ..., batch - 1) says which index each image has in a larger batch,
+ * as ComfyUI's latent batch_index does: with NOISEAR_RNG_TORCH one generator seeded `seed`
+ * draws one image for every index from 0 to the largest listed, and the listed ones are kept in
+ * order (ComfyUI's prepare_noise); with NOISEAR_RNG_PHILOX image i is stream seed + index. */
+noisear_status noisear_gaussian_noise(noisear_rng rng, uint64_t seed, int64_t batch, const int64_t *batch_index,
+                                      float *out, size_t out_count);
+
 /* ---- priors ----------------------------------------------------------------------------- */
 
 typedef struct noisear_prior noisear_prior;
@@ -120,6 +137,19 @@ typedef enum noisear_prior_kind {
  * (zip or legacy format; read without PyTorch and without running any pickled code).
  * The kind is detected from the keys. */
 noisear_status noisear_prior_load(noisear_context *ctx, const char *path, noisear_prior **out);
+
+/* What a checkpoint may not say about its network. 0 means: from a `config.json` (or
+ * `NAME.json`) beside the checkpoint when it has the key, else the file's own config, else the
+ * authors' released value. */
+typedef struct noisear_prior_load_params {
+    int32_t heads;     /* NoiseAR attention heads ("n_heads"; the authors' checkpoints use 1) */
+    int32_t svd_heads; /* NPNet singular-value branch attention heads ("svd_attention_heads"; 8) */
+} noisear_prior_load_params;
+
+noisear_prior_load_params noisear_prior_load_default_params(void);
+/* noisear_prior_load with options (params may be NULL: the defaults). */
+noisear_status noisear_prior_load_ex(noisear_context *ctx, const char *path, const noisear_prior_load_params *params,
+                                     noisear_prior **out);
 void noisear_prior_free(noisear_prior *prior);
 /* The message of the last failure on the prior's context (the prior keeps its context alive,
  * so this works after noisear_context_free too); "" when none. */
@@ -133,13 +163,14 @@ void noisear_prior_latent_shape(const noisear_prior *prior, int64_t shape[3]);
 int64_t noisear_prior_embed_size(const noisear_prior *prior);
 
 typedef struct noisear_sample_params {
-    uint64_t seed;          /* image b draws from stream seed + b */
+    uint64_t seed;          /* PHILOX: image b draws from stream seed + b; TORCH: the batch from seed */
     float temperature;      /* scale of the predicted standard deviation (default 0.5) */
     float strength;         /* 0: the Gaussian noise of the same draws ... 1: the prior (default 1) */
     const float *eps;       /* optional standard-normal draws to replay, [B, C, H, W]; NULL: from seed */
     bool uncached;          /* re-run the prefix per patch instead of the key/value cache */
     noisear_progress_callback progress; /* optional, per patch */
     void *progress_user_data;
+    noisear_rng rng;        /* the source of the standard normals when eps is NULL (default PHILOX) */
 } noisear_sample_params;
 
 noisear_sample_params noisear_sample_default_params(void);
@@ -178,6 +209,7 @@ typedef struct noisear_shapes_params {
     const char *model_path;   /* the text-to-image model; NULL: $NOISEAR_MODEL or the shipped one */
     noisear_progress_callback progress; /* optional, per sampler step */
     void *progress_user_data;
+    noisear_rng rng;          /* initial noise: PHILOX (image i from seed + i, default) or TORCH */
 } noisear_shapes_params;
 
 noisear_shapes_params noisear_shapes_default_params(void);

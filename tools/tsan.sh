@@ -41,6 +41,23 @@ for name, t in [("noisear_embeds", nf["input.text_emb"]), ("noisear_eps", nf["in
     t.astype(np.float32).tofile(f"{work}/{name}.f32")
 dims = list(nf["input.text_emb"].shape) + list(pf["input.prompt_embeds"].shape)
 open(f"{work}/dims.txt", "w").write(" ".join(map(str, dims)))
+# The 4-head prior's weights without their config, alone and beside a config.json.
+import os
+h4 = tensors(f"{fixtures}/noisear/noisear_heads4_layers2.safetensors")
+weights = {k[len("weights."):]: v.astype(np.float32) for k, v in h4.items() if k.startswith("weights.")}
+header, blob = {}, b""
+for k, v in weights.items():
+    header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [len(blob), len(blob) + v.nbytes]}
+    blob += v.tobytes()
+h = json.dumps(header).encode()
+os.makedirs(f"{work}/heads4_dir")
+for p in (f"{work}/heads4.safetensors", f"{work}/heads4_dir/model.safetensors"):
+    open(p, "wb").write(struct.pack("<Q", len(h)) + h + blob)
+open(f"{work}/heads4_dir/config.json", "w").write('{"n_heads": 4}')
+h4["input.text_emb"].astype(np.float32).tofile(f"{work}/heads4_embeds.f32")
+h4["input.sample_eps"].astype(np.float32).tofile(f"{work}/heads4_eps.f32")
+e = h4["input.sample_eps"].shape
+open(f"{work}/heads4_dims.txt", "w").write(" ".join(map(str, list(h4["input.text_emb"].shape) + [e[1], e[2]])))
 PY
 echo "tsan: running the C API test"
 if ! env -u NOISEAR_DEVICE TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$work/test_capi_tsan" "$fixtures/pth" "$work" >"$work/out.txt" 2>&1 \

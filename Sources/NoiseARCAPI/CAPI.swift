@@ -323,15 +323,75 @@ public func noisear_context_last_error(_ ctx: OpaquePointer?) -> UnsafePointer<C
 @_cdecl("noisear_prior_load")
 public func noisear_prior_load(_ ctx: OpaquePointer?, _ path: UnsafePointer<CChar>?,
                                _ out: UnsafeMutablePointer<OpaquePointer?>?) -> noisear_status {
+    loadPrior(ctx, path, nil, out, "noisear_prior_load")
+}
+
+@_cdecl("noisear_prior_load_default_params")
+public func noisear_prior_load_default_params() -> noisear_prior_load_params {
+    noisear_prior_load_params(heads: 0, svd_heads: 0)
+}
+
+@_cdecl("noisear_prior_load_ex")
+public func noisear_prior_load_ex(_ ctx: OpaquePointer?, _ path: UnsafePointer<CChar>?,
+                                  _ params: UnsafePointer<noisear_prior_load_params>?,
+                                  _ out: UnsafeMutablePointer<OpaquePointer?>?) -> noisear_status {
+    loadPrior(ctx, path, params?.pointee, out, "noisear_prior_load_ex")
+}
+
+func loadPrior(_ ctx: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ params: noisear_prior_load_params?,
+               _ out: UnsafeMutablePointer<OpaquePointer?>?, _ name: String) -> noisear_status {
     guard let c = handle(ctx, as: Context.self) else {
-        return guarded { throw NoiseError.invalidArgument("noisear_prior_load: the context is NULL") }
+        return guarded { throw NoiseError.invalidArgument("\(name): the context is NULL") }
     }
     return guarded(c) {
-        guard let out else { throw NoiseError.invalidArgument("noisear_prior_load: out is NULL") }
+        guard let out else { throw NoiseError.invalidArgument("\(name): out is NULL") }
         out.pointee = nil
-        let p = try string(path, "noisear_prior_load: path")
-        let prior = try NoisePrior.load(URL(fileURLWithPath: p), device: c.device)
+        let p = try string(path, "\(name): path")
+        let lp = params ?? noisear_prior_load_default_params()
+        guard lp.heads >= 0, lp.svd_heads >= 0 else {
+            throw NoiseError.invalidArgument("\(name): heads and svd_heads must be 0 (from the config) or positive")
+        }
+        let options = PriorLoadOptions(heads: lp.heads > 0 ? Int(lp.heads) : nil, svdHeads: lp.svd_heads > 0 ? Int(lp.svd_heads) : nil)
+        let prior = try NoisePrior.load(URL(fileURLWithPath: p), device: c.device, options: options)
         out.pointee = retained(Prior(context: c, prior: prior))
+    }
+}
+
+/// The C rng code as a source.
+func gaussianSource(_ rng: noisear_rng, _ what: String) throws -> GaussianSource {
+    switch rng {
+    case NOISEAR_RNG_PHILOX: return .philox
+    case NOISEAR_RNG_TORCH: return .torch
+    default: throw NoiseError.invalidArgument("\(what) \(rng.rawValue): expected NOISEAR_RNG_PHILOX (0) or NOISEAR_RNG_TORCH (1)")
+    }
+}
+
+@_cdecl("noisear_gaussian_noise")
+public func noisear_gaussian_noise(_ rng: noisear_rng, _ seed: UInt64, _ batch: Int64, _ batchIndex: UnsafePointer<Int64>?,
+                                   _ out: UnsafeMutablePointer<Float>?, _ outCount: Int) -> noisear_status {
+    guarded {
+        let source = try gaussianSource(rng, "rng")
+        guard let out else { throw NoiseError.invalidArgument("noisear_gaussian_noise: out is NULL") }
+        guard batch > 0, batch <= 1 << 20 else { throw NoiseError.shapeMismatch("batch \(batch) must be in 1 ... 2^20") }
+        let b = Int(batch)
+        guard outCount > 0, outCount % b == 0 else {
+            throw NoiseError.shapeMismatch("out holds \(bufferCount(outCount)) floats, not a positive multiple of the batch \(batch)")
+        }
+        let per = outCount / b
+        let indices = batchIndex.map { p in (0 ..< b).map { Int(p[$0]) } }
+        if let indices, indices.contains(where: { $0 < 0 || $0 >= 1 << 20 }) {
+            throw NoiseError.invalidArgument("batch_index entries must be in 0 ..< 2^20")
+        }
+        try MemoryBudget.check(MemoryBudget.floatBytes([outCount, (indices?.max() ?? 0) + 1 > b ? per : 0]),
+                               on: Device.cpuDevice(), what: "noisear_gaussian_noise of \(bufferCount(outCount)) floats")
+        let values: [Float]
+        switch source {
+        case .torch:
+            values = try TorchRandom.comfyNoise(perImage: per, batch: b, seed: seed, batchIndex: indices)
+        case .philox:
+            values = (0 ..< b).flatMap { Philox.normal(count: per, seed: seed &+ UInt64(indices?[$0] ?? $0)) }
+        }
+        try store(values, out, capacity: outCount, "out")
     }
 }
 
@@ -368,7 +428,7 @@ public func noisear_prior_embed_size(_ prior: OpaquePointer?) -> Int64 {
 @_cdecl("noisear_sample_default_params")
 public func noisear_sample_default_params() -> noisear_sample_params {
     noisear_sample_params(seed: 0, temperature: 0.5, strength: 1, eps: nil, uncached: false,
-                          progress: nil, progress_user_data: nil)
+                          progress: nil, progress_user_data: nil, rng: NOISEAR_RNG_PHILOX)
 }
 
 /// A prior handle and its context, or the handle-less error.
@@ -418,10 +478,11 @@ public func noisear_prior_sample(_ prior: OpaquePointer?, _ promptEmbeds: Unsafe
         try checkMemory(p, batch: batch, tokens: tokens, "noisear_prior_sample")
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let eps = try sp.eps.map { try latent(p, $0, count: outCount, batch: batch, "eps") }
-        try Seeds.check(sp.seed, count: Int(batch), option: "seed")
+        let rng = try gaussianSource(sp.rng, "params.rng")
+        if rng == .philox { try Seeds.check(sp.seed, count: Int(batch), option: "seed") }
         let noise = try device.noGrad {
             try NoisePriors.noiseAR(net, text: text, seed: sp.seed, temperature: sp.temperature, strength: sp.strength,
-                                    eps: eps, cached: !sp.uncached) { done, total in
+                                    eps: eps, cached: !sp.uncached, rng: gaussianSource(sp.rng, "params.rng")) { done, total in
                 if let cb = sp.progress, !cb(Int32(done), Int32(total), sp.progress_user_data) {
                     throw NoiseError.cancelled("noisear_prior_sample stopped after patch \(done) of \(total)")
                 }
@@ -480,7 +541,8 @@ public func noisear_prior_golden(_ prior: OpaquePointer?, _ noise: UnsafePointer
 @_cdecl("noisear_shapes_default_params")
 public func noisear_shapes_default_params() -> noisear_shapes_params {
     noisear_shapes_params(prompt: nil, seed: 0, batch: 1, steps: 30, cfg: 5, sampler: nil, prior: nil, prior_path: nil,
-                          temperature: 0.5, strength: 1, model_path: nil, progress: nil, progress_user_data: nil)
+                          temperature: 0.5, strength: 1, model_path: nil, progress: nil, progress_user_data: nil,
+                          rng: NOISEAR_RNG_PHILOX)
 }
 
 @_cdecl("noisear_shapes_sample")
@@ -500,7 +562,7 @@ public func noisear_shapes_sample(_ ctx: OpaquePointer?, _ params: UnsafePointer
             prompt: prompt, seed: sp.seed, batch: Int(sp.batch),
             settings: SamplingSettings(sampler: sampler, steps: Int(sp.steps), cfg: sp.cfg),
             prior: prior, priorPath: sp.prior_path.map { String(cString: $0) },
-            temperature: sp.temperature, strength: sp.strength)
+            temperature: sp.temperature, strength: sp.strength, rng: try gaussianSource(sp.rng, "params.rng"))
         try request.validate()
         let size = Scene.size
         let (need, o) = (request.batch * size * size).multipliedReportingOverflow(by: 3)

@@ -76,6 +76,21 @@ import Testing
         try Self.writeFloats(pText, work.appendingPathComponent("npnet_embeds.f32"))
         let dims = (text.shape + pText.shape).map(String.init).joined(separator: " ")
         try Data(dims.utf8).write(to: work.appendingPathComponent("dims.txt"))
+        // A 4-head NoiseAR whose file does not say so (its weights without the config), once
+        // alone and once in a folder with a config.json that does.
+        let h4 = try SafeTensorsFile.read(fixtures.appendingPathComponent("noisear/noisear_heads4_layers2.safetensors"))
+        var bare = SafeTensorsFile()
+        for (name, t) in h4.tensors where name.hasPrefix("weights.") { bare.tensors[String(name.dropFirst(8))] = t }
+        try bare.write(to: work.appendingPathComponent("heads4.safetensors"))
+        let h4dir = work.appendingPathComponent("heads4_dir")
+        try FileManager.default.createDirectory(at: h4dir, withIntermediateDirectories: true)
+        try bare.write(to: h4dir.appendingPathComponent("model.safetensors"))
+        try Data(#"{"n_heads": 4, "note": "other keys are ignored"}"#.utf8).write(to: h4dir.appendingPathComponent("config.json"))
+        let h4text = try h4.tensor("input.text_emb"), h4eps = try h4.tensor("input.sample_eps")
+        try Self.writeFloats(h4text, work.appendingPathComponent("heads4_embeds.f32"))
+        try Self.writeFloats(h4eps, work.appendingPathComponent("heads4_eps.f32"))
+        try Data((h4text.shape + [h4eps.shape[1], h4eps.shape[2]]).map(String.init).joined(separator: " ").utf8)
+            .write(to: work.appendingPathComponent("heads4_dims.txt"))
 
         // Compile as a C host would: the header, the library, nothing else.
         let exe = work.appendingPathComponent("test_capi").path
@@ -109,6 +124,12 @@ import Testing
             let (s, o) = try Self.run(asan, [fixtures.appendingPathComponent("pth").path, work.path], environment: asanEnv)
             #expect(s == 0 && o.contains(" passed, 0 failed") && !o.contains("Sanitizer"), "test_capi under ASan/UBSan (\(s)): \(o.suffix(4000))")
         }
+
+        // The 4-head prior: the reference with heads given or from config.json, not without.
+        let h4sample = try h4.tensor("output.sample").data
+        #expect(Self.relErr(try Self.readFloats(work.appendingPathComponent("c_heads4_given.f32")), h4sample) < 1e-4)
+        #expect(Self.relErr(try Self.readFloats(work.appendingPathComponent("c_heads4_config.f32")), h4sample) < 1e-4)
+        #expect(Self.relErr(try Self.readFloats(work.appendingPathComponent("c_heads4_default.f32")), h4sample) > 1e-2)
 
         // Outputs against the PyTorch reference (float64), as the Swift parity tests bound them.
         let sample = try nf.tensor("output.sample").data

@@ -362,6 +362,74 @@ int main(int argc, char **argv) {
     CHECK(noisear_shapes_sample(NULL, &shp, rgb, 2 * 32 * 32 * 3, &w, &h) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL ctx");
     CHECK(noisear_shapes_sample(ctx, NULL, rgb, 2 * 32 * 32 * 3, &w, &h) == NOISEAR_ERR_INVALID_ARGUMENT, "NULL params");
 
+    /* torch-compatible noise: the first values of torch.randn(5, generator=manual_seed(42))
+       and of a 16-element draw (torch's other path), and ComfyUI's batch_index draws */
+    {
+        float small[5], big[32], pick[16];
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 42, 1, NULL, small, 5) == NOISEAR_OK, "%s", noisear_last_error());
+        CHECK(fabsf(small[0] - 0.33669037f) < 1e-6f && fabsf(small[1] - 0.12880941f) < 1e-6f, "torch seed 42: %g %g", small[0], small[1]);
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 0, 2, NULL, big, 32) == NOISEAR_OK, "%s", noisear_last_error());
+        CHECK(fabsf(big[0] + 1.1258398f) < 1e-6f, "torch seed 0, 32 elements: %g", big[0]);
+        int64_t idx[2] = {1, 1};
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 0, 2, idx, pick, 32 - 16) == NOISEAR_OK, "%s", noisear_last_error());
+        CHECK(memcmp(pick, pick + 8, 8 * sizeof(float)) == 0, "a repeated batch_index gives the same draw");
+        CHECK(noisear_gaussian_noise((noisear_rng)7, 0, 1, NULL, small, 5) == NOISEAR_ERR_INVALID_ARGUMENT, "bad rng");
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 0, 2, NULL, small, 5) == NOISEAR_ERR_SHAPE, "count not a multiple");
+        idx[0] = -1;
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 0, 2, idx, pick, 16) == NOISEAR_ERR_INVALID_ARGUMENT, "negative index");
+        /* a NoiseAR sample with rng TORCH is the sample with eps = torch.randn of the latent */
+        float *teps = calloc(latent, sizeof(float)), *a = calloc(latent, sizeof(float)), *b = calloc(latent, sizeof(float));
+        CHECK(noisear_gaussian_noise(NOISEAR_RNG_TORCH, 11, 1, NULL, teps, latent) == NOISEAR_OK, "%s", noisear_last_error());
+        noisear_sample_params tp = noisear_sample_default_params();
+        tp.seed = 11;
+        tp.rng = NOISEAR_RNG_TORCH;
+        CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &tp, a, latent) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));
+        tp.rng = NOISEAR_RNG_PHILOX;
+        tp.eps = teps;
+        CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &tp, b, latent) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));
+        CHECK(memcmp(a, b, latent * sizeof(float)) == 0, "rng TORCH is eps = torch.randn");
+        tp.eps = NULL;
+        tp.rng = (noisear_rng)9;
+        CHECK(noisear_prior_sample(prior, embeds, nb, nt, nd, &tp, b, latent) == NOISEAR_ERR_INVALID_ARGUMENT, "bad params.rng");
+        free(teps); free(a); free(b);
+    }
+
+    /* What a checkpoint cannot say: a 4-head NoiseAR whose file has no config (heads4.safetensors,
+       written by the Swift side) gives the reference sample only with heads = 4, given here or
+       by a config.json beside it. */
+    {
+        long long hb, ht, hd, hc, hs;
+        FILE *hf = fopen(path(work, "heads4_dims.txt"), "r");
+        if (hf && fscanf(hf, "%lld %lld %lld %lld %lld", &hb, &ht, &hd, &hc, &hs) == 5) {
+            size_t hn = (size_t)(hb * hc * hs * hs);
+            float *he = read_floats("heads4_embeds.f32", (size_t)(hb * ht * hd)), *hx = read_floats("heads4_eps.f32", hn);
+            float *ho = calloc(hn, sizeof(float));
+            noisear_prior_load_params lp = noisear_prior_load_default_params();
+            CHECK(lp.heads == 0 && lp.svd_heads == 0, "load defaults");
+            noisear_sample_params hp = noisear_sample_default_params();
+            hp.eps = hx;
+            const char *files[3] = {"heads4.safetensors", "heads4.safetensors", "heads4_dir/model.safetensors"};
+            const char *outs[3] = {"c_heads4_given.f32", "c_heads4_default.f32", "c_heads4_config.f32"};
+            for (int k = 0; k < 3; k++) {
+                noisear_prior *hpri = NULL;
+                lp.heads = k == 0 ? 4 : 0;
+                CHECK(noisear_prior_load_ex(ctx, path(work, files[k]), &lp, &hpri) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));
+                CHECK(noisear_prior_sample(hpri, he, hb, ht, hd, &hp, ho, hn) == NOISEAR_OK, "%s", noisear_context_last_error(ctx));
+                write_floats(outs[k], ho, hn);
+                noisear_prior_free(hpri);
+            }
+            noisear_prior *bad = NULL;
+            lp.heads = -2;
+            CHECK(noisear_prior_load_ex(ctx, path(work, files[0]), &lp, &bad) == NOISEAR_ERR_INVALID_ARGUMENT && bad == NULL, "heads -2");
+            lp.heads = 3;  /* d_model 64 is not divisible by 3 */
+            CHECK(noisear_prior_load_ex(ctx, path(work, files[0]), &lp, &bad) != NOISEAR_OK && bad == NULL, "heads 3");
+            free(he); free(hx); free(ho);
+        } else {
+            CHECK(0, "heads4_dims.txt missing");
+        }
+        if (hf) fclose(hf);
+    }
+
     CHECK(log_messages > 0, "the log callback saw no message");
     noisear_set_log_callback(NULL, NULL);
 

@@ -1,16 +1,19 @@
 """noisear-gpu: learned initial-noise priors (NoiseAR, NPNet) for diffusion pipelines.
 
-A thin ctypes layer over libnoisear.so (include/noisear.h). Arrays go in as numpy arrays of any
-float dtype and layout (converted to C-contiguous float32; anything else is rejected with a
-clear error) and come back as float32 numpy arrays.
+A thin ctypes layer over libnoisear.so (include/noisear.h). Arrays go in as numpy arrays, torch
+tensors (any float dtype including bfloat16, any device) or other DLPack objects, and come back
+as the caller's kind: a torch tensor on the input's device and dtype for torch input, else a
+float32 numpy array. torch is never imported by this package; it is used only when the caller
+hands it in.
 
     prior = noisear_gpu.load_prior("model.pth", device="auto")
-    noise = prior.sample(prompt_embeds, seed=0, temperature=0.5)     # [B, C, H, W]
+    noise = prior.sample(prompt_embeds, seed=0, temperature=0.5, rng="torch")   # [B, C, H, W]
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -19,10 +22,11 @@ import numpy as np
 
 __all__ = [
     "NoiseARError", "Context", "Prior", "devices", "load_prior", "library_path", "abi_version", "version",
-    "shapes_sample", "shapes_reward",
+    "shapes_sample", "shapes_reward", "gaussian_noise", "RNGS",
 ]
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+RNGS = {"philox": 0, "torch": 1}
 
 _STATUS = {
     0: "NOISEAR_OK", -1: "NOISEAR_ERR_INVALID_ARGUMENT", -2: "NOISEAR_ERR_SHAPE", -3: "NOISEAR_ERR_IO",
@@ -78,7 +82,11 @@ _PROGRESS = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_int, ctypes.c_int, ctypes.c
 class _SampleParams(ctypes.Structure):
     _fields_ = [("seed", ctypes.c_uint64), ("temperature", ctypes.c_float), ("strength", ctypes.c_float),
                 ("eps", ctypes.POINTER(ctypes.c_float)), ("uncached", ctypes.c_bool),
-                ("progress", _PROGRESS), ("progress_user_data", ctypes.c_void_p)]
+                ("progress", _PROGRESS), ("progress_user_data", ctypes.c_void_p), ("rng", ctypes.c_int)]
+
+
+class _PriorLoadParams(ctypes.Structure):
+    _fields_ = [("heads", ctypes.c_int32), ("svd_heads", ctypes.c_int32)]
 
 
 class _ShapesParams(ctypes.Structure):
@@ -86,7 +94,7 @@ class _ShapesParams(ctypes.Structure):
                 ("steps", ctypes.c_int32), ("cfg", ctypes.c_double), ("sampler", ctypes.c_char_p),
                 ("prior", ctypes.c_char_p), ("prior_path", ctypes.c_char_p), ("temperature", ctypes.c_float),
                 ("strength", ctypes.c_float), ("model_path", ctypes.c_char_p), ("progress", _PROGRESS),
-                ("progress_user_data", ctypes.c_void_p)]
+                ("progress_user_data", ctypes.c_void_p), ("rng", ctypes.c_int)]
 
 
 _lib = None
@@ -118,6 +126,9 @@ def _load():
             "noisear_context_device": (cp, [vp]),
             "noisear_context_last_error": (cp, [vp]),
             "noisear_prior_load": (c_int, [vp, cp, ctypes.POINTER(vp)]),
+            "noisear_prior_load_default_params": (_PriorLoadParams, []),
+            "noisear_prior_load_ex": (c_int, [vp, cp, ctypes.POINTER(_PriorLoadParams), ctypes.POINTER(vp)]),
+            "noisear_gaussian_noise": (c_int, [c_int, ctypes.c_uint64, c_i64, ctypes.POINTER(c_i64), _FP, c_sz]),
             "noisear_prior_free": (None, [vp]),
             "noisear_prior_last_error": (cp, [vp]),
             "noisear_prior_get_kind": (c_int, [vp]),
@@ -158,8 +169,46 @@ def _check(status: int, message: Callable[[], bytes]):
         raise cls(status, text)
 
 
+class _Kind:
+    """How to hand a result back in the caller's kind: a torch tensor on the input's device and
+    dtype, or a numpy array."""
+
+    def __init__(self, like=None):
+        self.like = like if _is_torch(like) else None
+
+    def wrap(self, a: np.ndarray):
+        if self.like is None:
+            return a
+        torch = sys.modules["torch"]
+        return torch.from_numpy(a).to(device=self.like.device, dtype=self.like.dtype)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and "torch" in sys.modules and \
+        isinstance(x, sys.modules["torch"].Tensor)
+
+
+def _as_numpy(name: str, array):
+    """numpy arrays as they are; torch tensors (any dtype incl. bfloat16, any device) detached,
+    moved to the CPU and widened to float32; other DLPack objects through numpy's DLPack import."""
+    if _is_torch(array):
+        t = array.detach()
+        if t.is_complex():
+            raise NoiseARError(-1, f"{name}: dtype {t.dtype} is not a real number type")
+        if t.dtype.is_floating_point or t.dtype in (sys.modules["torch"].int32, sys.modules["torch"].int64):
+            return t.to(device="cpu", dtype=sys.modules["torch"].float32).contiguous().numpy()
+        raise NoiseARError(-1, f"{name}: dtype {t.dtype} is not a real number type")
+    if not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__"):
+        try:
+            return np.from_dlpack(array)
+        except Exception as e:  # a device numpy cannot read, or a dtype it does not have
+            raise NoiseARError(-1, f"{name}: DLPack object numpy cannot import ({e}); pass it on the CPU") from None
+    return array
+
+
 def _floats(name: str, array, ndim: int) -> np.ndarray:
     """A C-contiguous float32 copy (or view) of `array`, checked for rank and finiteness."""
+    array = _as_numpy(name, array)
     try:
         a = np.asarray(array)
     except Exception as e:  # objects numpy cannot turn into an array
@@ -173,6 +222,33 @@ def _floats(name: str, array, ndim: int) -> np.ndarray:
         i = int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
         raise NoiseARError(-1, f"{name}: holds {a.reshape(-1)[i]} at flat index {i}")
     return a
+
+
+def _rng(rng: str) -> int:
+    if rng not in RNGS:
+        raise NoiseARError(-1, f"rng {rng!r}: expected one of {', '.join(RNGS)}")
+    return RNGS[rng]
+
+
+def gaussian_noise(shape: Sequence[int], seed: int = 0, rng: str = "torch", batch_index=None, like=None):
+    """Standard-normal noise [B, ...]. rng="torch": torch.randn(shape,
+    generator=torch.Generator().manual_seed(seed)) bit for bit (no torch needed); with
+    `batch_index` (one index per image) ComfyUI's per-index draws. rng="philox": image i from
+    the Philox stream seed + index. `like` (a torch tensor) picks the returned kind, device and dtype."""
+    lib = _load()
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise NoiseARError(-2, f"shape {shape}: every size must be positive")
+    out = np.empty(shape, dtype=np.float32)
+    idx = None
+    if batch_index is not None:
+        idx = np.ascontiguousarray(np.asarray(list(batch_index), dtype=np.int64))
+        if idx.shape != (shape[0],):
+            raise NoiseARError(-2, f"batch_index has {idx.size} entries for a batch of {shape[0]}")
+    _check(lib.noisear_gaussian_noise(_rng(rng), _seed(seed), shape[0],
+                                      idx.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) if idx is not None else None,
+                                      _ptr(out), out.size), lib.noisear_last_error)
+    return _Kind(like).wrap(out)
 
 
 def _ptr(a: np.ndarray):
@@ -282,16 +358,26 @@ class Context:
     def __exit__(self, *exc):
         self.close()
 
-    def load_prior(self, path) -> "Prior":
+    def load_prior(self, path, heads: Optional[int] = None, svd_heads: Optional[int] = None) -> "Prior":
+        """What the weights cannot say: `heads` (NoiseAR's attention heads) and `svd_heads`
+        (NPNet's singular-value branch heads); None takes them from a `config.json` (or
+        `NAME.json`) beside the file, else the file's own config, else the authors' values."""
+        params = self._lib.noisear_prior_load_default_params()
+        for name, value in (("heads", heads), ("svd_heads", svd_heads)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= 4096:
+                    raise NoiseARError(-1, f"{name} must be an integer in 1 ... 4096, got {value!r}")
+                setattr(params, name, int(value))
         handle = ctypes.c_void_p()
-        _check(self._lib.noisear_prior_load(self._open_handle(), _cstring("path", path), ctypes.byref(handle)),
-               self._error)
+        _check(self._lib.noisear_prior_load_ex(self._open_handle(), _cstring("path", path), ctypes.byref(params),
+                                               ctypes.byref(handle)), self._error)
         return Prior(self, handle)
 
 
-def load_prior(path, device: Optional[str] = "auto") -> "Prior":
+def load_prior(path, device: Optional[str] = "auto", heads: Optional[int] = None,
+               svd_heads: Optional[int] = None) -> "Prior":
     """A NoiseAR or NPNet prior (.safetensors or the authors' .pth) on a new context."""
-    return Context(device).load_prior(path)
+    return Context(device).load_prior(path, heads=heads, svd_heads=svd_heads)
 
 
 class Prior:
@@ -340,9 +426,13 @@ class Prior:
         return int(self._lib.noisear_prior_embed_size(self._open_handle()))
 
     def sample(self, prompt_embeds, seed: int = 0, temperature: float = 0.5, strength: float = 1.0,
-               eps=None, cached: bool = True, progress: Optional[Callable[[int, int], bool]] = None) -> np.ndarray:
-        """NoiseAR: initial latents [B, C, H, W] for prompt embeddings [B, T, D]; image b from
-        Philox stream seed + b (or the standard-normal draws `eps`)."""
+               eps=None, cached: bool = True, progress: Optional[Callable[[int, int], bool]] = None,
+               rng: str = "philox"):
+        """NoiseAR: initial latents [B, C, H, W] for prompt embeddings [B, T, D]; the standard
+        normals from `rng`: "philox" (image b from stream seed + b) or "torch" (the batch as
+        torch.randn with a CPU generator seeded `seed`), or given as `eps`. Returned as the
+        embeddings' kind (torch in, torch out on its device and dtype)."""
+        kind = _Kind(prompt_embeds)
         e = _floats("prompt_embeds", prompt_embeds, 3)
         b, t, d = e.shape
         out = np.empty((b,) + self.latent_shape, dtype=np.float32)
@@ -351,6 +441,7 @@ class Prior:
         params.temperature = float(temperature)
         params.strength = float(strength)
         params.uncached = not cached
+        params.rng = _rng(rng)
         keep = None
         if eps is not None:
             keep = _floats("eps", eps, 4)
@@ -362,11 +453,12 @@ class Prior:
         status = self._lib.noisear_prior_sample(self._open_handle(), _ptr(e), b, t, d, ctypes.byref(params), _ptr(out), out.size)
         cb.reraise()
         _check(status, self._error)
-        return out
+        return kind.wrap(out)
 
     def score(self, prompt_embeds, noise, temperature: float = 1.0):
         """NoiseAR: (mu, logvar, log_prob): the teacher-forced Gaussian of every element and the
-        exact log-likelihood [B] (nats) of `noise` [B, C, H, W]."""
+        exact log-likelihood [B] (nats) of `noise` [B, C, H, W], as the noise's kind."""
+        kind = _Kind(noise)
         e = _floats("prompt_embeds", prompt_embeds, 3)
         x = _floats("noise", noise, 4)
         b, t, d = e.shape
@@ -375,17 +467,19 @@ class Prior:
         log_prob = np.empty((b,), dtype=np.float32)
         _check(self._lib.noisear_prior_score(self._open_handle(), _ptr(e), b, t, d, _ptr(x), x.size, float(temperature),
                                              _ptr(mu), _ptr(logvar), _ptr(log_prob)), self._error)
-        return mu, logvar, log_prob
+        return kind.wrap(mu), kind.wrap(logvar), kind.wrap(log_prob)
 
-    def golden(self, noise, prompt_embeds) -> np.ndarray:
-        """NPNet: the golden noise for an initial noise [B, C, H, W] and embeddings [B, T, D]."""
+    def golden(self, noise, prompt_embeds):
+        """NPNet: the golden noise for an initial noise [B, C, H, W] and embeddings [B, T, D],
+        as the noise's kind."""
+        kind = _Kind(noise)
         x = _floats("noise", noise, 4)
         e = _floats("prompt_embeds", prompt_embeds, 3)
         b, t, d = e.shape
         out = np.empty_like(x)
         _check(self._lib.noisear_prior_golden(self._open_handle(), _ptr(x), x.size, _ptr(e), b, t, d, _ptr(out), out.size),
                self._error)
-        return out
+        return kind.wrap(out)
 
 
 # ---- the shapes world -----------------------------------------------------------------------
@@ -393,7 +487,8 @@ class Prior:
 def shapes_sample(prompt: str, seed: int = 0, batch: int = 1, steps: int = 30, cfg: float = 5.0,
                   sampler: str = "dpmpp2m", prior: str = "gaussian", prior_path: Optional[str] = None,
                   temperature: float = 0.5, strength: float = 1.0, model_path: Optional[str] = None,
-                  context: Optional[Context] = None, progress: Optional[Callable[[int, int], bool]] = None) -> np.ndarray:
+                  context: Optional[Context] = None, progress: Optional[Callable[[int, int], bool]] = None,
+                  rng: str = "philox") -> np.ndarray:
     """Images of the shapes-world model: uint8 [batch, 32, 32, 3]."""
     ctx = context or Context("cpu")
     lib = ctx._lib
@@ -404,6 +499,7 @@ def shapes_sample(prompt: str, seed: int = 0, batch: int = 1, steps: int = 30, c
     p.prior_path = _cstring("prior_path", prior_path) if prior_path else None
     p.temperature, p.strength = float(temperature), float(strength)
     p.model_path = _cstring("model_path", model_path) if model_path else None
+    p.rng = _rng(rng)
     cb = _Progress(progress)
     p.progress = cb.c
     if batch < 1:

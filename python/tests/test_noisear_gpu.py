@@ -216,3 +216,95 @@ def test_shapes_world():
     with pytest.raises(ng.NoiseARError) as e:
         ng.shapes_sample("a purple circle", steps=2)
     assert "purple" in str(e.value)
+
+
+class _DLPackOnly:
+    """An array seen only through the DLPack protocol (as a JAX or CuPy array on the CPU is)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def _torch_fixture():
+    data = (FIXTURES / "torch_rng" / "torch_randn.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    cases = json.loads(header["__metadata__"]["config"])["cases"]
+    return read_safetensors(FIXTURES / "torch_rng" / "torch_randn.safetensors"), cases
+
+
+def test_torch_seeds_bit_for_bit():
+    tensors, cases = _torch_fixture()
+    for case in cases:
+        want = tensors[case["name"]]
+        if case["kind"] == "randn":
+            got = ng.gaussian_noise(case["shape"], seed=case["seed"], rng="torch")
+        else:
+            got = ng.gaussian_noise(case["shape"], seed=case["seed"], rng="torch", batch_index=case["batch_index"])
+        assert got.dtype == np.float32 and got.shape == tuple(case["shape"])
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), case["name"]
+    philox = ng.gaussian_noise([2, 4, 8, 8], seed=3, rng="philox")
+    assert np.array_equal(philox[1], ng.gaussian_noise([1, 4, 8, 8], seed=4, rng="philox")[0])
+    with pytest.raises(ng.NoiseARError):
+        ng.gaussian_noise([2, 4], seed=0, rng="mt")
+    with pytest.raises(ng.NoiseARError):
+        ng.gaussian_noise([2, 4], seed=0, batch_index=[0])
+    with pytest.raises(ng.NoiseARError):
+        ng.gaussian_noise([2, 4], seed=2**64)
+
+
+def test_sample_with_torch_rng_and_dlpack(noisear_fx):
+    prior = ng.load_prior(FIXTURES / "pth" / "noisear_tiny.pth", device="cpu")
+    text = noisear_fx["input.text_emb"].astype(np.float32)
+    b = text.shape[0]
+    eps = ng.gaussian_noise((b,) + prior.latent_shape, seed=5, rng="torch")
+    assert np.array_equal(prior.sample(text, seed=5, rng="torch"), prior.sample(text, seed=5, eps=eps))
+    assert not np.array_equal(prior.sample(text, seed=5, rng="torch"), prior.sample(text, seed=5))
+    # Any DLPack object is read through numpy; numpy comes back.
+    out = prior.sample(_DLPackOnly(text), seed=5)
+    assert isinstance(out, np.ndarray) and np.array_equal(out, prior.sample(text, seed=5))
+    with pytest.raises(ng.NoiseARError):
+        prior.sample(text, rng="cuda")
+
+
+def test_heads_the_checkpoint_cannot_say(tmp_path):
+    """A 4-head NoiseAR in a file without its config: right only with heads=4 or a config.json."""
+    h4 = read_safetensors(FIXTURES / "noisear" / "noisear_heads4_layers2.safetensors")
+    header, blob = {}, b""
+    for k, v in h4.items():
+        if k.startswith("weights."):
+            v = np.ascontiguousarray(v, dtype=np.float32)
+            header[k[8:]] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [len(blob), len(blob) + v.nbytes]}
+            blob += v.tobytes()
+    h = json.dumps(header).encode()
+    bare = tmp_path / "heads4.safetensors"
+    bare.write_bytes(struct.pack("<Q", len(h)) + h + blob)
+    text, eps, want = h4["input.text_emb"], h4["input.sample_eps"], h4["output.sample"]
+    assert rel_err(ng.load_prior(bare, device="cpu", heads=4).sample(text, eps=eps), want) < 1e-4
+    assert rel_err(ng.load_prior(bare, device="cpu").sample(text, eps=eps), want) > 1e-2
+    (tmp_path / "heads4.json").write_text('{"n_heads": 4}')
+    assert rel_err(ng.load_prior(bare, device="cpu").sample(text, eps=eps), want) < 1e-4
+    (tmp_path / "heads4.json").write_text('{"n_heads": "four"}')
+    with pytest.raises(ng.NoiseARError) as e:
+        ng.load_prior(bare, device="cpu")
+    assert "n_heads" in str(e.value)
+    with pytest.raises(ng.NoiseARError):
+        ng.load_prior(bare, device="cpu", heads=0)
+
+
+def test_torch_tensors_in_and_out(noisear_fx):
+    torch = pytest.importorskip("torch")  # optional: the package never imports torch itself
+    prior = ng.load_prior(FIXTURES / "pth" / "noisear_tiny.pth", device="cpu")
+    text = torch.from_numpy(noisear_fx["input.text_emb"].astype(np.float32)).to(torch.bfloat16)
+    out = prior.sample(text, seed=1, rng="torch")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16 and out.device == text.device
+    ref = prior.sample(text.float().numpy(), seed=1, rng="torch")
+    assert np.allclose(out.float().numpy(), ref, atol=0.05)
+    g = torch.Generator().manual_seed(123)
+    assert torch.equal(ng.gaussian_noise([2, 4, 8, 8], seed=123, like=text.float()), torch.randn([2, 4, 8, 8], generator=g))

@@ -128,6 +128,16 @@ public enum NoisePrior {
     /// Loads a prior file. `expected` (when given) must match what the file holds; `heads`
     /// overrides NoiseAR's head count (the authors' checkpoints do not store it).
     public static func load(_ url: URL, device: Device, expected: NoisePriorKind? = nil, heads: Int? = nil) throws -> NoisePrior {
+        try load(url, device: device, expected: expected, options: PriorLoadOptions(heads: heads))
+    }
+
+    /// Loads a prior file with what its weights cannot say: each option given here, else from a
+    /// `config.json` (or `NAME.json`, which wins) beside the file when it has the key, else the
+    /// file's own config, else the authors' released values.
+    public static func load(_ url: URL, device: Device, expected: NoisePriorKind? = nil,
+                            options given: PriorLoadOptions) throws -> NoisePrior {
+        let options = try given.filled(from: PriorLoadOptions.sidecar(of: url))
+        let heads = options.heads, svdHeads = options.svdHeads
         let file = try WeightsFile.read(url, skippingUnsupported: true)
         guard let kind = detect(file) else {
             throw NoiseError.invalidArgument(
@@ -142,9 +152,55 @@ public enum NoisePrior {
                 if let heads { c.nHeads = heads }
             })
         case .npnet:
-            return .npnet(try NPNet.load(file, device: device))
+            return .npnet(try NPNet.load(file, device: device) { c in
+                if let svdHeads { c.svdAttentionHeads = svdHeads }
+            })
         case .gaussian:
             throw NoiseError.invalidArgument("gaussian noise has no weights")
         }
+    }
+}
+
+/// What a prior's weights do not say about its network (`NoisePrior.load(options:)`).
+public struct PriorLoadOptions: Sendable, Equatable {
+    /// NoiseAR attention heads (`n_heads`; the authors' checkpoints use 1).
+    public var heads: Int?
+    /// NPNet singular-value branch attention heads (`svd_attention_heads`; 8).
+    public var svdHeads: Int?
+
+    public init(heads: Int? = nil, svdHeads: Int? = nil) {
+        self.heads = heads
+        self.svdHeads = svdHeads
+    }
+
+    /// These options, with the unset ones taken from `other`.
+    public func filled(from other: PriorLoadOptions?) -> PriorLoadOptions {
+        PriorLoadOptions(heads: heads ?? other?.heads, svdHeads: svdHeads ?? other?.svdHeads)
+    }
+
+    /// The options in a JSON config beside `url`: `NAME.json` for NAME.pth / NAME.safetensors,
+    /// else `config.json` in the same folder (as diffusers keeps one per model folder); nil when
+    /// neither exists. Keys: `n_heads` (or `num_heads`), `svd_attention_heads`; others are ignored.
+    public static func sidecar(of url: URL) throws -> PriorLoadOptions? {
+        let folder = url.deletingLastPathComponent()
+        let candidates = [url.deletingPathExtension().appendingPathExtension("json"), folder.appendingPathComponent("config.json")]
+        guard let config = candidates.first(where: { $0 != url && FileManager.default.fileExists(atPath: $0.path) }) else {
+            return nil
+        }
+        let data = try InputFile.contents(of: config)
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw NoiseError.format("\(config.relativePath): not a JSON object (the config beside \(url.lastPathComponent))")
+        }
+        func positive(_ keys: [String]) throws -> Int? {
+            for key in keys {
+                guard let v = object[key] else { continue }
+                guard let n = v as? Int, n >= 1, n <= 4096 else {
+                    throw NoiseError.invalidArgument("\(config.relativePath): \(key) must be an integer in 1 ... 4096, got \(v)")
+                }
+                return n
+            }
+            return nil
+        }
+        return PriorLoadOptions(heads: try positive(["n_heads", "num_heads"]), svdHeads: try positive(["svd_attention_heads"]))
     }
 }
