@@ -479,7 +479,7 @@ public func noisear_prior_sample(_ prior: OpaquePointer?, _ promptEmbeds: Unsafe
         let text = try embeddings(p, promptEmbeds, batch, tokens, dim)
         let eps = try sp.eps.map { try latent(p, $0, count: outCount, batch: batch, "eps") }
         let rng = try gaussianSource(sp.rng, "params.rng")
-        if rng == .philox { try Seeds.check(sp.seed, count: Int(batch), option: "seed") }
+        if rng == .philox && eps == nil { try Seeds.check(sp.seed, count: Int(batch), option: "seed") }
         let noise = try device.noGrad {
             try NoisePriors.noiseAR(net, text: text, seed: sp.seed, temperature: sp.temperature, strength: sp.strength,
                                     eps: eps, cached: !sp.uncached, rng: gaussianSource(sp.rng, "params.rng")) { done, total in
