@@ -79,9 +79,11 @@ def main():
         prompt_embeds, negative, pooled, negative_pooled = pipe.encode_prompt(args.prompt, do_classifier_free_guidance=True)
         steps = args.steps
 
-    # The hand-off: the host's prompt embeddings in, the prior's initial latents out.
-    noise = prior.sample(prompt_embeds.float().cpu().numpy(), seed=args.seed, temperature=0.5)
-    latents = torch.from_numpy(noise).to(pipe.unet.device, pipe.unet.dtype)
+    # The hand-off: the host's prompt embeddings in (a torch tensor on any device and dtype), the
+    # prior's initial latents out, on the embeddings' device and dtype. rng="torch": the prior's
+    # standard normals are torch.randn with a generator seeded args.seed, as diffusers draws.
+    latents = prior.sample(prompt_embeds, seed=args.seed, temperature=0.5, rng="torch").to(pipe.unet.device, pipe.unet.dtype)
+    noise = latents
 
     # Record what the UNet sees first, to show the pipeline starts from our noise.
     seen = []
@@ -105,7 +107,7 @@ def main():
         # Same latents, same image; other latents, another image.
         seen.clear()
         again = pipe(latents=latents, output_type="np", **kwargs).images
-        other = torch.from_numpy(prior.sample(prompt_embeds.numpy(), seed=args.seed + 1)).to(latents.dtype)
+        other = prior.sample(prompt_embeds, seed=args.seed + 1, rng="torch").to(latents.dtype)
         seen.clear()
         different = pipe(latents=other, output_type="np", **kwargs).images
         same = float(np.abs(out - again).max())
