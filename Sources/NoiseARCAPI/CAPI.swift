@@ -219,7 +219,7 @@ final class Log: @unchecked Sendable {
 public func noisear_abi_version() -> Int32 { NOISEAR_ABI_VERSION }
 
 @_cdecl("noisear_version")
-public func noisear_version() -> UnsafePointer<CChar> { staticC("0.9.0") }
+public func noisear_version() -> UnsafePointer<CChar> { staticC("0.10.0") }
 
 @_cdecl("noisear_status_name")
 public func noisear_status_name(_ status: noisear_status) -> UnsafePointer<CChar> {

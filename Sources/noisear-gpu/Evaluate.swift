@@ -176,8 +176,10 @@ struct EvaluateCommand: ParsableCommand {
         let seedList = try Seeds.consecutive(from: seed, count: seeds)
         let sources = try sources(m)
         let bar = ProgressBar(total: prompts.count * seeds * sources.count, label: "evaluate", quiet: quiet)
-        let runs = try PriorComparison.run(model: m, prompts: prompts, seeds: seedList, settings: settings, batch: batch,
+        var runs = try PriorComparison.run(model: m, prompts: prompts, seeds: seedList, settings: settings, batch: batch,
                                            sources: sources) { done, _ in bar.update(done) }
+        let (si, sn) = try parsedShard()
+        for i in runs.indices { runs[i].shard = [si, sn] }
         if let save {
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]

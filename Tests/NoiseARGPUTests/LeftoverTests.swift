@@ -110,3 +110,55 @@ import Testing
         #expect(ma[TrainingLoop.recentLossesKey] == mb[TrainingLoop.recentLossesKey])
     }
 }
+
+/// Sharded results are only used as a complete set.
+@Suite struct ShardSetTests {
+    func run(_ label: String, prompts: [String], shard: [Int]?) throws -> PriorComparison.Run {
+        let one = #"{"prompt": "p", "score": 1, "satisfied": 1, "total": 1, "facts": [], "detected": []}"#
+        let result = try JSONDecoder().decode(RewardResult.self, from: Data(one.utf8))
+        let results = prompts.map { _ in result }
+        var r = PriorComparison.Run(label: label, prompts: prompts, seeds: [0], results: results, timing: Evaluation.Timing())
+        r.shard = shard
+        return r
+    }
+
+    @Test func evaluationMergeRefusesIncompleteOrMixedShards() throws {
+        let a = [try run("gaussian", prompts: ["a red circle"], shard: [0, 2])]
+        let b = [try run("gaussian", prompts: ["a blue square"], shard: [1, 2])]
+        let c = [try run("gaussian", prompts: ["a green star"], shard: [2, 3])]
+        let unmarked = [try run("gaussian", prompts: ["x"], shard: nil)]
+        #expect(try PriorComparison.merge([a, b])[0].prompts.count == 2)
+        for (files, expected) in [([a], "incomplete: shard 1/2 of 2 missing"), ([a, c], "split differently"),
+                                  ([a, a], "given twice"), ([a, unmarked], "some saved evaluations")] {
+            do {
+                _ = try PriorComparison.merge(files)
+                Issue.record("merged \(files.count) files: expected '\(expected)'")
+            } catch let e as NoiseError {
+                #expect(e.description.contains(expected), "\(e)")
+            }
+        }
+        // Files of earlier versions (no shard recorded) merge as before.
+        let old = [[try run("g", prompts: ["p"], shard: nil)], [try run("g", prompts: ["q"], shard: nil)]]
+        #expect(try PriorComparison.merge(old)[0].prompts == ["p", "q"])
+    }
+
+    @Test func trainingDataRefusesIncompleteOrMixedShardFolders() throws {
+        let dir = try scratchDirectory("shard-set")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func touch(_ names: [String]) throws {
+            for n in try FileManager.default.contentsOfDirectory(atPath: dir.path) { try FileManager.default.removeItem(at: dir.appendingPathComponent(n)) }
+            for n in names { try Data().write(to: dir.appendingPathComponent(n)) }
+        }
+        func message() -> String {
+            do { _ = try NoiseDataset.load(dir); return "loaded" } catch { return "\(error)" }
+        }
+        try touch(["shard-0-of-2-block-0000.safetensors", "shard-0-of-2.progress.json"])
+        #expect(message().contains("incomplete: shard 1/2 of 2 missing"), "\(message())")
+        try touch(["shard-0-of-2-block-0000.safetensors", "shard-1-of-2-block-0000.safetensors", "shard-0-of-3-block-0000.safetensors"])
+        #expect(message().contains("mixes collections split differently"), "\(message())")
+        try touch(["shard-0-of-1-block-0000.safetensors"])
+        let progress = #"{"settings": "s", "finishedBlocks": [0], "sampled": 4, "kept": 2, "totalBlocks": 3}"#
+        try Data(progress.utf8).write(to: dir.appendingPathComponent("shard-0-of-1.progress.json"))
+        #expect(message().contains("shard 0/1 finished 1 of 3 blocks"), "\(message())")
+    }
+}

@@ -71,14 +71,48 @@ public struct NoiseDataset {
             throw NoiseError.io("\(url.path): no such file or folder")
         }
         guard isDir.boolValue else { return try read(url) }
-        let names = try FileManager.default.contentsOfDirectory(atPath: url.path)
-            .filter { $0.hasSuffix(".safetensors") }.sorted()
+        let all = try FileManager.default.contentsOfDirectory(atPath: url.path)
+        let names = all.filter { $0.hasSuffix(".safetensors") }.sorted()
         guard !names.isEmpty else { throw NoiseError.io("\(url.path): no .safetensors shards") }
+        try checkShardSet(url, names: all)
         var parts = try names.map { try read(url.appendingPathComponent($0)) }.filter { $0.count > 0 }
         guard var all = parts.first else { throw NoiseError.io("\(url.path): the shards hold no samples") }
         parts.removeFirst()
         for p in parts { try all.append(p) }
         return all
+    }
+
+    /// A folder of `collect` output must hold one complete set of shards: files of a single
+    /// `--shard i/n` count n, every i from 0 to n - 1, each shard finished (its progress file's
+    /// blocks all done). Anything else is refused, naming what is missing or mixed, so a training
+    /// run never starts on part of the data by accident.
+    static func checkShardSet(_ folder: URL, names: [String]) throws {
+        var counts: [Int: Set<Int>] = [:]   // n -> shard indices seen
+        var progress: [(Int, Int, String)] = []
+        for name in names {
+            let parts = name.split(separator: "-")
+            guard parts.count >= 4, parts[0] == "shard", let i = Int(parts[1]), parts[2] == "of" else { continue }
+            let nText = parts[3].split(separator: ".").first.map(String.init) ?? ""
+            guard let n = Int(nText), n >= 1, i >= 0, i < n else { continue }
+            counts[n, default: []].insert(i)
+            if name.hasSuffix(".progress.json") { progress.append((i, n, name)) }
+        }
+        guard !counts.isEmpty else { return }  // not a sharded collection
+        guard counts.count == 1, let (n, seen) = counts.first else {
+            let kinds = counts.keys.sorted().map { "\(counts[$0]?.count ?? 0) file set(s) of \($0) shards" }
+            throw NoiseError.invalidArgument("\(folder.path) mixes collections split differently (\(kinds.joined(separator: ", "))): keep one --shard i/n set per folder")
+        }
+        let missing = (0 ..< n).filter { !seen.contains($0) }
+        guard missing.isEmpty else {
+            throw NoiseError.invalidArgument("\(folder.path) is incomplete: shard\(missing.count == 1 ? "" : "s") \(missing.map { "\($0)/\(n)" }.joined(separator: ", ")) of \(n) missing (copy every machine's output here, or pass the shards present as files)")
+        }
+        for (i, n, name) in progress {
+            guard let data = try? InputFile.contents(of: folder.appendingPathComponent(name)),
+                  let p = try? JSONDecoder().decode(CollectionJob.Progress.self, from: data), let total = p.totalBlocks else { continue }
+            guard Set(p.finishedBlocks).count >= total else {
+                throw NoiseError.invalidArgument("\(folder.path) is incomplete: shard \(i)/\(n) finished \(Set(p.finishedBlocks).count) of \(total) blocks (run its collect again with --resume)")
+            }
+        }
     }
 
     /// Several collections (folders or shards) as one dataset, in the order given: e.g. a run and

@@ -57,6 +57,8 @@ public struct CollectionJob: Sendable {
         public var kept: Int
         /// Starts kept per finished block (absent in progress files of earlier versions).
         public var keptPerBlock: [String: Int]?
+        /// Blocks of the shard in all (absent in progress files of earlier versions).
+        public var totalBlocks: Int?
     }
 
     /// Every value checked (the seeds of all candidates of the whole train split must fit).
@@ -192,6 +194,7 @@ public struct CollectionJob: Sendable {
         var progress = try existingProgress(resume: resume)
             ?? Progress(settings: settingsKey, finishedBlocks: [], sampled: 0, kept: 0, keptPerBlock: [:])
         let blocks = try blocks()
+        progress.totalBlocks = blocks.count
         var prior: NoiseARNet?
         if case .priorSamples(let weights, _) = method {
             guard case .noiseAR(let net) = try NoisePrior.load(URL(fileURLWithPath: weights), device: model.device, expected: .noiseAR) else {
@@ -209,7 +212,8 @@ public struct CollectionJob: Sendable {
             let base = finished, keptSoFar = progress.kept
             let report = { (n: Int) in events(.sampled(done: base + n, total: total, kept: keptSoFar)) }
             let (ds, sampled): (NoiseDataset, Int)
-            var metadata = ["settings": settingsKey, "software": "noisear-gpu"]
+            var metadata = ["settings": settingsKey, "software": "noisear-gpu", "shard": "\(shard.index)/\(shard.count)",
+                            "block": "\(k)/\(blocks.count)"]
             switch method {
             case .bestOfN(let threshold):
                 (ds, sampled) = try NoiseCollection.bestOfN(model: model, prompts: prompts, candidates: candidates, baseSeed: seed,

@@ -13,6 +13,8 @@ public enum PriorComparison {
         public var seeds: [UInt64]
         public var results: [RewardResult]
         public var timing: Evaluation.Timing
+        /// The `--shard i/n` this run covers, [i, n] (absent in files of earlier versions).
+        public var shard: [Int]?
 
         public init(label: String, prompts: [String], seeds: [UInt64], results: [RewardResult], timing: Evaluation.Timing) {
             self.label = label
@@ -113,6 +115,7 @@ public enum PriorComparison {
     /// Runs of the same priors over disjoint prompt sets (shards) joined into one run per prior.
     static func mergeShards(_ shards: [[Run]]) throws -> [Run] {
         guard let first = shards.first else { throw NoiseError.invalidArgument("no evaluation shards to merge") }
+        try checkShardSet(shards)
         var merged = first
         for shard in shards.dropFirst() {
             try require(shard.map(\.label) == merged.map(\.label),
@@ -127,6 +130,30 @@ public enum PriorComparison {
             }
         }
         return merged
+    }
+
+    /// Saved shards that say which `--shard i/n` they hold must form one complete set: a single n,
+    /// every i from 0 to n - 1 once. A partial table would look like a finished one.
+    static func checkShardSet(_ shards: [[Run]]) throws {
+        let marks = shards.map { $0.first?.shard }
+        let known = marks.compactMap { $0 }.filter { $0.count == 2 }
+        guard !known.isEmpty else { return }  // files of earlier versions say nothing
+        guard known.count == marks.count else {
+            throw NoiseError.invalidArgument("some saved evaluations say which shard they hold and some do not: merge files of one sharded run")
+        }
+        let counts = Set(known.map { $0[1] })
+        guard counts.count == 1, let n = counts.first else {
+            throw NoiseError.invalidArgument("the saved evaluations come from runs split differently (--shard of \(counts.sorted().map(String.init).joined(separator: " and ")) parts)")
+        }
+        let indices = known.map { $0[0] }
+        let twice = Set(indices.filter { i in indices.filter { $0 == i }.count > 1 })
+        guard twice.isEmpty else {
+            throw NoiseError.invalidArgument("shard \(twice.sorted().map { "\($0)/\(n)" }.joined(separator: ", ")) given twice")
+        }
+        let missing = (0 ..< n).filter { !indices.contains($0) }
+        guard missing.isEmpty else {
+            throw NoiseError.invalidArgument("incomplete: shard\(missing.count == 1 ? "" : "s") \(missing.map { "\($0)/\(n)" }.joined(separator: ", ")) of \(n) missing")
+        }
     }
 
     /// The table of `runs` (all on the same prompts and seeds).
