@@ -38,6 +38,8 @@ let package = Package(
         // Vectorised float math for the CPU backend's hot loops (exp, SiLU, GELU, softmax rows,
         // binary rows), with AVX2 and AVX-512 clones picked at load time by CPU capability.
         .target(name: "CVectorMath", path: "Sources/CVectorMath"),
+        // dladdr for finding the shipped models beside libnoisear.so when a host loads it.
+        .target(name: "CSupport", path: "Sources/CSupport", linkerSettings: [.linkedLibrary("dl")]),
         // Build-time tool: turns Kernels/*.cl and the SPIR-V of Kernels/vulkan/*.comp (compiled by
         // glslc in the EmbedKernels plugin) into a Swift source.
         .executableTarget(name: "embed-kernels", path: "Sources/embed-kernels"),
@@ -59,7 +61,7 @@ let package = Package(
         // The shapes world: scenes, prompts, the exact reward, the shipped models (package
         // resources, copied beside the products), collection, evaluation, training, benchmarks.
         .target(
-            name: "NoiseARShapes", dependencies: ["NoiseARCore", "NoiseARModels"],
+            name: "NoiseARShapes", dependencies: ["NoiseARCore", "NoiseARModels", "CSupport"],
             path: "Sources/NoiseARShapes",
             resources: [.copy("weights")]),
         // Everything above as one import.

@@ -18,7 +18,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +86,13 @@ class BuildWithLibrary(build_py):
         print("bundled: " + ", ".join(f.name for f in files) + f"; weights: {len(list(WEIGHTS.glob('*.safetensors')))}")
 
 
+class BinaryDistribution(Distribution):
+    """Native libraries inside: installed as platform-specific files (the wheel's root is platlib)."""
+
+    def has_ext_modules(self):
+        return True
+
+
 cmdclass = {"build_py": BuildWithLibrary}
 try:
     from wheel.bdist_wheel import bdist_wheel
@@ -105,6 +112,6 @@ except ImportError:  # building an sdist or installing in place needs no wheel p
     pass
 
 scratch = tempfile.mkdtemp(prefix="noisear-wheel-build-")
-setup(cmdclass=cmdclass,
+setup(cmdclass=cmdclass, distclass=BinaryDistribution,
       options={"build": {"build_base": os.path.join(scratch, "build")},
                "egg_info": {"egg_base": scratch}})

@@ -4,10 +4,10 @@
 set -euo pipefail
 # OpenCL (headers, ICD loader, PoCL: an OpenCL device on the CPU), Vulkan (headers, the
 # loader, glslc to compile the shaders at build time, Mesa's lavapipe: a Vulkan device on the
-# CPU), OpenBLAS, libpng, OpenSSL's libcrypto.
+# CPU), OpenBLAS, libpng, OpenSSL's libcrypto; patchelf (the Python wheel's run paths).
 PACKAGES=(ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo
           libvulkan-dev libvulkan1 glslc mesa-vulkan-drivers
-          libopenblas-dev libpng-dev libssl-dev pkg-config)
+          libopenblas-dev libpng-dev libssl-dev pkg-config patchelf)
 if [ "$(id -u)" = "0" ]; then
     AS_ROOT=()
 elif command -v sudo >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 import Foundation
 import NoiseARCore
 import NoiseARModels
+import CSupport
 
 /// Everything that defines the shapes-world text-to-image model: the UNet, the text encoder
 /// and the training noise schedule.
@@ -154,10 +155,16 @@ public enum ShippedModels {
         if let arg0 = CommandLine.arguments.first, !arg0.isEmpty {
             out.append(URL(fileURLWithPath: arg0).resolvingSymlinksInPath().deletingLastPathComponent())
         }
-        if let image = imagePath(containing: UInt(bitPattern: #dsohandle)) {
+        if let image = imagePath(containing: #dsohandle) ?? imagePath(containing: UInt(bitPattern: #dsohandle)) {
             out.append(URL(fileURLWithPath: image).resolvingSymlinksInPath().deletingLastPathComponent())
         }
         return out
+    }
+
+    /// The shared object holding `address` as the dynamic linker knows it (dladdr), e.g.
+    /// libnoisear.so when a host program loaded it.
+    static func imagePath(containing address: UnsafeRawPointer) -> String? {
+        noisear_image_path(address).map { String(cString: $0) }
     }
 
     /// The file mapped at `address` in this process (/proc/self/maps), e.g. libnoisear.so.
