@@ -95,6 +95,7 @@ public struct PNGImage: Sendable, Equatable {
         guard bytes.count >= 8, Array(bytes[0..<8]) == signature else {
             throw NoiseError.format("\(source): not a PNG file (bad signature)")
         }
+        try checkChunkLengths(bytes, source: source)
         let text = textChunks(bytes)
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
@@ -223,6 +224,25 @@ public struct PNGImage: Sendable, Equatable {
 
     /// The text chunks of a PNG byte stream (signature already checked). Malformed text chunks
     /// are skipped; structural damage is left for libpng to report.
+    /// Every chunk's declared length must lie inside the file: libpng allocates a chunk's
+    /// declared size before it reads it, so a 116-byte file declaring a 134 MB text chunk would
+    /// cost that much memory (and more) before failing.
+    static func checkChunkLengths(_ bytes: [UInt8], source: String) throws {
+        var pos = 8
+        while pos < bytes.count {
+            guard pos + 12 <= bytes.count else {
+                throw NoiseError.format("\(source): corrupt PNG: a truncated chunk at byte \(pos) (the file has \(bytes.count) bytes)")
+            }
+            let n = Int(bytes[pos]) << 24 | Int(bytes[pos + 1]) << 16 | Int(bytes[pos + 2]) << 8 | Int(bytes[pos + 3])
+            let type = String(decoding: bytes[(pos + 4)..<(pos + 8)].map { (0x20 ... 0x7E).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
+            guard n <= bytes.count - pos - 12 else {
+                throw NoiseError.format("\(source): corrupt PNG: chunk '\(type)' at byte \(pos) declares \(n) bytes, past the end of the file (\(bytes.count) bytes)")
+            }
+            pos += 12 + n
+            if type == "IEND" { return }
+        }
+    }
+
     static func textChunks(_ bytes: [UInt8]) -> [String: String] {
         var out: [String: String] = [:]
         var pos = 8
