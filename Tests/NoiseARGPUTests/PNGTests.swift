@@ -74,18 +74,21 @@ import Testing
     @Test func readErrors() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        func expectIOError(_ url: URL, _ fragment: String) {
+        // A file that cannot be read is an `io` error; one that is not a good PNG a `format` one.
+        func expectError(_ url: URL, _ fragment: String, io: Bool) {
             do {
                 _ = try PNGImage.read(from: url)
                 Issue.record("read \(url.path)")
-            } catch let NoiseError.io(message) {
+            } catch let NoiseError.io(message) where io {
+                #expect(message.contains(fragment), "\(message)")
+            } catch let NoiseError.format(message) where !io {
                 #expect(message.contains(fragment), "\(message)")
             } catch {
                 Issue.record("unexpected error \(error)")
             }
         }
-        expectIOError(dir.appendingPathComponent("missing.png"), "no such file")
-        expectIOError(dir, "directory")
+        expectError(dir.appendingPathComponent("missing.png"), "no such file", io: true)
+        expectError(dir, "folder", io: true)
         let good = try PNGImage(width: 16, height: 16, pixels: sampleImage(width: 16, height: 16, seed: 3)).encoded()
         let cases: [(String, Data)] = [
             ("empty.png", Data()),
@@ -98,12 +101,12 @@ import Testing
         for (name, data) in cases {
             let url = dir.appendingPathComponent(name)
             try data.write(to: url)
-            expectIOError(url, name)
+            expectError(url, name, io: false)
         }
     }
 
     /// Headers declaring huge images (up to 2^31 - 1 per side, libpng's own limit) are refused
-    /// with a one-line `io` error naming the file, before any pixel memory is allocated.
+    /// with a one-line `format` error naming the file, before any pixel memory is allocated.
     @Test func hugeDeclaredDimensionsAreRefused() throws {
         let row: [UInt8] = [1, 2, 3]
         for (w, h) in [(100_000, 1), (1, 100_000), (40_000, 40_000), (30_000, 30_000), (20_000, 20_000),
@@ -112,7 +115,7 @@ import Testing
             do {
                 _ = try PNGImage.decode(data, source: "huge-\(w)x\(h).png")
                 Issue.record("a \(w)x\(h) PNG header was accepted")
-            } catch let NoiseError.io(message) {
+            } catch let NoiseError.format(message) {
                 #expect(message.contains("huge-\(w)x\(h).png") && !message.contains("\n"), "\(message)")
             } catch {
                 Issue.record("\(w)x\(h): unexpected error \(error)")

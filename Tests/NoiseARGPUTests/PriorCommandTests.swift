@@ -215,7 +215,11 @@ import Testing
         guard let redone2 = try runCLI(common + ["--resume"]) else { return }
         #expect(redone2.status == 0 && redone2.stderr.contains("collecting again"), "\(redone2.stderr)")
         #expect(try NoiseDataset.read(block0).noise == block0Before.noise)
-        let ds = try NoiseDataset.load(URL(fileURLWithPath: data))
+        // The folder holds one shard of three: refused as a folder, read as the files given.
+        #expect(throws: NoiseError.self) { try NoiseDataset.load(URL(fileURLWithPath: data)) }
+        let block1 = URL(fileURLWithPath: data).appendingPathComponent("shard-1-of-3-block-0001.safetensors")
+        let ds = try NoiseDataset.load([block0, block1])
+        let shardFiles = [block0, block1].map(\.path).joined(separator: ",")
         #expect(ds.count == 6 && ds.noise.shape == [6, 3, 32, 32] && ds.promptEmbeds.shape == [6, 12, 64])
         // Shard 1/3 takes train prompts 1 and 4; candidate seeds are consecutive per prompt.
         #expect(Set(ds.prompts) == Set([PromptSplit.train[1], PromptSplit.train[4]]))
@@ -225,7 +229,7 @@ import Testing
 
         let ckpt = dir.appendingPathComponent("prior.ckpt.safetensors").path
         let out = dir.appendingPathComponent("prior.safetensors").path
-        let train = ["train", "prior", "--data", data, "--d-model", "16", "--d-ff", "32", "--heads", "2", "--layers", "1",
+        let train = ["train", "prior", "--data", shardFiles, "--d-model", "16", "--d-ff", "32", "--heads", "2", "--layers", "1",
                      "--checkpoint", ckpt, "--checkpoint-every", "3", "--device", "cpu", "--batch", "4"]
         guard let t1 = try runCLI(train + ["--steps", "3"]) else { return }
         #expect(t1.status == 0, "\(t1.stderr)")
