@@ -315,7 +315,23 @@ def devices() -> List[dict]:
     return out
 
 
-class Context:
+class _Closable:
+    """A handle freed by close(), by `with`, or when collected."""
+
+    def close(self):
+        raise NotImplementedError
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Context(_Closable):
     """A device ("auto", "cpu", "opencl", "opencl:N", "vulkan", "vulkan:N"; None: $NOISEAR_DEVICE or auto).
     Use one context per thread."""
 
@@ -349,15 +365,6 @@ class Context:
             self._lib.noisear_context_free(self._handle)
             self._handle = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def load_prior(self, path, heads: Optional[int] = None, svd_heads: Optional[int] = None) -> "Prior":
         """What the weights cannot say: `heads` (NoiseAR's attention heads) and `svd_heads`
         (NPNet's singular-value branch heads); None takes them from a `config.json` (or
@@ -380,7 +387,7 @@ def load_prior(path, device: Optional[str] = "auto", heads: Optional[int] = None
     return Context(device).load_prior(path, heads=heads, svd_heads=svd_heads)
 
 
-class Prior:
+class Prior(_Closable):
     """A loaded prior; `kind` is "noisear" or "npnet"."""
 
     def __init__(self, context: Context, handle):
@@ -392,15 +399,6 @@ class Prior:
         if getattr(self, "_handle", None):
             self._lib.noisear_prior_free(self._handle)
             self._handle = None
-
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _open_handle(self):
         if not getattr(self, "_handle", None):
