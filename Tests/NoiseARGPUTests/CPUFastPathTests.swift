@@ -2,7 +2,7 @@ import Foundation
 import NoiseARGPU
 import Testing
 
-/// Issue 11's CPU paths (vector exp/erf, row-parallel elementwise and norms, GEMM panels split
+/// The CPU backend's fast paths (vector exp/erf, row-parallel elementwise and norms, GEMM panels split
 /// over the cores, the batch-reduce GEMM and the shifted-tap convolution, GEGLU, attention per
 /// (batch, head) pair, the fused linear and convolution bias, the worker pool, the OpenCL
 /// buffer pool) against plain references written

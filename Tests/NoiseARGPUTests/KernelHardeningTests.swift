@@ -3,7 +3,7 @@ import Foundation
 import NoiseARGPU
 import Testing
 
-// Issue 9, "never crash on input": kernel parameters, the kernel disk cache and
+// Never crash on input: kernel parameters, the kernel disk cache and
 // NOISEAR_DISABLE_OPS. Every OpenCL backend here is opened inside `withCL` (one test at a time
 // uses the OpenCL runtime) with a private kernel cache folder.
 

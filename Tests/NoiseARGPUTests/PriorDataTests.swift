@@ -2,7 +2,7 @@ import Foundation
 import NoiseARGPU
 import Testing
 
-/// Issue 12's data and fine-tuning: inversion collection, noise statistics, DPO.
+/// Prior data and fine-tuning: inversion collection, noise statistics, DPO.
 @Suite(.serialized) struct PriorDataTests {
     static func normals(_ shape: [Int], seed: UInt64) throws -> HostTensor {
         try Tensor.randn(shape, seed: seed, on: Device.cpuDevice()).toHost()

@@ -53,6 +53,10 @@ func fixturesDirectory() -> URL? {
         ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/fixtures")
     if FileManager.default.fileExists(atPath: url.path) { return url }
+    // CI always has the fixtures: there a missing one fails the test instead of skipping it.
+    if ProcessInfo.processInfo.environment["CI"] == "true" {
+        Issue.record("reference fixtures not found at \(url.path) (CI must provide them; set NOISEAR_FIXTURES)")
+    }
     print("skipping: reference fixtures not found at \(url.path) (set NOISEAR_FIXTURES)")
     return nil
 }

@@ -83,4 +83,25 @@ import Testing
         #expect(viaRNG != (try NoisePriors.noiseAR(net, text: text, seed: 9).toArray()))
         #expect(throws: NoiseError.self) { try GaussianSource.parse("mt") }
     }
+
+    /// The CLI: `noise --rng torch` is the prior's sample from eps = torch.randn of the latent;
+    /// `sample --rng torch` starts from torch.randn of the batch (gaussian prior) and records it.
+    @Test func commandsTakeTorchSeeds() throws {
+        let dir = try scratchDirectory("torch-rng-cli")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let eps = dir.appendingPathComponent("eps.npy"), a = dir.appendingPathComponent("a.npy"), b = dir.appendingPathComponent("b.npy")
+        try NPY.write(HostTensor(shape: [1, 3, 32, 32], data: TorchRandom.normal(count: 3 * 32 * 32, seed: 3)), to: eps)
+        let common = ["noise", "--prompt", "a red circle", "--device", "cpu", "--quiet"]
+        guard let r1 = try runCLI(common + ["--rng", "torch", "--seed", "3", "--out", a.path]),
+              let r2 = try runCLI(common + ["--eps", eps.path, "--out", b.path]) else { return }
+        #expect(r1.status == 0 && r2.status == 0, "\(r1.stderr) \(r2.stderr)")
+        #expect(try NPY.read(a).data == NPY.read(b).data)
+        let png = dir.appendingPathComponent("s.png").path
+        guard let s = try runCLI(["sample", "--prompt", "a red circle", "--rng", "torch", "--seed", "3", "--steps", "2",
+                                  "--device", "cpu", "--quiet", "--out", png]) else { return }
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(try PNGImage.read(from: URL(fileURLWithPath: png)).text["rng"] == "torch")
+        guard let bad = try runCLI(["sample", "--prompt", "a red circle", "--rng", "mt19937", "--out", png]) else { return }
+        #expect(bad.status != 0 && bad.stderr.contains("expected philox or torch"), "\(bad.stderr)")
+    }
 }

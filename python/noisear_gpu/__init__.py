@@ -2,8 +2,8 @@
 
 A thin ctypes layer over libnoisear.so (include/noisear.h). Arrays go in as numpy arrays, torch
 tensors (any float dtype including bfloat16, any device) or other DLPack objects, and come back
-as the caller's kind: a torch tensor on the input's device and dtype for torch input, else a
-float32 numpy array. torch is never imported by this package; it is used only when the caller
+as the caller's kind: a torch tensor on the input's device and dtype for torch input, a numpy
+array of the input's float dtype for numpy input, else float32 numpy. torch is never imported by this package; it is used only when the caller
 hands it in.
 
     prior = noisear_gpu.load_prior("model.pth", device="auto")
@@ -171,14 +171,15 @@ def _check(status: int, message: Callable[[], bytes]):
 
 class _Kind:
     """How to hand a result back in the caller's kind: a torch tensor on the input's device and
-    dtype, or a numpy array."""
+    dtype, a numpy array of the input's float dtype, else float32 numpy."""
 
     def __init__(self, like=None):
         self.like = like if _is_torch(like) else None
+        self.dtype = like.dtype if isinstance(like, np.ndarray) and like.dtype.kind == "f" else None
 
     def wrap(self, a: np.ndarray):
         if self.like is None:
-            return a
+            return a if self.dtype is None or self.dtype == a.dtype else a.astype(self.dtype)
         torch = sys.modules["torch"]
         return torch.from_numpy(a).to(device=self.like.device, dtype=self.like.dtype)
 

@@ -66,7 +66,7 @@ def test_noisear_pth_matches_reference(noisear_fx, name):
     assert prior.kind == "noisear"
     text = noisear_fx["input.text_emb"]  # float64, converted by the package
     out = prior.sample(text, eps=noisear_fx["input.sample_eps"])
-    assert out.dtype == np.float32 and out.shape == noisear_fx["output.sample"].shape
+    assert out.dtype == text.dtype and out.shape == noisear_fx["output.sample"].shape  # the caller's dtype back
     assert rel_err(out, noisear_fx["output.sample"]) < 1e-4
     mu, logvar, log_prob = prior.score(text, noisear_fx["input.noise"])
     assert rel_err(mu, noisear_fx["output.mu"]) < 1e-4
@@ -266,6 +266,9 @@ def test_sample_with_torch_rng_and_dlpack(noisear_fx):
     eps = ng.gaussian_noise((b,) + prior.latent_shape, seed=5, rng="torch")
     assert np.array_equal(prior.sample(text, seed=5, rng="torch"), prior.sample(text, seed=5, eps=eps))
     assert not np.array_equal(prior.sample(text, seed=5, rng="torch"), prior.sample(text, seed=5))
+    # numpy comes back in the caller's float dtype.
+    assert prior.sample(text.astype(np.float64), seed=5).dtype == np.float64
+    assert prior.sample(text.astype(np.float16), seed=5).dtype == np.float16
     # Any DLPack object is read through numpy; numpy comes back.
     out = prior.sample(_DLPackOnly(text), seed=5)
     assert isinstance(out, np.ndarray) and np.array_equal(out, prior.sample(text, seed=5))

@@ -3,7 +3,9 @@
 /// Every primitive works on float32 buffers addressed by `BufRef` (buffer + element offset),
 /// so callers can place outputs anywhere in a buffer (the differential tests surround outputs
 /// with guard regions this way). The CPU backend is the reference ("oracle") for all others.
-/// A new backend (Vulkan, say) is one folder implementing `Backend` and `DeviceBuffer`.
+/// The kernel backends (OpenCL, Vulkan) share one description of each primitive
+/// (`KernelBackend`); a new API implements `Backend`, `DeviceBuffer` and the launch of that
+/// description, and `Device` must learn to enumerate it.
 
 /// A block of float32 device memory.
 public protocol DeviceBuffer: AnyObject {

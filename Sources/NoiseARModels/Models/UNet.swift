@@ -54,7 +54,9 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     }
 }
 
-/// A small UNet2DConditionModel: eps-prediction from (x_t, t, text hidden states).
+/// A small UNet2DConditionModel: the model output (epsilon or v, as the scheduler config's
+/// prediction type says; the shipped shapes-world model predicts v) from (x_t, t, text hidden
+/// states).
 public struct UNet2DConditionModel {
     public let config: UNetConfig
     let convIn: Conv2d
