@@ -162,3 +162,26 @@ func paragraphs(_ text: String) -> String {
         return out
     }.joined(separator: "\n\n")
 }
+
+/// `--seed`: -1 picks one at random (printed); otherwise 0 ... 2^64 - 1, the range of PyTorch's
+/// and ComfyUI's seeds.
+struct SeedArgument: ExpressibleByArgument, Sendable {
+    /// nil: random.
+    let value: UInt64?
+
+    static let random = SeedArgument(nil)
+
+    init(_ value: UInt64?) { self.value = value }
+
+    init?(argument: String) {
+        if argument == "-1" {
+            value = nil
+        } else if let v = UInt64(argument) {
+            value = v
+        } else {
+            return nil
+        }
+    }
+
+    var defaultValueDescription: String { value.map(String.init) ?? "-1" }
+}

@@ -97,7 +97,7 @@ struct NoiseCommand: ParsableCommand {
 
     @OptionGroup var options: DeviceOptions
     @OptionGroup var priorOptions: PriorOptions
-    @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Seed, 0 ... 2^64 - 1; -1 picks one at random (printed).") var seed = SeedArgument.random
     @Option(help: "Gaussian draws: philox (image b from stream seed + b) or torch (the batch as torch.randn with a CPU generator seeded --seed).")
     var rng = "philox"
     @Option(help: "Sampling temperature (scale of the predicted standard deviation).") var temperature: Float = 0.5
@@ -113,7 +113,6 @@ struct NoiseCommand: ParsableCommand {
     func validate() throws {
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
-        if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         _ = try GaussianSource.parse(rng)
         try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["safetensors", "npy"])
         if priorOptions.kind == .npnet && eps != nil { throw CLIError("--eps is for --prior noisear; npnet takes --init-noise") }
@@ -135,7 +134,7 @@ struct NoiseCommand: ParsableCommand {
             }
             x = try Tensor(h.data, shape: h.shape, on: device)
         } else {
-            let usedSeed = Seeds.resolve(seed)
+            let usedSeed = Seeds.resolve(seed.value)
             try Seeds.check(usedSeed, count: b)
             note("seed \(usedSeed)")
             seedNote = String(usedSeed)
@@ -176,7 +175,7 @@ struct NoiseCommand: ParsableCommand {
                 }
                 epsTensor = try Tensor(e.data, shape: e.shape, on: device)
             }
-            let usedSeed = Seeds.resolve(seed)
+            let usedSeed = Seeds.resolve(seed.value)
             if eps == nil {
                 try Seeds.check(usedSeed, count: b)
                 note("seed \(usedSeed)")

@@ -22,7 +22,7 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "NoiseAR sampling temperature.") var temperature: Float = 0.5
     @Option(help: "Blend the prior's noise with the Gaussian noise of the same seed: 0 Gaussian, 1 prior.")
     var strength: Float = 1
-    @Option(help: "Seed; -1 picks one at random (printed).") var seed: Int64 = -1
+    @Option(help: "Seed, 0 ... 2^64 - 1; -1 picks one at random (printed).") var seed = SeedArgument.random
     @Option(help: "Gaussian draws: philox (image i from stream seed + i, the same on every device) or torch (the batch as torch.randn with a CPU generator seeded --seed, as diffusers and ComfyUI draw it).")
     var rng = "philox"
     @Option(help: "Sampler steps.") var steps = 30
@@ -43,14 +43,13 @@ struct SampleCommand: ParsableCommand {
         if steps < 1 { throw CLIError("--steps must be at least 1") }
         if batch < 1 { throw CLIError("--batch must be at least 1") }
         if !(cfg >= 0) || !cfg.isFinite { throw CLIError("--cfg must be a non-negative number") }
-        if seed < -1 { throw CLIError("--seed must be -1 (random) or a non-negative number") }
         if scale < 1 || scale > 32 { throw CLIError("--scale must be in 1...32") }
         _ = try NoisePriorKind.parse(prior)
         _ = try GaussianSource.parse(rng)
         if initNoise != nil && prior != "gaussian" { throw CLIError("--init-noise replaces the prior's noise: leave --prior at gaussian") }
         if !(temperature >= 0) || !temperature.isFinite { throw CLIError("--temperature must be a non-negative number") }
         if !(strength >= 0 && strength <= 1) { throw CLIError("--strength must be in [0, 1]") }
-        if seed >= 0 { try Seeds.check(UInt64(seed), count: batch) }
+        if let s = seed.value { try Seeds.check(s, count: batch) }
         let kind = try SamplerKind.parse(sampler)
         if kind == .ddimInverse { throw CLIError("--sampler ddim-inverse inverts an image to noise; it does not sample (use ddim, dpmpp2m, euler, euler-a or ddpm)") }
         try OutputFile.checkWritable(URL(fileURLWithPath: out), extensions: ["png"])
@@ -91,7 +90,7 @@ struct SampleCommand: ParsableCommand {
                 source = try ShapesSampling.noiseSource(priorKind, path: priorWeights, model: m,
                                                         temperature: temperature, strength: strength, rng: request.rng)
             }
-            request.seed = Seeds.resolve(seed)
+            request.seed = Seeds.resolve(seed.value)
             try Seeds.check(request.seed, count: batch)
             note("seed \(request.seed)")
             let bar = ProgressBar(total: steps, label: "sample", quiet: quiet)

@@ -227,14 +227,14 @@ import Testing
     }
 
     @Test func seedsOfABatchStayInRange() throws {
-        guard let r = try runCLI(["sample", "--prompt", "a red circle", "--seed", "9223372036854775807", "--batch", "2"]) else { return }
-        Self.expectOneLineFailure(r, containing: "9223372036854775806")
+        guard let r = try runCLI(["sample", "--prompt", "a red circle", "--seed", "18446744073709551615", "--batch", "2"]) else { return }
+        Self.expectOneLineFailure(r, containing: "18446744073709551614")
         guard let e = try runCLI(["evaluate", "--seed", "18446744073709551615", "--seeds", "2"]) else { return }
         Self.expectOneLineFailure(e)
         guard let c = try runCLI(["collect", "--out", "/tmp/never", "--candidates", "9223372036854775807"]) else { return }
         Self.expectOneLineFailure(c)
-        #expect(try Seeds.consecutive(from: UInt64(Int64.max) - 1, count: 2) == [UInt64(Int64.max) - 1, UInt64(Int64.max)])
-        #expect(throws: NoiseError.self) { try Seeds.check(UInt64(Int64.max), count: 2) }
+        #expect(try Seeds.consecutive(from: UInt64.max - 1, count: 2) == [UInt64.max - 1, UInt64.max])
+        #expect(throws: NoiseError.self) { try Seeds.check(UInt64.max, count: 2) }
     }
 
     @Test func messagesAreOneLineWithoutRawControlCharacters() throws {

@@ -92,6 +92,8 @@ import Testing
         let eps = dir.appendingPathComponent("eps.npy"), a = dir.appendingPathComponent("a.npy"), b = dir.appendingPathComponent("b.npy")
         try NPY.write(HostTensor(shape: [1, 3, 32, 32], data: TorchRandom.normal(count: 3 * 32 * 32, seed: 3)), to: eps)
         let common = ["noise", "--prompt", "a red circle", "--device", "cpu", "--quiet"]
+        guard let big = try runCLI(common + ["--rng", "torch", "--seed", "18446744073709551615", "--out", b.path]) else { return }
+        #expect(big.status == 0, "\(big.stderr)")  // PyTorch's whole seed range
         guard let r1 = try runCLI(common + ["--rng", "torch", "--seed", "3", "--out", a.path]),
               let r2 = try runCLI(common + ["--eps", eps.path, "--out", b.path]) else { return }
         #expect(r1.status == 0 && r2.status == 0, "\(r1.stderr) \(r2.stderr)")

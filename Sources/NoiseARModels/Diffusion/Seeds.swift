@@ -4,13 +4,13 @@ import NoiseARCore
 /// Seeds of a batch: image i of a batch uses seed + i (Philox stream seed + i, the same numbers
 /// on every device).
 public enum Seeds {
-    /// The largest seed a command accepts (`--seed` is a signed 64-bit option).
-    public static let maximum = UInt64(Int64.max)
+    /// The largest seed (PyTorch's and ComfyUI's range: 0 ... 2^64 - 1).
+    public static let maximum = UInt64.max
 
-    /// The seed to use for `--seed value`: the value itself, or for -1 a random one in 0..<2^31
-    /// (which the caller prints, so the run can be repeated).
-    public static func resolve(_ value: Int64) -> UInt64 {
-        value >= 0 ? UInt64(value) : UInt64.random(in: 0..<(1 << 31))
+    /// The seed to use for `--seed value`: the value itself, or for nil (-1) a random one in
+    /// 0..<2^31 (which the caller prints, so the run can be repeated).
+    public static func resolve(_ value: UInt64?) -> UInt64 {
+        value ?? UInt64.random(in: 0..<(1 << 31))
     }
 
     /// Checks that seeds `first ..< first + count` stay within `maximum` (refused up front, with
