@@ -483,9 +483,7 @@ public func noisear_prior_sample(_ prior: OpaquePointer?, _ promptEmbeds: Unsafe
         let noise = try device.noGrad {
             try NoisePriors.noiseAR(net, text: text, seed: sp.seed, temperature: sp.temperature, strength: sp.strength,
                                     eps: eps, cached: !sp.uncached, rng: gaussianSource(sp.rng, "params.rng")) { done, total in
-                if let cb = sp.progress, !cb(Int32(done), Int32(total), sp.progress_user_data) {
-                    throw NoiseError.cancelled("noisear_prior_sample stopped after patch \(done) of \(total)")
-                }
+                sp.progress.map { $0(Int32(done), Int32(total), sp.progress_user_data) } ?? true
             }
         }
         try store(noise.toArray(), out, capacity: outCount, "out")

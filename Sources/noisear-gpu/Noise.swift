@@ -183,7 +183,10 @@ struct NoiseCommand: ParsableCommand {
             let bar = ProgressBar(total: net.config.patches, label: "noise", quiet: quiet)
             let t0 = Date()
             let noise = try NoisePriors.noiseAR(net, text: text, seed: usedSeed, temperature: temperature, strength: strength,
-                                                eps: epsTensor, cached: !uncached, rng: try GaussianSource.parse(rng)) { done, _ in bar.update(done) }
+                                                eps: epsTensor, cached: !uncached, rng: try GaussianSource.parse(rng)) { done, _ in
+                bar.update(done)
+                return true
+            }
             let host = try noise.toHost()
             try writeTensors([("noise", host)], to: out, metadata: [
                 "prior": "noisear", "seed": eps == nil ? String(usedSeed) : "eps", "rng": eps == nil ? rng : "eps", "temperature": String(temperature),

@@ -16,8 +16,10 @@ public protocol Denoiser: AnyObject {
 /// Initial noise for prompts and seeds (image i from seeds[i]): Gaussian noise or a learned prior.
 public typealias NoiseSource = (_ prompts: [String], _ seeds: [UInt64]) throws -> Tensor
 
-/// Progress of a sampling run: (finished steps, total steps); return false to cancel.
-public typealias SamplingProgress = (Int, Int) -> Bool
+/// Progress of a long call (sampler steps, NoiseAR patches): (finished, total); return false to
+/// cancel (the call then throws `NoiseError.cancelled`). The one progress type of the library,
+/// as the C API's `noisear_progress_callback` is.
+public typealias SamplingProgress = (_ done: Int, _ total: Int) -> Bool
 
 /// Settings of one sampling run.
 public struct SamplingSettings: Sendable, Equatable {

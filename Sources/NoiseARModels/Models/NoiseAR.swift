@@ -466,7 +466,7 @@ public final class NoiseARNet {
     /// `cached` keeps every layer's self-attention keys and values and computes the text's
     /// cross-attention keys and values once; uncached re-runs the prefix for every patch.
     public func sample(text: Tensor, temperature: Float = 0.5, seed: UInt64 = 0, eps: Tensor? = nil,
-                       cached: Bool = true, progress: (Int, Int) throws -> Void = { _, _ in }) throws -> Tensor {
+                       cached: Bool = true, progress: SamplingProgress = { _, _ in true }) throws -> Tensor {
         try require(temperature >= 0 && temperature.isFinite, "temperature must be non-negative, got \(temperature)")
         let c = config, b = text.shape.first ?? 0
         if let eps {
@@ -498,7 +498,9 @@ public final class NoiseARNet {
                 d.logvarMax = 10
                 try device.run(Op.SamplePatch(d, mu: mean.ref, logvar: lv.ref, eps: eps?.ref, latent: latent.ref, token: token.ref))
                 tokens.append(token)
-                try progress(i + 1, c.patches)
+                if !progress(i + 1, c.patches) {
+                    throw NoiseError.cancelled("NoiseAR sampling stopped after patch \(i + 1) of \(c.patches)")
+                }
             }
             return latent
         }

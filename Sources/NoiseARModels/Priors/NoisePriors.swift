@@ -9,7 +9,7 @@ public enum NoisePriors {
     /// (`eps` when given, else seed + b): 0 gives that Gaussian noise, 1 the prior's sample.
     public static func noiseAR(_ net: NoiseARNet, text: Tensor, seed: UInt64, temperature: Float = 0.5,
                                strength: Float = 1, eps given: Tensor? = nil, cached: Bool = true, rng: GaussianSource = .philox,
-                               progress: (Int, Int) throws -> Void = { _, _ in }) throws -> Tensor {
+                               progress: SamplingProgress = { _, _ in true }) throws -> Tensor {
         try require(strength >= 0 && strength <= 1, "strength must be in [0, 1], got \(strength)")
         let b = text.shape.first ?? 0
         // PyTorch's generator draws the whole batch's standard normals up front.
