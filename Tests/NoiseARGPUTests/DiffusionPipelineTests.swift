@@ -27,6 +27,27 @@ import Testing
         return url
     }
 
+    /// A host with its own embeddings samples any Denoiser without its text encoder: the same
+    /// images as from the prompts; guidance without negative embeddings is refused.
+    @Test func samplingFromEmbeddings() throws {
+        let dev = Device.cpuDevice()
+        let m = try TextToImageModel.load(try Self.modelFile(), device: dev)
+        let prompts = ["a red circle", "a blue square above a green triangle"]
+        let noise = try DiffusionSampler.gaussianNoise(count: 2, shape: [3, 32, 32], seed: 5, on: dev)
+        let settings = SamplingSettings(sampler: .dpmpp2m, steps: 3, cfg: 4)
+        let fromPrompts = try DiffusionSampler.sample(model: m, prompts: prompts, noise: noise, seed: 5, settings: settings).toArray()
+        let cond = try dev.noGrad { try m.encode(prompts) }, uncond = try dev.noGrad { try m.encode(["", ""]) }
+        let denoiser: any Denoiser = m
+        let context = try DiffusionSampler.guidanceContext(cond: cond, uncond: uncond, cfg: settings.cfg)
+        let fromEmbeddings = try DiffusionSampler.sample(model: denoiser, context: context, noise: noise, seed: 5,
+                                                         settings: settings).toArray()
+        #expect(fromEmbeddings == fromPrompts)
+        #expect(throws: NoiseError.self) { try DiffusionSampler.guidanceContext(cond: cond, uncond: nil, cfg: 4) }
+        #expect(throws: NoiseError.self) {
+            try DiffusionSampler.sample(model: denoiser, context: cond, noise: noise, seed: 5, settings: settings)
+        }
+    }
+
     @Test func sameImageOnCPUAndOpenCL() throws {
         let url = try Self.modelFile()
         func run(_ dev: Device, _ kind: SamplerKind) throws -> [[UInt8]] {

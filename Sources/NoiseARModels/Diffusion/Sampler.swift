@@ -7,10 +7,16 @@ public protocol Denoiser: AnyObject {
     var device: Device { get }
     /// The scheduler configuration of the model's training schedule (prediction type included).
     func schedulerConfig(karras: Bool) throws -> SchedulerConfig
+    /// The network's output for x_t [B, C, H, W]: eps or v, per `schedulerConfig`'s prediction
+    /// type, conditioned on prompt embeddings `context` [B, ...].
+    func predict(_ x: Tensor, timesteps: [Double], context: Tensor) throws -> Tensor
+}
+
+/// A denoiser with its own text encoder, so it can be sampled from prompt strings. A host that
+/// already has embeddings samples any `Denoiser` with them instead.
+public protocol TextToImageDenoiser: Denoiser {
     /// Conditioning states [B, ...] for prompts; "" is the unconditional prompt.
     func encode(_ prompts: [String]) throws -> Tensor
-    /// The network's output for x_t [B, C, H, W]: eps or v, per `schedulerConfig`'s prediction type.
-    func predict(_ x: Tensor, timesteps: [Double], context: Tensor) throws -> Tensor
 }
 
 /// Initial noise for prompts and seeds (image i from seeds[i]): Gaussian noise or a learned prior.
@@ -45,20 +51,32 @@ public enum DiffusionSampler {
         try rng.standardNormal(count: count, shape: shape, seed: seed, on: device)
     }
 
-    /// Denoises standard-normal `noise` [B, C, H, W] for `prompts` (B of them). Step noise of
-    /// the stochastic samplers comes from stream seed + i of image i, after its initial noise.
-    /// Returns x_0 (images in about [-1, 1]). Throws `cancelled` when `progress` returns false.
-    public static func sample(model: any Denoiser, prompts: [String], noise: Tensor, seed: UInt64,
+    /// Denoises standard-normal `noise` [B, C, H, W] for `prompts` (B of them), encoded by the
+    /// model's own text encoder. Step noise of the stochastic samplers comes from stream seed + i
+    /// of image i, after its initial noise. Returns x_0 (images in about [-1, 1]). Throws
+    /// `cancelled` when `progress` returns false.
+    public static func sample(model: any TextToImageDenoiser, prompts: [String], noise: Tensor, seed: UInt64,
+                              settings: SamplingSettings, progress: SamplingProgress = { _, _ in true }) throws -> Tensor {
+        let b = noise.shape.first ?? 0
+        try require(prompts.count == b, "\(prompts.count) prompts for a batch of \(b)")
+        let context = try model.device.noGrad { try guidanceContext(model: model, prompts: prompts, cfg: settings.cfg) }
+        return try sample(model: model, context: context, noise: noise, seed: seed, settings: settings, progress: progress)
+    }
+
+    /// The same from prompt embeddings a host already has: `context` is [uncond; cond] (2B rows)
+    /// when cfg != 1, else the B conditional rows (see `guidanceContext(cond:uncond:cfg:)`).
+    public static func sample(model: any Denoiser, context: Tensor, noise: Tensor, seed: UInt64,
                               settings: SamplingSettings, progress: SamplingProgress = { _, _ in true }) throws -> Tensor {
         let dev = model.device
         return try dev.noGrad {
             let b = noise.shape[0]
-            try require(prompts.count == b, "\(prompts.count) prompts for a batch of \(b)")
+            let rows = context.shape.first ?? 0
+            try requireShape(rows == (settings.cfg != 1 ? 2 * b : b),
+                             "prompt states of \(rows) rows for a batch of \(b) (\(settings.cfg != 1 ? "unconditional and conditional, 2B" : "B") rows expected)")
             try require(settings.steps >= 1, "steps must be at least 1, got \(settings.steps)")
             try require(settings.cfg.isFinite && settings.cfg >= 0, "cfg must be a non-negative number, got \(settings.cfg)")
             var scheduler = try makeScheduler(settings.sampler, config: model.schedulerConfig(karras: settings.karras),
                                               steps: settings.steps)
-            let context = try guidanceContext(model: model, prompts: prompts, cfg: settings.cfg)
             var x = try noise.scaled(Float(scheduler.initNoiseSigma))
             let per = noise.count / b
             let ts = scheduler.timesteps
@@ -97,9 +115,21 @@ public enum DiffusionSampler {
     }
 
     /// Prompt states for guidance: [uncond; cond] when cfg != 1, else cond.
-    public static func guidanceContext(model: any Denoiser, prompts: [String], cfg: Double) throws -> Tensor {
+    public static func guidanceContext(model: any TextToImageDenoiser, prompts: [String], cfg: Double) throws -> Tensor {
         let cond = try model.encode(prompts)
-        return cfg != 1 ? try Tensor.concat([model.encode([String](repeating: "", count: prompts.count)), cond], axis: 0) : cond
+        return try guidanceContext(cond: cond, uncond: cfg != 1 ? model.encode([String](repeating: "", count: prompts.count)) : nil,
+                                   cfg: cfg)
+    }
+
+    /// Prompt states for guidance from embeddings: [uncond; cond] when cfg != 1 (uncond needed,
+    /// of the same shape), else cond.
+    public static func guidanceContext(cond: Tensor, uncond: Tensor?, cfg: Double) throws -> Tensor {
+        guard cfg != 1 else { return cond }
+        guard let uncond else {
+            throw NoiseError.invalidArgument("guidance with cfg \(cfg) needs unconditional (negative) prompt embeddings")
+        }
+        try requireShape(uncond.shape == cond.shape, "unconditional embeddings \(uncond.shape) do not match the prompt's \(cond.shape)")
+        return try Tensor.concat([uncond, cond], axis: 0)
     }
 }
 

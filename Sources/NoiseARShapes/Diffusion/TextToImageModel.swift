@@ -85,7 +85,7 @@ public struct DiffusionModelConfig: Codable, Sendable, Equatable {
 
 /// The shapes-world text-to-image model: a small CLIP-like text encoder and a small
 /// UNet2DConditionModel predicting the noise of x_t.
-public final class TextToImageModel: Denoiser {
+public final class TextToImageModel: TextToImageDenoiser {
     public let config: DiffusionModelConfig
     public let params: Parameters
     public let textEncoder: TextEncoder
