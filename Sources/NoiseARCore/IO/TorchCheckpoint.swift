@@ -58,19 +58,6 @@ public enum TorchCheckpoint {
     }
 
 
-    /// True when `data` starts like a legacy (pre-1.6) checkpoint: a protocol 2-5 pickle whose
-    /// first object is the magic number.
-    static func looksLegacy(_ b: ByteView) -> Bool {
-        guard b.u8(0) == 0x80, let p = b.u8(1), (2 ... 5).contains(p) else { return false }
-        let pattern: [UInt8] = [0x8A, 0x0A] + legacyMagic
-        let head = b.slice(0, min(b.count, 32)).map { Array($0) } ?? []
-        guard head.count >= pattern.count else { return false }
-        for start in 0 ... head.count - pattern.count where Array(head[start ..< start + pattern.count]) == pattern {
-            return true
-        }
-        return false
-    }
-
     // MARK: - Storages
 
     /// The root storages of a checkpoint: type, element count and (once known) bytes.

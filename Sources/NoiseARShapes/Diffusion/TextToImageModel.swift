@@ -155,7 +155,7 @@ public enum ShippedModels {
         if let arg0 = CommandLine.arguments.first, !arg0.isEmpty {
             out.append(URL(fileURLWithPath: arg0).resolvingSymlinksInPath().deletingLastPathComponent())
         }
-        if let image = imagePath(containing: #dsohandle) ?? imagePath(containing: UInt(bitPattern: #dsohandle)) {
+        if let image = imagePath(containing: #dsohandle) {
             out.append(URL(fileURLWithPath: image).resolvingSymlinksInPath().deletingLastPathComponent())
         }
         return out
@@ -165,19 +165,6 @@ public enum ShippedModels {
     /// libnoisear.so when a host program loaded it.
     static func imagePath(containing address: UnsafeRawPointer) -> String? {
         noisear_image_path(address).map { String(cString: $0) }
-    }
-
-    /// The file mapped at `address` in this process (/proc/self/maps), e.g. libnoisear.so.
-    static func imagePath(containing address: UInt) -> String? {
-        guard let maps = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return nil }
-        for line in maps.split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 6, fields[5].hasPrefix("/") else { continue }
-            let range = fields[0].split(separator: "-")
-            guard range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { continue }
-            if address >= lo && address < hi { return fields[5...].joined(separator: " ") }
-        }
-        return nil
     }
 
     public static func locate(_ file: String, environment: [String: String] = ProcessInfo.processInfo.environment,
